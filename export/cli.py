@@ -1,0 +1,72 @@
+"""`deepfake-export`: a trained Keras model directory -> a verified ONNX model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepfake-export",
+        description="Export a Keras CNN-GRU (the directory deepfake-train writes) to an ONNX model "
+        "bundle, or re-verify a bundle.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="Keras model directory -> bundle (checked for parity)")
+    b.add_argument("model_dir", type=Path, help="directory with config.json, encoder.keras, head.keras")
+    b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    b.add_argument("--name", default="deepfake-cnn-gru")
+    b.add_argument("--version", default="0.0.0")
+    b.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write a static INT8 encoder (used by default when its drift is small)")
+    b.add_argument("--calibration", type=Path, default=None,
+                   help=".npy of uint8 face crops (N, size, size, 3) for INT8 calibration "
+                   "(default: crops of scikit-image's astronaut photo)")
+    b.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
+    b.add_argument("--threshold", type=float, default=0.5)
+    b.add_argument("--analysis-fps", type=float, default=5.0)
+    b.add_argument("--margin", type=float, default=0.25, help="face crop margin (fraction of the box)")
+    b.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    v = sub.add_parser("validate", help="re-verify a bundle: hashes, shapes, a test run")
+    v.add_argument("bundle", type=Path)
+    v.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from export.convert import ExportError
+    from stream_server.bundle import BundleError
+
+    try:
+        if args.command == "validate":
+            from export.validate import validate_bundle
+
+            print(json.dumps(validate_bundle(args.bundle, args.precision), indent=2))
+            return 0
+        import numpy as np
+
+        from export.bundle_export import export_bundle
+        from models.saving import load_model_dir
+
+        model = load_model_dir(args.model_dir)
+        calib = np.load(args.calibration) if args.calibration else None
+        export_bundle(
+            model, args.out, name=args.name, version=args.version, quantize=args.quantize,
+            calibration_crops=calib, detector=args.detector, threshold=args.threshold,
+            analysis_fps=args.analysis_fps, margin=args.margin, force=args.force,
+        )
+        return 0
+    except (ExportError, BundleError, FileNotFoundError, ValueError) as exc:
+        print(f"deepfake-export: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

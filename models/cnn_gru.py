@@ -1,0 +1,52 @@
+"""The CNN-GRU: a frame encoder (one embedding per face crop) and a masked GRU sequence head.
+
+They are two models on purpose: the server encodes each crop once and reruns only the head over a
+rolling window of cached embeddings. `build_sequence_model` joins them for end-to-end training.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from models.backbones import get_backbone
+from models.config import ModelConfig
+
+ENCODER_INPUT = "crops"
+HEAD_EMBEDDINGS = "embeddings"
+HEAD_MASK = "mask"
+
+
+def build_encoder(cfg: ModelConfig) -> keras.Model:
+    """uint8 RGB crops (batch, size, size, 3) -> embeddings (batch, feature_dim).
+
+    The normalisation is inside the graph, so callers pass raw uint8 pixels.
+    """
+    bb = get_backbone(cfg.backbone)
+    inp = keras.Input((cfg.input_size, cfg.input_size, 3), dtype="uint8", name=ENCODER_INPUT)
+    x = layers.Rescaling(1.0 / bb.std, offset=-bb.mean / bb.std, name="normalize")(inp)
+    x = bb.features(x, cfg.weights, cfg.input_size)
+    out = layers.GlobalAveragePooling2D(name="embedding")(x)
+    return keras.Model(inp, out, name=f"encoder_{cfg.backbone}")
+
+
+def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
+    """(embeddings (batch, window, dim), mask (batch, window) bool) -> p_fake (batch, 1).
+
+    Masked steps are skipped by every GRU: a window whose first k steps are valid gives the same
+    probability as the k-step sequence alone. The server keeps valid steps first while a window fills.
+    """
+    emb = keras.Input((cfg.window, feature_dim), name=HEAD_EMBEDDINGS)
+    mask = keras.Input((cfg.window,), dtype="bool", name=HEAD_MASK)
+    x = emb
+    for i, units in enumerate(cfg.gru_units):
+        last = i == len(cfg.gru_units) - 1
+        x = layers.GRU(units, return_sequences=not last, name=f"gru{i}")(x, mask=mask)
+    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
+    out = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model([emb, mask], out, name="head")
+
+
+def feature_dim_of(encoder: keras.Model) -> int:
+    return int(encoder.output.shape[-1])

@@ -1,0 +1,53 @@
+"""The one typed description of a CNN-GRU model, shared by training and export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the frame encoder and the sequence head.
+
+    The defaults are the original design: a masked GRU(16) -> GRU(8) -> Dropout -> Dense(8, relu)
+    -> Dense(1, sigmoid) over a window of 20 embeddings.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    input_size: int = 224
+    window: int = 20
+    gru_units: tuple[int, ...] = (16, 8)
+    dense_units: int = 8
+    dropout: float = 0.2
+    # "imagenet" (where the backbone can load it), a path to a weights file, or None (random).
+    weights: str | None = "imagenet"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if not self.gru_units:
+            raise ValueError("gru_units must name at least one GRU layer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "gru_units", tuple(int(u) for u in self.gru_units))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        return cls.from_dict(json.loads(path.read_text()))

