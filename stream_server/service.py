@@ -1,0 +1,115 @@
+"""The service's lifecycle owner: bundle, sessions, engine, face detector, worker threads, metrics,
+and the registry of live streams. Created once at start-up; closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from stream_server.bundle import Bundle, load_bundle
+from stream_server.engine import InferenceEngine
+from stream_server.faces import FaceDetector
+from stream_server.messages import ScoreMessage, StatusMessage
+from stream_server.metrics import Metrics
+from stream_server.pipeline import FramePipeline
+from stream_server.runtime import Sessions, open_sessions, warm_up
+from stream_server.settings import Settings
+from stream_server.stream import Emit, StreamAnalyzer
+
+log = logging.getLogger(__name__)
+
+
+class Capacity(Exception):
+    """No room for another stream; the message says why."""
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.started = time.monotonic()
+        self.bundle: Bundle = load_bundle(settings.bundle, precision=settings.precision)
+        self.sessions: Sessions = open_sessions(self.bundle, settings.providers, settings.threads)
+        warm_up(self.bundle, self.sessions)
+        self.detector = FaceDetector(self.sessions.detector, self.bundle.detector)
+        self.engine = InferenceEngine(
+            self.bundle, self.sessions, max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms, queue_size=max(8, settings.max_streams * 2),
+            metrics=self.metrics,
+        )
+        # Bounded pool for decode-side conversion and the face stage of all streams.
+        self.executor = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2),
+                                           thread_name_prefix="face-stage")
+        self.streams: dict[str, StreamAnalyzer] = {}
+        self.owners: dict[str, Closable] = {}
+        self._closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.settings.analysis_fps or self.bundle.analysis_fps
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.engine.start()
+        log.info("model %s (%s, %s) on %s", self.bundle.model_id, self.bundle.backbone,
+                 self.bundle.encoder.precision, ",".join(self.sessions.providers))
+
+    def new_stream(self, stream_id: str, emit: Emit, owner: Closable) -> StreamAnalyzer:
+        if self._closing:
+            raise Capacity("server is shutting down")
+        if len(self.streams) >= self.settings.max_streams:
+            raise Capacity(f"stream limit reached ({self.settings.max_streams} streams)")
+        pipeline = FramePipeline(self.bundle, self.detector, self.engine)
+        stream = StreamAnalyzer(stream_id, pipeline, fps=self.fps, metrics=self.metrics,
+                                executor=self.executor, emit=emit,
+                                max_frame_side=self.settings.max_frame_side)
+        self.streams[stream_id] = stream
+        self.owners[stream_id] = owner
+        self.metrics.active_streams.set(len(self.streams))
+        stream.start()
+        return stream
+
+    async def end_stream(self, stream_id: str) -> None:
+        stream = self.streams.pop(stream_id, None)
+        self.owners.pop(stream_id, None)
+        self.metrics.active_streams.set(len(self.streams))
+        if stream is not None:
+            await stream.close()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.engine.running and not self._closing else "degraded",
+            "model": self.bundle.model_id,
+            "backbone": self.bundle.backbone,
+            "precision": self.bundle.encoder.precision,
+            "providers": self.sessions.providers,
+            "analysis_fps": self.fps,
+            "window": self.bundle.window,
+            "threshold": self.bundle.threshold,
+            "streams": len(self.streams),
+            "max_streams": self.settings.max_streams,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+        }
+
+    async def close(self) -> None:
+        self._closing = True
+        owners = list(self.owners.values())
+        if owners:
+            await asyncio.gather(*(o.close() for o in owners), return_exceptions=True)
+        for sid in list(self.streams):
+            await self.end_stream(sid)
+        self.engine.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def emit_nothing(_: ScoreMessage | StatusMessage) -> None:
+    """An `Emit` for streams nobody listens to yet."""

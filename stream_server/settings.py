@@ -1,0 +1,130 @@
+"""The one typed settings object: built from CLI flags and DEEPFAKE_* environment variables,
+validated once at start-up, then passed in. Nothing else reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "DEEPFAKE_"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = ROOT / "models" / "default_bundle"
+DEFAULT_STATIC = ROOT / "client_web"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message says which and why."""
+
+
+def _list(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bundle: Path = DEFAULT_BUNDLE
+    precision: str = "auto"  # auto (what the manifest names) | fp32 | int8
+    providers: str = "auto"  # auto | cpu | cuda | tensorrt | comma list
+    threads: int = 0  # onnxruntime intra-op threads for the encoder (0 = all cores)
+    analysis_fps: float | None = None  # None: the bundle's
+    max_streams: int = 16
+    max_batch: int = 16
+    max_wait_ms: float = 4.0
+    max_frame_side: int = 1280  # larger frames are downscaled before analysis
+    max_sdp_bytes: int = 64 * 1024
+    ice_addresses: tuple[str, ...] = ()  # local addresses ICE offers; empty: all but loopback
+    ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; none by default (no public STUN)
+    static_dir: Path = DEFAULT_STATIC
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise SettingsError(msg)
+
+        if not 0 < self.port < 65536:
+            bad(f"port must be 1..65535, got {self.port}")
+        if self.precision not in ("auto", "fp32", "int8"):
+            bad(f"precision must be auto, fp32 or int8, got {self.precision!r}")
+        if self.analysis_fps is not None and not 0 < self.analysis_fps <= 30:
+            bad(f"analysis fps must be in (0, 30], got {self.analysis_fps}")
+        if not 1 <= self.max_streams <= 1024:
+            bad(f"max streams must be 1..1024, got {self.max_streams}")
+        if not 1 <= self.max_batch <= 256:
+            bad(f"max batch must be 1..256, got {self.max_batch}")
+        if not 0 <= self.max_wait_ms <= 1000:
+            bad(f"max wait must be 0..1000 ms, got {self.max_wait_ms}")
+        if self.threads < 0:
+            bad("threads must be >= 0")
+        if self.max_frame_side < 64:
+            bad("max frame side must be >= 64")
+        for a in self.ice_addresses:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                bad(f"ICE address {a!r} is not an IP address")
+        for s in self.ice_servers:
+            if not s.startswith(("stun:", "turn:", "turns:")):
+                bad(f"ICE server {s!r} must be a stun:, turn: or turns: URL")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            bad(f"log level {self.log_level!r} is not one of critical, error, warning, info, debug")
+
+
+_FLAGS: list[tuple[str, type, str]] = [
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on"),
+    ("bundle", Path, "model bundle directory (default: the bundled default model)"),
+    ("precision", str, "encoder precision: auto (the manifest's choice), fp32 or int8"),
+    ("providers", str, "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ..."),
+    ("threads", int, "onnxruntime threads for the encoder (0 = all cores)"),
+    ("analysis_fps", float, "analysed frames per second per stream (default: the bundle's)"),
+    ("max_streams", int, "concurrent streams; the next offer gets 503"),
+    ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
+    ("max_wait_ms", float, "longest wait to fill a micro-batch"),
+    ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    ("ice_addresses", str, "comma list of local IPs that ICE offers (e.g. 127.0.0.1)"),
+    ("ice_servers", str, "comma list of stun:/turn: URLs (none by default)"),
+    ("static_dir", Path, "web client directory"),
+    ("log_level", str, "critical, error, warning, info or debug"),
+]
+
+
+def parse_settings(argv: Sequence[str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> Settings:
+    """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(
+        prog="deepfake-serve",
+        description="Live deepfake detection over WebRTC: serves the web client, POST /offer, "
+        "/healthz and /metrics. Every flag can also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
+    )
+    for name, typ, help_ in _FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ if typ is not str else str,
+                       default=None, help=f"{help_} [env {ENV_PREFIX}{name.upper()}]")
+    args = p.parse_args(argv)
+    values: dict[str, object] = {}
+    types = {f.name: f for f in fields(Settings)}
+    for name, typ, _ in _FLAGS:
+        raw = getattr(args, name)
+        if raw is None and (ENV_PREFIX + name.upper()) in env:
+            try:
+                raw = typ(env[ENV_PREFIX + name.upper()])
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()} is not a valid {typ.__name__}") from None
+        if raw is None:
+            continue
+        if name in ("ice_addresses", "ice_servers"):
+            raw = _list(str(raw))
+        values[name] = raw
+    assert set(values) <= set(types)
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""WebRTC ingest (aiortc): answer offers, read the remote video track (newest frame wins), send
+score and status messages on the `scores` data channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from stream_server.messages import ScoreMessage, StatusMessage
+from stream_server.service import Service
+from stream_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCORES_LABEL = "scores"
+
+
+class OfferError(Exception):
+    """A bad offer: the HTTP layer answers 400 with this message."""
+
+
+def configure_ice(settings: Settings) -> None:
+    """Which local addresses ICE offers. aioice has no option for it, so its address lookup is
+    replaced (it is looked up at call time); loopback is only offered when named."""
+    if settings.ice_addresses:
+        addrs = list(settings.ice_addresses)
+
+        def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            return [a for a in addrs if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+        aioice.ice.get_host_addresses = host_addresses
+
+
+def rtc_configuration(settings: Settings) -> RTCConfiguration:
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in settings.ice_servers])
+
+
+def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
+    if not isinstance(body, dict):
+        raise OfferError("body must be a JSON object with sdp and type")
+    sdp, typ = body.get("sdp"), body.get("type")
+    if typ != "offer":
+        raise OfferError('type must be "offer"')
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError("sdp must be a non-empty string")
+    if len(sdp.encode("utf-8", "replace")) > max_sdp:
+        raise OfferError(f"sdp is larger than {max_sdp} bytes")
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError("sdp is not a session description (must start with v=0)")
+    if "\nm=video" not in sdp.replace("\r\n", "\n"):
+        raise OfferError("offer has no video track to analyse")
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+class PeerSession:
+    """One browser (or any WebRTC client) sending video and receiving scores."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.service = service
+        self.pc = RTCPeerConnection(rtc_configuration(settings))
+        self.channel: RTCDataChannel | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stream = service.new_stream(self.id, self.send, self)
+        pc = self.pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label == SCORES_LABEL:
+                self.channel = channel
+                if channel.readyState == "open":
+                    self._hello()
+                else:
+                    channel.on("open", self._hello)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            reader = self._read_video(track) if track.kind == "video" else self._drain(track)
+            self._spawn(reader)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close()
+
+    def _hello(self) -> None:
+        self.send(StatusMessage("connected", self.id, self.service.bundle.model_id))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def send(self, msg: ScoreMessage | StatusMessage) -> None:
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            try:
+                ch.send(msg.to_json())
+            except Exception:  # a closing transport; the session is being torn down
+                log.debug("send failed on %s", self.id, exc_info=True)
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        # aiortc decodes in its own thread; draining recv() promptly keeps its queue short.
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            self.stream.offer_frame(frame)
+        if not self._closed:
+            self.send(StatusMessage("source_lost", self.id, "video track ended"))
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        while True:  # audio is not analysed, but its frames must not pile up
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except Exception as exc:
+            raise OfferError(f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.service.end_stream(self.id)
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.pc.close()

@@ -1,0 +1,208 @@
+"""The live webcam path end to end: a real aiortc client peer over loopback, a real uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from stream_server.engine import InferenceEngine
+from stream_server.faces import iou
+from stream_server.pipeline import FramePipeline
+from tests.conftest import LiveServer
+from tests.media import face_box, face_frames, faceless_frames
+from tests.rtc_client import ClientPeer
+
+SCORE_KEYS = {"type", "stream", "seq", "t", "p_fake", "label", "faces", "latency_ms", "dropped", "model"}
+N_FRAMES = 60  # a 4 s loop at 15 fps
+
+
+def test_scores_arrive_fast_match_contract_and_box_the_face(live_server: LiveServer) -> None:
+    async def run() -> ClientPeer:
+        peer = ClientPeer(live_server.url, face_frames(N_FRAMES), fps=15)
+        await peer.connect()
+        first = await peer.wait_scores(1, timeout=2.0)
+        assert first, "no score message within 2 s of connecting"
+        await peer.wait_scores(15, timeout=10.0)
+        await peer.close()
+        return peer
+
+    peer = asyncio.run(run())
+    scores = peer.scores()
+    assert len(scores) >= 10
+    statuses = [m for m in peer.messages if m["type"] != "score"]
+    assert statuses and statuses[0]["type"] == "connected"
+    for m in scores:
+        assert set(m) == SCORE_KEYS
+        assert m["stream"] == peer.answer["stream"]
+        assert m["model"] == "tiny-test@1"
+        assert m["label"] in ("real", "fake", "warming_up")
+        assert 0.0 <= m["p_fake"] <= 1.0
+        assert m["latency_ms"] >= 0 and m["dropped"] >= 0
+        assert len(m["faces"]) == 1
+    seqs = [m["seq"] for m in scores]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    ts = [m["t"] for m in scores]
+    assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    # Sampled at the analysis rate (5/s) from a 15 fps source.
+    assert 0.15 <= np.median(np.diff(ts)) <= 0.3
+    # The window fills: warming up first, then a verdict.
+    assert scores[0]["label"] == "warming_up" and scores[-1]["label"] in ("real", "fake")
+    # The face box overlaps the true face in the frame it came from (frame index from stream time).
+    overlaps = []
+    for m in scores:
+        i = round(m["t"] * 15) % N_FRAMES
+        overlaps.append(iou(tuple(m["faces"][0]["box"]), face_box(i, N_FRAMES)))
+    assert np.median(overlaps) > 0.4, overlaps
+
+
+def test_faceless_clip_yields_no_face(live_server: LiveServer) -> None:
+    async def run() -> list[dict]:
+        peer = ClientPeer(live_server.url, faceless_frames(30), fps=15)
+        await peer.connect()
+        scores = await peer.wait_scores(6, timeout=10.0)
+        await peer.close()
+        return scores
+
+    scores = asyncio.run(run())
+    assert len(scores) >= 6
+    assert all(m["label"] == "no_face" and m["p_fake"] is None and m["faces"] == [] for m in scores)
+
+
+def test_two_clients_each_get_their_own_stream(live_server: LiveServer) -> None:
+    async def run() -> tuple[ClientPeer, ClientPeer]:
+        a = ClientPeer(live_server.url, face_frames(N_FRAMES), fps=15)
+        b = ClientPeer(live_server.url, faceless_frames(30), fps=15)
+        await a.connect()
+        await b.connect()
+        async with httpx.AsyncClient(base_url=live_server.url) as c:
+            health = (await c.get("/healthz")).json()
+        assert health["streams"] == 2
+        await asyncio.gather(a.wait_scores(8, 10.0), b.wait_scores(8, 10.0))
+        await a.close()
+        await b.close()
+        return a, b
+
+    a, b = asyncio.run(run())
+    assert a.answer["stream"] != b.answer["stream"]
+    assert {m["stream"] for m in a.scores()} == {a.answer["stream"]}
+    assert {m["stream"] for m in b.scores()} == {b.answer["stream"]}
+    assert all(m["label"] != "no_face" for m in a.scores())
+    assert all(m["label"] == "no_face" for m in b.scores())
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"sdp": "hello", "type": "offer"}, "not a session description"),
+        ({"sdp": "v=0\r\nnonsense\r\n", "type": "offer"}, "no video"),
+        ({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"},
+         "malformed offer"),
+        ({"type": "offer"}, "sdp must be"),
+        ({"sdp": "v=0", "type": "answer"}, 'type must be "offer"'),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_malformed_offer_gets_400_with_reason(live_server: LiveServer, body: object, reason: str) -> None:
+    r = httpx.post(live_server.url + "/offer", json=body)
+    assert r.status_code == 400
+    assert reason in r.json()["error"]
+    assert httpx.get(live_server.url + "/healthz").json()["streams"] == 0
+
+
+def test_stream_limit_gets_503(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, max_streams=1) as srv:
+        async def run() -> httpx.Response:
+            a = ClientPeer(srv.url, face_frames(30), fps=15)
+            await a.connect()
+            b = ClientPeer(srv.url, face_frames(30), fps=15)
+            b.pc.addTrack(b.track)
+            b.pc.createDataChannel("scores")
+            await b.pc.setLocalDescription(await b.pc.createOffer())
+            async with httpx.AsyncClient(base_url=srv.url) as c:
+                r = await c.post("/offer", json={"sdp": b.pc.localDescription.sdp, "type": "offer"})
+            await a.close()
+            await b.close()
+            return r
+
+        r = asyncio.run(run())
+        assert r.status_code == 503
+        assert "stream limit" in r.json()["error"]
+
+
+def _server_tasks(srv: LiveServer) -> list[str]:
+    loop = srv.service.loop
+    fut = asyncio.run_coroutine_threadsafe(_task_names(), loop)
+    return fut.result(5)
+
+
+async def _task_names() -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+
+def test_disconnect_releases_streams_tasks_and_threads(live_server: LiveServer) -> None:
+    async def session() -> None:
+        peer = ClientPeer(live_server.url, face_frames(30), fps=15)
+        await peer.connect()
+        await peer.wait_scores(3, 5.0)
+        await peer.close()
+
+    def settle() -> tuple[int, int]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            streams = httpx.get(live_server.url + "/healthz").json()["streams"]
+            if streams == 0:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        return streams, threading.active_count()
+
+    asyncio.run(session())
+    streams, threads_after_one = settle()
+    tasks_after_one = _server_tasks(live_server)
+    assert streams == 0
+    for _ in range(3):
+        asyncio.run(session())
+    streams, threads_after_four = settle()
+    assert streams == 0
+    assert threads_after_four <= threads_after_one
+    assert _server_tasks(live_server) == tasks_after_one
+    assert not any(name.startswith("analyse-") for name in tasks_after_one)
+    assert not live_server.service.streams
+
+
+def test_server_scores_equal_direct_bundle_run(live_server: LiveServer, tiny_bundle: Path) -> None:
+    """One code path: the bundle run directly on the frames the server analysed gives the same
+    scores (to 1e-5) as the server sent."""
+    analysed: dict[str, list[tuple[np.ndarray, float | None]]] = {}
+
+    async def run() -> ClientPeer:
+        peer = ClientPeer(live_server.url, face_frames(N_FRAMES), fps=15)
+        await peer.connect()
+        stream = live_server.service.streams[peer.answer["stream"]]
+        frames = analysed.setdefault(peer.answer["stream"], [])
+        stream.taps.append(lambda rgb, result, msg: frames.append((rgb.copy(), msg.p_fake)))
+        await peer.wait_scores(25, 15.0)
+        await peer.close()
+        return peer
+
+    asyncio.run(run())
+    (frames,) = analysed.values()
+    assert len(frames) >= 20
+    svc = live_server.service
+    engine = InferenceEngine(svc.bundle, svc.sessions, max_batch=1)
+    engine.start()
+    try:
+        direct = FramePipeline(svc.bundle, svc.detector, engine)
+        for rgb, served in frames:
+            mine = direct.analyze(rgb).p_fake
+            assert (mine is None) == (served is None)
+            if mine is not None:
+                assert abs(mine - served) <= 1e-5
+    finally:
+        engine.stop()
