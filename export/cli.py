@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(validate_bundle(args.bundle, args.precision), indent=2))
             return 0
+        missing = [n for n in ("config.json", "encoder.keras", "head.keras")
+                   if not (args.model_dir / n).is_file()]
+        if missing:  # checked before TensorFlow loads (and logs) anything
+            raise FileNotFoundError(f"{args.model_dir} is not a model directory: {missing[0]} is missing")
         import numpy as np
 
         from export.bundle_export import export_bundle

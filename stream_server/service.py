@@ -109,6 +109,7 @@ class Service:
             await self.end_stream(sid)
         self.engine.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("service stopped: %d stream(s) closed", len(owners))
 
 
 def emit_nothing(_: ScoreMessage | StatusMessage) -> None:

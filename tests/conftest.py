@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# aiortc's libsrtp binding must load before TensorFlow: importing pylibsrtp after TensorFlow's
+# shared libraries segfaults (seen with TF 2.21 + pylibsrtp 1.0). Tests export models with TF and
+# run WebRTC peers in one process, so load aiortc first.
+import aiortc  # noqa: F401,E402  isort: skip
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -1,0 +1,184 @@
+"""deepfake-export: bundles, Keras/ONNX parity, INT8, and validation errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_server.bundle import FORMAT, BundleError, load_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+def test_help() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    assert "build" in r.stdout and "validate" in r.stdout
+    r = run_cli("build", "--help")
+    assert r.returncode == 0 and "--quantize" in r.stdout
+
+
+def test_tiny_bundle_manifest_matches_contract(tiny_bundle: Path) -> None:
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["format"] == FORMAT
+    for key in ("name", "version", "backbone", "feature_dim", "window", "analysis_fps", "threshold",
+                "files", "encoder", "head", "detector"):
+        assert key in m, key
+    assert m["encoder"]["input"] == {
+        "name": "crops", "size": 64, "layout": "NHWC", "color": "RGB", "dtype": "uint8",
+        "preprocessing": m["encoder"]["input"]["preprocessing"]}
+    assert set(m["files"]) == {"encoder.onnx", "head.onnx", "face_detector.onnx"}
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert m["parity"]["max_prob_diff_masked"] <= 1e-4
+
+
+def test_cli_build_and_validate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    r = run_cli("build", str(tiny_model_dir), "--out", str(out), "--name", "cli", "--version", "2")
+    assert r.returncode == 0, r.stderr
+    assert "parity ok" in r.stderr  # progress is shown
+    r = run_cli("validate", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["model"] == "cli@2"
+    assert all(0 <= p <= 1 for p in report["test_run_p_fake"])
+    # A second build does not silently overwrite.
+    r = run_cli("build", str(tiny_model_dir), "--out", str(out))
+    assert r.returncode == 1 and "not empty" in r.stderr
+
+
+def test_build_rejects_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    r = run_cli("build", str(tmp_path), "--out", str(tmp_path / "b"))
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "not a model directory" in r.stderr
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "b"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def _one_line_failure(bundle: Path, expect: str) -> None:
+    r = run_cli("validate", str(bundle))
+    assert r.returncode != 0
+    line = r.stderr.strip()
+    assert "\n" not in line, line
+    assert expect in line, line
+
+
+def test_validate_missing_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path)
+    (b / "head.onnx").unlink()
+    _one_line_failure(b, "head.onnx named by the manifest is missing")
+
+
+def test_validate_hash_mismatch(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path)
+    with (b / "encoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    _one_line_failure(b, "encoder.onnx does not match its sha256")
+
+
+def test_validate_wrong_input_shape(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A manifest that claims another crop size than the graph takes is refused."""
+    from stream_server.bundle import write_manifest
+
+    b = _copy(tiny_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["encoder"]["input"]["size"] = 96
+    write_manifest(b, m)
+    _one_line_failure(b, "encoder input shape")
+
+
+def test_validate_wrong_window(tiny_bundle: Path, tmp_path: Path) -> None:
+    from stream_server.bundle import write_manifest
+
+    b = _copy(tiny_bundle, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["window"] = 8
+    write_manifest(b, m)
+    _one_line_failure(b, "head input shape")
+
+
+def test_validate_not_json_and_bad_format(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = _copy(tiny_bundle, tmp_path)
+    (b / "manifest.json").write_text("{nope")
+    _one_line_failure(b, "not valid JSON")
+    (b / "manifest.json").write_text(json.dumps({"format": "something/9"}))
+    _one_line_failure(b, "unsupported bundle format")
+    _one_line_failure(tmp_path / "nowhere", "is not a directory")
+
+
+def test_manifest_fields_are_type_checked(tiny_bundle: Path) -> None:
+    from stream_server.bundle import parse_manifest
+
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    m["window"] = "twenty"
+    with pytest.raises(BundleError, match="window has the wrong type"):
+        parse_manifest(tiny_bundle, m)
+
+
+def test_onnx_equals_keras_with_partial_mask(tiny_model_dir: Path, tiny_bundle: Path) -> None:
+    """The served graphs give Keras' probabilities for a 7-of-20 window."""
+    from models.saving import load_model_dir
+    from stream_server.runtime import open_sessions
+
+    km = load_model_dir(tiny_model_dir)
+    s = open_sessions(load_bundle(tiny_bundle), "cpu")
+    crops = np.random.default_rng(3).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    emb = s.encoder.run(["embeddings"], {"crops": crops})[0]
+    np.testing.assert_allclose(emb, np.asarray(km.encoder(crops)), atol=1e-5)
+    mask = np.zeros((1, 20), bool)
+    mask[0, :7] = True
+    p_onnx = s.head.run(["p_fake"], {"embeddings": emb[None], "mask": mask})[0]
+    p_keras = np.asarray(km.head([emb[None], mask]))
+    assert abs(float(p_onnx[0, 0]) - float(p_keras[0, 0])) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "size", "weights"),
+                         [("efficientnet_lite0", 224, "imagenet"), ("inception_v3", 299, None)])
+def test_real_backbones_export_with_parity(backbone: str, size: int, weights: str | None,
+                                           tmp_path: Path) -> None:
+    from export.bundle_export import export_bundle
+    from models.config import ModelConfig
+    from models.saving import new_model
+
+    model = new_model(ModelConfig(backbone=backbone, input_size=size, weights=weights))
+    out = export_bundle(model, tmp_path / backbone)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["feature_dim"] == {"efficientnet_lite0": 1280, "inception_v3": 2048}[backbone]
+    assert max(m["parity"]["max_prob_diff_full"], m["parity"]["max_prob_diff_masked"]) <= 1e-4
+
+
+def test_int8_bundle_records_drift_or_refuses(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from export.bundle_export import export_bundle
+    from export.convert import ExportError
+    from models.saving import load_model_dir
+
+    out = tmp_path / "int8"
+    try:
+        export_bundle(load_model_dir(tiny_model_dir), out, quantize="int8")
+    except ExportError as exc:  # refusing is correct when drift is beyond the bound
+        assert "drifts too far" in str(exc)
+        assert not out.exists()
+        return
+    m = json.loads((out / "manifest.json").read_text())
+    q = m["encoder"]["quantization"]
+    assert m["encoder"]["precision"] == "int8" and m["encoder"]["file"] == "encoder_int8.onnx"
+    assert q["min_cosine"] >= q["bounds"]["min_cosine"]
+    assert q["max_prob_change"] <= q["bounds"]["max_prob_change"]
+    assert load_bundle(out).encoder.precision == "int8"
+    assert load_bundle(out, precision="fp32").encoder.file == "encoder.onnx"
