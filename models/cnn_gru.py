@@ -27,7 +27,10 @@ def build_encoder(cfg: ModelConfig) -> keras.Model:
     x = layers.Rescaling(1.0 / bb.std, offset=-bb.mean / bb.std, name="normalize")(inp)
     x = bb.features(x, cfg.weights, cfg.input_size)
     out = layers.GlobalAveragePooling2D(name="embedding")(x)
-    return keras.Model(inp, out, name=f"encoder_{cfg.backbone}")
+    model = keras.Model(inp, out, name=f"encoder_{cfg.backbone}")
+    if bb.post_build is not None:
+        bb.post_build(model, cfg.weights)
+    return model
 
 
 def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:

@@ -36,40 +36,48 @@ def _bn(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=BN_EPS, momentum=0.99, name=name)
 
 
-def block_names() -> list[str]:
-    """Names of the MBConv blocks in order (`block0` ... `block15`)."""
-    return [f"block{i}" for i in range(sum(b[0] for b in BLOCKS))]
+def n_blocks() -> int:
+    return sum(b[0] for b in BLOCKS)
 
 
-def efficientnet_lite0_features(x: Any) -> Any:
-    """Apply the Lite0 feature extractor to a normalised float tensor; returns the 1280-ch map."""
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = _bn("stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(x)
-    idx = 0
+def _block_specs() -> list[tuple[int, int, int, int, int]]:
+    """(kernel, stride, expand, cin, cout) for every MBConv block in order."""
+    out = []
     for repeats, kernel, stride, expand, fin, fout in BLOCKS:
         for r in range(repeats):
-            s = stride if r == 0 else 1
-            cin = fin if r == 0 else fout
-            p = f"block{idx}_"
-            inputs = x
-            if expand != 1:
-                x = layers.Conv2D(cin * expand, 1, use_bias=False, name=p + "expand_conv")(x)
-                x = _bn(p + "expand_bn")(x)
-                x = layers.ReLU(6.0, name=p + "expand_relu")(x)
-            x = layers.DepthwiseConv2D(
-                kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv"
-            )(x)
-            x = _bn(p + "dw_bn")(x)
-            x = layers.ReLU(6.0, name=p + "dw_relu")(x)
-            x = layers.Conv2D(fout, 1, use_bias=False, name=p + "project_conv")(x)
-            x = _bn(p + "project_bn")(x)
-            if s == 1 and cin == fout:
-                x = layers.Add(name=p + "add")([x, inputs])
-            idx += 1
-    x = layers.Conv2D(FEATURE_DIM, 1, use_bias=False, name="head_conv")(x)
-    x = _bn("head_bn")(x)
-    return layers.ReLU(6.0, name="head_relu")(x)
+            out.append((kernel, stride if r == 0 else 1, expand, fin if r == 0 else fout, fout))
+    return out
+
+
+def efficientnet_lite0_features(x: Any, start: int = 0, end: int | None = None) -> Any:
+    """Apply Lite0 to a normalised float tensor: the stem (when start == 0), blocks [start, end),
+    and the 1280-channel head conv (when end is None). Layer names are stable, so a model cut at
+    a block boundary shares weights by name with the whole network."""
+    if start == 0:
+        x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+        x = _bn("stem_bn")(x)
+        x = layers.ReLU(6.0, name="stem_relu")(x)
+    specs = _block_specs()
+    for idx in range(start, len(specs) if end is None else end):
+        kernel, s, expand, cin, fout = specs[idx]
+        p = f"block{idx}_"
+        inputs = x
+        if expand != 1:
+            x = layers.Conv2D(cin * expand, 1, use_bias=False, name=p + "expand_conv")(x)
+            x = _bn(p + "expand_bn")(x)
+            x = layers.ReLU(6.0, name=p + "expand_relu")(x)
+        x = layers.DepthwiseConv2D(kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv")(x)
+        x = _bn(p + "dw_bn")(x)
+        x = layers.ReLU(6.0, name=p + "dw_relu")(x)
+        x = layers.Conv2D(fout, 1, use_bias=False, name=p + "project_conv")(x)
+        x = _bn(p + "project_bn")(x)
+        if s == 1 and cin == fout:
+            x = layers.Add(name=p + "add")([x, inputs])
+    if end is None:
+        x = layers.Conv2D(FEATURE_DIM, 1, use_bias=False, name="head_conv")(x)
+        x = _bn("head_bn")(x)
+        x = layers.ReLU(6.0, name="head_relu")(x)
+    return x
 
 
 def build_classifier(input_size: int = 224) -> keras.Model:
@@ -133,7 +141,7 @@ def load_imagenet_weights(model: keras.Model, state_dict: dict[str, np.ndarray] 
 
     n = put("stem_conv", [_conv(sd["_conv_stem.weight"])])
     n += put("stem_bn", _bn_weights(sd, "_bn0."))
-    for i, _ in enumerate(block_names()):
+    for i in range(n_blocks()):
         t, k = f"_blocks.{i}.", f"block{i}_"
         if t + "_expand_conv.weight" in sd:
             n += put(k + "expand_conv", [_conv(sd[t + "_expand_conv.weight"])])

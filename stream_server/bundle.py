@@ -50,6 +50,7 @@ class DetectorSpec:
     anchors_per_cell: int
     min_score: float
     nms_iou: float
+    retry_pad: float = 0.5  # zoom-out retry border for frames where no face was found (0 = off)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         anchors_per_cell=_get(anchors, "per_cell", int, "detector.anchors."),
         min_score=_get(det, "min_score", float, "detector."),
         nms_iou=_get(det, "nms_iou", float, "detector."),
+        retry_pad=float(det.get("retry_pad", 0.5)),
     )
     crop = CropSpec(margin=_get(_get(manifest, "crop", dict, ""), "margin", float, "crop."))
     window = _get(manifest, "window", int, "")

@@ -74,12 +74,13 @@ class FaceDetector:
         self.spec = spec
         self.anchors = ssd_anchors(spec.input_size, spec.strides, spec.anchors_per_cell)
 
-    def letterbox(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-        """Resize keeping aspect ratio into a square, centred; returns the input tensor and the
-        padding (left, top, right, bottom) as fractions of the square."""
+    def letterbox(self, rgb: np.ndarray, pad: float = 0.0) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """Resize keeping aspect ratio into a square, centred, with `pad` (fraction of the longer
+        side) of extra border on every side; returns the input tensor and the padding (left, top,
+        right, bottom) as fractions of the square."""
         h, w = rgb.shape[:2]
         s = self.spec.input_size
-        scale = s / max(h, w)
+        scale = s / (max(h, w) * (1.0 + 2.0 * pad))
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
         canvas = np.zeros((s, s, 3), dtype=np.uint8)
@@ -89,7 +90,16 @@ class FaceDetector:
         return x[None], (left / s, top / s, (s - nw - left) / s, (s - nh - top) / s)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        x, (pl, pt, pr, pb) = self.letterbox(rgb)
+        """Faces in an RGB frame. BlazeFace misses faces that fill the whole frame (a face-crop
+        video, a face right at the webcam), so a frame without a face is tried once more zoomed
+        out (`retry_pad` of border on every side)."""
+        found = self._detect(rgb, 0.0)
+        if not found and self.spec.retry_pad > 0:
+            found = self._detect(rgb, self.spec.retry_pad)
+        return found
+
+    def _detect(self, rgb: np.ndarray, pad: float) -> list[Detection]:
+        x, (pl, pt, pr, pb) = self.letterbox(rgb, pad)
         raw_boxes, raw_scores = self.session.run(
             [self.spec.boxes_name, self.spec.scores_name], {self.spec.input_name: x}
         )

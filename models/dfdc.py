@@ -1,0 +1,169 @@
+"""Kaggle DFDC-format folders: metadata.json + mp4 files; identity groups; held-out splits.
+
+metadata.json maps a file name to {"label": "REAL"|"FAKE", "original": <file or null>,
+"split": ..., ...}. Several folders may be read together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DatasetError(Exception):
+    """A folder that is not in DFDC layout, or an unusable entry; one line saying why."""
+
+
+@dataclass(frozen=True)
+class Video:
+    path: Path
+    label: int  # 1 = FAKE, 0 = REAL
+    original: str | None
+    split: str | None
+    generator: str | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class Dataset:
+    videos: list[Video]
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
+
+    def summary(self) -> str:
+        c = Counter("FAKE" if v.label else "REAL" for v in self.videos)
+        s = f"{len(self.videos)} videos ({c['REAL']} REAL, {c['FAKE']} FAKE)"
+        if self.skipped:
+            reasons = Counter(self.skipped.values())
+            s += "; skipped " + ", ".join(f"{n} ({r})" for r, n in reasons.items())
+        return s
+
+
+def read_folder(folder: Path) -> Dataset:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a directory")
+    meta_path = folder / "metadata.json"
+    if not meta_path.is_file():
+        raise DatasetError(f"{folder} is not in DFDC layout: metadata.json is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not meta:
+        raise DatasetError(f"{meta_path} must map video file names to entries")
+    videos: list[Video] = []
+    skipped: dict[str, str] = {}
+    for name, entry in sorted(meta.items()):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{meta_path}: entry for {name} is not an object")
+        label = entry.get("label")
+        if label not in ("REAL", "FAKE"):
+            raise DatasetError(f"{meta_path}: {name} has label {label!r}, expected REAL or FAKE")
+        path = folder / name
+        if Path(name).name != name:
+            raise DatasetError(f"{meta_path}: {name!r} is not a plain file name")
+        if not path.is_file():
+            skipped[name] = "file missing"
+            continue
+        original = entry.get("original")
+        videos.append(Video(path, int(label == "FAKE"), original if isinstance(original, str) else None,
+                            entry.get("split"), entry.get("generator")))
+    if not videos:
+        raise DatasetError(f"{folder}: none of the {len(meta)} videos in metadata.json exist")
+    return Dataset(videos, skipped)
+
+
+def read_folders(folders: list[Path]) -> Dataset:
+    out = Dataset([])
+    for f in folders:
+        d = read_folder(f)
+        out.videos.extend(d.videos)
+        out.skipped.update({f"{f}/{k}": v for k, v in d.skipped.items()})
+    return out
+
+
+# -- identity groups -----------------------------------------------------------------------------
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def identity_groups(videos: list[Video], rules: dict[str, Any] | None = None) -> dict[str, str]:
+    """file name -> group id, so a person is never on both sides of a split.
+
+    Always: a fake and its `original` share a group. `rules` adds, from a JSON file:
+      "same_identity": [[regex, regex, ...], ...]  every file matching any regex of one list is
+                                                   in one group (same person, or same footage)
+      "group_by": [regex with one capture group]   files whose capture is equal share a group
+    """
+    uf = _UnionFind()
+    names = [v.name for v in videos]
+    for v in videos:
+        uf.find(v.name)
+        if v.original:
+            uf.union(v.name, v.original)
+    rules = rules or {}
+    for pattern in rules.get("group_by", []):
+        rx = re.compile(pattern)
+        first: dict[str, str] = {}
+        for n in names:
+            m = rx.search(n)
+            if m:
+                key = m.group(1)
+                if key in first:
+                    uf.union(n, first[key])
+                else:
+                    first[key] = n
+    for patterns in rules.get("same_identity", []):
+        rxs = [re.compile(p) for p in patterns]
+        members = [n for n in names if any(r.search(n) for r in rxs)]
+        for n in members[1:]:
+            uf.union(n, members[0])
+    return {n: uf.find(n) for n in names}
+
+
+def split_by_identity(videos: list[Video], groups: dict[str, str], val_fraction: float = 0.25,
+                      seed: int = 0, max_group_fraction: float = 0.1) -> tuple[list[Video], list[Video]]:
+    """Whole groups go to validation (in a seeded order) until each label has `val_fraction` of its
+    videos there. Groups larger than `max_group_fraction` of the data always stay in training."""
+    by_group: dict[str, list[Video]] = {}
+    for v in videos:
+        by_group.setdefault(groups[v.name], []).append(v)
+    total = Counter(v.label for v in videos)
+    order = sorted(by_group, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    val_groups: set[str] = set()
+    have: Counter[int] = Counter()
+    for g in order:
+        members = by_group[g]
+        if len(members) > max_group_fraction * len(videos):
+            continue
+        c = Counter(v.label for v in members)
+        needs = any(have[lab] < val_fraction * total[lab] for lab in c)
+        overshoot = any(have[lab] + c[lab] > 1.6 * val_fraction * total[lab] for lab in c)
+        if needs and not overshoot:
+            val_groups.add(g)
+            have.update(c)
+        if all(have[lab] >= val_fraction * total[lab] for lab in total):
+            break
+    train = [v for v in videos if groups[v.name] not in val_groups]
+    val = [v for v in videos if groups[v.name] in val_groups]
+    return train, val

@@ -1,0 +1,93 @@
+"""Face crops from videos with the server's own face stage (same detector, sampling and crops),
+cached on disk so repeated training runs decode and detect each video once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from stream_server.bundle import CropSpec
+from stream_server.faces import FaceDetector, crop_face
+from stream_server.pipeline import FrameSampler
+
+
+@dataclass
+class Crops:
+    crops: np.ndarray  # (n, size, size, 3) uint8, one per sampled frame with a face
+    times: np.ndarray  # (n,) stream seconds
+    sampled: int  # frames sampled at the analysis rate
+    error: str | None = None
+
+    @property
+    def faceless(self) -> int:
+        return self.sampled - len(self.crops)
+
+
+def largest(dets: list[Any]) -> Any:
+    return max(dets, key=lambda d: d.box[2] * d.box[3])
+
+
+def extract_video(path: Path, detector: FaceDetector, crop: CropSpec, size: int, fps: float,
+                  max_seconds: float | None = None) -> Crops:
+    """Sample `fps` frames per second, keep the largest face of each, crop it as the server does."""
+    sampler = FrameSampler(fps)
+    crops, times, sampled = [], [], 0
+    t0 = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return Crops(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), 0, "no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else 0.0
+                t0 = t if t0 is None else t0
+                t -= t0
+                if max_seconds is not None and t > max_seconds:
+                    break
+                if not sampler.due(t):
+                    continue
+                sampled += 1
+                rgb = frame.to_ndarray(format="rgb24")
+                dets = detector.detect(rgb)
+                if dets:
+                    crops.append(crop_face(rgb, largest(dets).box, crop, size))
+                    times.append(t)
+    except av.FFmpegError as exc:
+        return Crops(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), sampled, f"decode error: {exc}")
+    arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    return Crops(arr, np.asarray(times, np.float32), sampled)
+
+
+class CropCache:
+    """npz per (video, face-stage settings) under `root`."""
+
+    def __init__(self, root: Path, settings: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+
+    def key(self, path: Path) -> str:
+        st = path.stat()
+        ident = json.dumps([path.name, st.st_size, int(st.st_mtime), self.settings], sort_keys=True)
+        return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+    def get(self, path: Path) -> Crops | None:
+        f = self.root / f"{self.key(path)}.npz"
+        if not f.is_file():
+            return None
+        with np.load(f, allow_pickle=False) as z:
+            err = str(z["error"]) if "error" in z.files else None
+            return Crops(z["crops"], z["times"], int(z["sampled"]), err or None)
+
+    def put(self, path: Path, c: Crops) -> None:
+        f = self.root / f"{self.key(path)}.npz"
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, crops=c.crops, times=c.times, sampled=c.sampled, error=c.error or "")
+        tmp.replace(f)

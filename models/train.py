@@ -1,0 +1,358 @@
+"""`deepfake-train`: DFDC-format folders -> a trained Keras CNN-GRU (and, with --bundle, an
+exported, evaluated ONNX bundle with its model card).
+
+Stages: read metadata -> identity-held-out split -> face crops with the server's face stage
+(cached) -> self-blended synthetic fakes from real clips -> fine-tune the last backbone blocks on
+frames -> embeddings -> train the GRU head on windows -> save -> export -> evaluate held-out videos
+through the serving code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from models.dfdc import DatasetError, Video, identity_groups, read_folders, split_by_identity  # noqa: E402
+
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[train {time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepfake-train",
+        description="Train the CNN-GRU on DFDC-format folders (metadata.json + mp4). Whole identities "
+        "are held out for validation; with --bundle the model is exported and evaluated too.",
+    )
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="DFDC-format folder(s)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--bundle", type=Path, help="also export a bundle here and evaluate it")
+    p.add_argument("--groups", type=Path, help="identity rules JSON (see models/data/)")
+    p.add_argument("--cache", type=Path, default=None, help="crop cache (default: OUT/cache)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--weights", default="imagenet", help="imagenet, a weights file, or none")
+    p.add_argument("--window", type=int, default=20)
+    p.add_argument("--fps", type=float, default=5.0, help="analysis frames per second")
+    p.add_argument("--max-seconds", type=float, default=15.0, help="seconds read per video")
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sbi", action=argparse.BooleanOptionalAction, default=True,
+                   help="synthetic self-blended fakes from real training clips (default on)")
+    p.add_argument("--finetune-blocks", type=int, default=2,
+                   help="last backbone blocks fine-tuned on frames (0 = frozen backbone)")
+    p.add_argument("--encoder-epochs", type=int, default=3)
+    p.add_argument("--head-epochs", type=int, default=30)
+    p.add_argument("--head-steps", type=int, default=40, help="batches per head epoch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
+    p.add_argument("--margin", type=float, default=0.25)
+    p.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    p.add_argument("--name", default="deepfake-cnn-gru")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    return p
+
+
+# -- face crops ----------------------------------------------------------------------------------
+
+def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
+    from export.detector import detector_from_section, export_detector
+
+    d = cache / f"detector_{detector}"
+    section_file = d / "section.json"
+    if not section_file.is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        section_file.write_text(json.dumps(export_detector(d, detector)))
+    section = json.loads(section_file.read_text())
+    return detector_from_section(section, d), section
+
+
+def all_crops(videos: list[Video], args: argparse.Namespace, size: int, cache_dir: Path) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from models.extract import CropCache, extract_video
+    from stream_server.bundle import CropSpec
+
+    detector, section = face_stage(cache_dir, args.detector)
+    crop = CropSpec(margin=args.margin)
+    cache = CropCache(cache_dir / "crops", {"detector": section["kind"], "retry_pad": section.get("retry_pad", 0.5), "margin": args.margin,
+                                            "size": size, "fps": args.fps, "max_s": args.max_seconds})
+    out = {}
+    for v in tqdm(videos, desc="face crops", unit="video", file=sys.stderr):
+        c = cache.get(v.path)
+        if c is None:
+            c = extract_video(v.path, detector, crop, size, args.fps, args.max_seconds)
+            cache.put(v.path, c)
+        out[v.name] = c
+    return out
+
+
+# -- encoder fine-tuning -------------------------------------------------------------------------
+
+def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
+    """(trunk, top) sharing the encoder's layers: top(trunk(x)) == encoder(x). Only the top trains."""
+    import keras
+
+    if blocks <= 0:
+        return encoder, None
+    if backbone == "efficientnet_lite0":
+        from models.efficientnet_lite import n_blocks
+
+        last = n_blocks() - blocks - 1
+        if last < 0:
+            raise ValueError(f"efficientnet_lite0 has {n_blocks()} blocks; cannot fine-tune {blocks}")
+        names = {layer.name for layer in encoder.layers}
+        cut = f"block{last}_add" if f"block{last}_add" in names else f"block{last}_project_bn"
+    elif backbone == "tiny_cnn":
+        cut = "normalize"
+    else:
+        raise ValueError(f"fine-tuning blocks is supported for efficientnet_lite0 and tiny_cnn, not "
+                         f"{backbone}; use --finetune-blocks 0")
+    t = encoder.get_layer(cut).output
+    trunk = keras.Model(encoder.input, t, name="trunk")
+    top = keras.Model(t, encoder.output, name="top")
+    for layer in trunk.layers:
+        layer.trainable = False
+    for layer in top.layers:  # fine-tune weights, keep ImageNet batch-norm statistics
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    return trunk, top
+
+
+def predict(model: Any, x: np.ndarray, batch: int = 64, desc: str = "") -> np.ndarray:
+    from tqdm import tqdm
+
+    outs = [np.asarray(model(x[i : i + batch], training=False))
+            for i in tqdm(range(0, len(x), batch), desc=desc, unit="batch", file=sys.stderr,
+                          disable=not desc)]
+    return np.concatenate(outs) if outs else np.zeros((0,) + tuple(model.output.shape[1:]), np.float32)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    pos = max(1, int(y.sum()))
+    neg = max(1, len(y) - pos)
+    return np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg)).astype(np.float32)
+
+
+def finetune_encoder(top: Any, feats: dict[str, np.ndarray], labels: dict[str, int], val: set[str],
+                     args: argparse.Namespace, ckpt: Path, start_epoch: int) -> None:
+    import keras
+
+    from stream_server.evaluate import auc
+
+    x_in = keras.Input(top.input.shape[1:])
+    h = keras.layers.Dropout(0.3)(top(x_in))
+    clf = keras.Model(x_in, keras.layers.Dense(1, activation="sigmoid", name="frame_fake")(h))
+    if start_epoch > 0 and (ckpt / "encoder.weights.h5").is_file():
+        clf.load_weights(ckpt / "encoder.weights.h5")
+        say(f"restored the fine-tuned encoder from checkpoints (epoch {start_epoch})")
+    clf.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
+    train_names = [n for n in feats if n not in val and len(feats[n])]
+    x = np.concatenate([feats[n] for n in train_names])
+    y = np.concatenate([np.full(len(feats[n]), labels[n], np.float32) for n in train_names])
+    w = balanced_weights(y)
+    val_names = [n for n in feats if n in val and len(feats[n])]
+    for epoch in range(start_epoch, args.encoder_epochs):
+        hist = clf.fit(x, y, sample_weight=w, batch_size=args.batch_size, epochs=1, shuffle=True,
+                       verbose=0)
+        msg = f"encoder epoch {epoch + 1}/{args.encoder_epochs}: loss {hist.history['loss'][-1]:.4f}"
+        if val_names:
+            vp = [float(np.mean(predict(clf, feats[n]))) for n in val_names]
+            msg += f", held-out video AUC (frame mean) {auc(np.array([labels[n] for n in val_names]), np.array(vp)):.3f}"
+        say(msg)
+        clf.save_weights(ckpt / "encoder.weights.h5")
+        write_state(ckpt, "encoder", epoch + 1)
+
+
+# -- head ----------------------------------------------------------------------------------------
+
+def train_head(head: Any, emb: dict[str, np.ndarray], labels: dict[str, int], val: set[str],
+               args: argparse.Namespace, ckpt: Path, start_epoch: int) -> list[float]:
+    import keras
+
+    from models.sequences import sample_windows, video_windows
+    from stream_server.evaluate import auc
+
+    if start_epoch > 0 and (ckpt / "head.weights.h5").is_file():
+        head.load_weights(ckpt / "head.weights.h5")
+        say(f"resumed head training after epoch {start_epoch}")
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    names = [n for n in emb if n not in val and len(emb[n])]
+    seqs, labs = [emb[n] for n in names], [labels[n] for n in names]
+    val_names = [n for n in emb if n in val and len(emb[n])]
+    rng = np.random.default_rng(args.seed + 1000 * start_epoch)
+    losses = []
+    for epoch in range(start_epoch, args.head_epochs):
+        x, m, y, _ = sample_windows(seqs, labs, args.window, args.head_steps * args.batch_size, rng,
+                                    noise=0.05)
+        hist = head.fit([x, m], y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
+        losses.append(float(hist.history["loss"][-1]))
+        msg = f"head epoch {epoch + 1}/{args.head_epochs}: loss {losses[-1]:.4f}"
+        if val_names and (epoch + 1) % 5 == 0:
+            vp = []
+            for n in val_names:
+                w, mk = video_windows(emb[n], args.window, stride=1)
+                vp.append(float(np.mean(np.asarray(head([w, mk], training=False)))))
+            msg += f", held-out video AUC {auc(np.array([labels[n] for n in val_names]), np.array(vp)):.3f}"
+        say(msg)
+        head.save_weights(ckpt / "head.weights.h5")
+        write_state(ckpt, "head", epoch + 1)
+    return losses
+
+
+def write_state(ckpt: Path, stage: str, epoch: int) -> None:
+    (ckpt / "state.json").write_text(json.dumps({"stage": stage, "epoch": epoch}))
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    f = ckpt / "state.json"
+    return json.loads(f.read_text()) if f.is_file() else {"stage": "start", "epoch": 0}
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> Path:
+    import keras
+
+    from models.backbones import get_backbone
+    from models.config import ModelConfig
+    from models.saving import new_model, save_model_dir
+    from models.sbi import blend_clip
+
+    keras.utils.set_random_seed(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    state = read_state(ckpt) if args.resume else {"stage": "start", "epoch": 0}
+    cache_dir = args.cache or out / "cache"
+    size = args.input_size or get_backbone(args.backbone).default_input_size
+
+    ds = read_folders(args.data)
+    say(f"read {ds.summary()}")
+    rules = json.loads(args.groups.read_text()) if args.groups else {}
+    groups = identity_groups(ds.videos, rules)
+    if args.val_fraction > 0:
+        train, val = split_by_identity(ds.videos, groups, args.val_fraction, args.seed)
+    else:
+        train, val = ds.videos, []
+    say(f"split by identity: {len(train)} training videos, {len(val)} held out "
+        f"({len({groups[v.name] for v in val})} of {len(set(groups.values()))} identity groups)")
+    (out / "split.json").write_text(json.dumps({
+        "train": sorted(v.name for v in train), "val": sorted(v.name for v in val),
+        "groups": groups, "seed": args.seed}, indent=1))
+
+    crops = all_crops(ds.videos, args, size, cache_dir)
+    labels = {v.name: v.label for v in ds.videos}
+    no_face = [n for n, c in crops.items() if len(c.crops) == 0]
+    errors = {n: c.error for n, c in crops.items() if c.error}
+    n_faces = sum(len(c.crops) for c in crops.values())
+    sampled = sum(c.sampled for c in crops.values())
+    say(f"faces: {n_faces} crops from {sampled} sampled frames; {len(no_face)} videos without a "
+        f"face{'; errors: ' + str(errors) if errors else ''}")
+    seqs = {n: c.crops for n, c in crops.items() if len(c.crops)}
+    val_names = {v.name for v in val}
+    if args.sbi:
+        reals = [v.name for v in train if v.label == 0 and v.name in seqs]
+        for n in reals:
+            rng = np.random.default_rng(int(hashlib.sha256(f"{args.seed}:{n}".encode()).hexdigest()[:8], 16))
+            seqs[f"sbi:{n}"] = blend_clip(seqs[n], rng, args.margin)
+            labels[f"sbi:{n}"] = 1
+        say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
+
+    weights = None if args.weights == "none" else args.weights
+    cfg = ModelConfig(backbone=args.backbone, input_size=size, window=args.window, weights=weights)
+    model = new_model(cfg)
+    trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
+    feats = {n: predict(trunk, s) for n, s in _progress(seqs, "backbone features")}
+    if top is not None:
+        start = state["epoch"] if state["stage"] == "encoder" else (
+            args.encoder_epochs if state["stage"] in ("head", "done") else 0)
+        finetune_encoder(top, feats, labels, val_names, args, ckpt, start)
+        emb = {n: predict(top, f) for n, f in feats.items()}
+    else:
+        emb = feats
+    head_start = state["epoch"] if state["stage"] in ("head", "done") else 0
+    losses = train_head(model.head, emb, labels, val_names, args, ckpt, head_start)
+    write_state(ckpt, "done", max(head_start, args.head_epochs))
+
+    model.training = {
+        "data": [str(d) for d in args.data],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "videos": {"train": len(train), "val": len(val),
+                   "train_real": sum(1 for v in train if v.label == 0),
+                   "train_fake": sum(1 for v in train if v.label == 1),
+                   "val_real": sum(1 for v in val if v.label == 0),
+                   "val_fake": sum(1 for v in val if v.label == 1)},
+        "synthetic_fakes": sum(1 for n in seqs if n.startswith("sbi:")),
+        "face_crops": n_faces,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if k not in ("data", "out", "bundle", "cache", "groups")},
+        "head_loss": losses[-1] if losses else None,
+        "seconds": round(time.monotonic() - T0, 1),
+    }
+    save_model_dir(model, out)
+    say(f"model saved to {out}")
+    if args.bundle:
+        export_and_evaluate(model, args, out, seqs, val)
+    return out
+
+
+def _progress(d: dict[str, Any], desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(d.items(), desc=desc, unit="clip", file=sys.stderr)
+
+
+def export_and_evaluate(model: Any, args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray],
+                        val: list[Video]) -> None:
+    from export.bundle_export import export_bundle
+    from export.convert import ExportError
+    from models.evaluation import evaluate_bundle, write_model_card
+
+    rng = np.random.default_rng(args.seed)
+    real = [s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}]
+    pool = np.concatenate(real) if real else None
+    calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)] if pool is not None else None
+    common = dict(name=args.name, version=args.version, detector=args.detector,
+                  analysis_fps=args.fps, margin=args.margin, force=True)
+    try:
+        export_bundle(model, args.bundle, quantize=None if args.quantize == "none" else args.quantize,
+                      calibration_crops=calib, **common)
+    except ExportError as exc:
+        if args.quantize == "none" or "drifts too far" not in str(exc):
+            raise
+        say(f"INT8 refused ({exc}); exporting fp32 only")
+        export_bundle(model, args.bundle, **common)
+    if val:
+        metrics = evaluate_bundle(args.bundle, val, out)
+        say("held-out evaluation: " + json.dumps(metrics["metrics"]))
+    write_model_card(args.bundle, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"deepfake-train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

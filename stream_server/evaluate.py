@@ -1,0 +1,86 @@
+"""Video-level metrics against labels: AUC, log loss, accuracy, EER, and the ROC curve.
+
+Used by `deepfake-train` on its held-out videos and by `deepfake-scan` on a labelled folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metrics:
+    n: int
+    positives: int
+    auc: float
+    log_loss: float
+    accuracy: float
+    eer: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold (ties handled together)."""
+    order = np.argsort(-scores, kind="mergesort")
+    y, s = labels[order], scores[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    pos, neg = max(1, int(y.sum())), max(1, int(len(y) - y.sum()))
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Probability that a random fake scores above a random real (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def eer(labels: np.ndarray, scores: np.ndarray) -> float:
+    fpr, tpr = roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2)
+
+
+def compute(labels: Any, scores: Any, threshold: float = 0.5) -> Metrics:
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1 or len(y) == 0:
+        raise ValueError("labels and scores must be equal-length, non-empty 1-d sequences")
+    p = np.clip(s, 1e-7, 1 - 1e-7)
+    ll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return Metrics(n=len(y), positives=int(y.sum()), auc=auc(y, s), log_loss=ll,
+                   accuracy=float(np.mean((s >= threshold) == (y == 1))), eer=eer(y, s),
+                   threshold=threshold)
+
+
+def plot_roc(labels: Any, scores: Any, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    fpr, tpr = roc_curve(y, s)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {auc(y, s):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

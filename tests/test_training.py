@@ -1,0 +1,170 @@
+"""deepfake-train on small generated DFDC-format folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.dfdc import DatasetError, identity_groups, read_folder, split_by_identity
+from tests.media import face_frames, faceless_frames, write_video
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tinted(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """A crude 'manipulated' clip: the centre of the picture (where the face is) recoloured."""
+    out = []
+    for f in frames:
+        g = f.astype(np.int16).copy()
+        h, w = g.shape[:2]
+        g[h // 8 : h // 2, w // 3 : 2 * w // 3] += np.array([60, -30, -30], np.int16)
+        out.append(np.clip(g, 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("dfdc")
+    meta = {}
+    for i in range(3):
+        frames = face_frames(30, size=(320, 240))[i * 3 :] + face_frames(30, size=(320, 240))[: i * 3]
+        write_video(d / f"person{i}_real.mp4", frames, fps=10)
+        write_video(d / f"person{i}_fake.mp4", tinted(frames), fps=10)
+        meta[f"person{i}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+        meta[f"person{i}_fake.mp4"] = {"label": "FAKE", "original": f"person{i}_real.mp4", "split": "train"}
+    write_video(d / "empty_room.mp4", faceless_frames(20, size=(320, 240)), fps=10)
+    meta["empty_room.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+    meta["missing.mp4"] = {"label": "FAKE", "original": None, "split": "train"}
+    (d / "metadata.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_metadata_parsing(dfdc_folder: Path) -> None:
+    ds = read_folder(dfdc_folder)
+    assert len(ds.videos) == 7
+    assert ds.skipped == {"missing.mp4": "file missing"}
+    assert "7 videos (4 REAL, 3 FAKE)" in ds.summary() and "1 (file missing)" in ds.summary()
+    fake = next(v for v in ds.videos if v.name == "person1_fake.mp4")
+    assert fake.label == 1 and fake.original == "person1_real.mp4"
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    (None, "metadata.json is missing"),
+    ("{not json", "not valid JSON"),
+    ("[]", "must map video file names"),
+    ('{"a.mp4": {"label": "MAYBE"}}', "expected REAL or FAKE"),
+    ('{"../x.mp4": {"label": "REAL"}}', "not a plain file name"),
+    ('{"a.mp4": {"label": "REAL"}}', "none of the 1 videos"),
+])
+def test_metadata_errors(tmp_path: Path, content: str | None, error: str) -> None:
+    if content is not None:
+        (tmp_path / "metadata.json").write_text(content)
+    with pytest.raises(DatasetError, match=error.replace("(", r"\(")):
+        read_folder(tmp_path)
+
+
+def test_cli_rejects_folder_not_in_dfdc_layout(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "models", "--data", str(tmp_path), "--out",
+                        str(tmp_path / "m")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"deepfake-train: error: {tmp_path} is not in DFDC layout: metadata.json is missing")
+
+
+def test_identity_groups_keep_people_on_one_side(dfdc_folder: Path) -> None:
+    ds = read_folder(dfdc_folder)
+    groups = identity_groups(ds.videos)
+    for i in range(3):
+        assert groups[f"person{i}_real.mp4"] == groups[f"person{i}_fake.mp4"]
+    assert len(set(groups.values())) == 4
+    rules = {"same_identity": [["^person0_", "^person1_"]]}
+    assert len(set(identity_groups(ds.videos, rules).values())) == 3
+    train, val = split_by_identity(ds.videos, groups, val_fraction=0.3, seed=1, max_group_fraction=1)
+    assert val and train
+    assert not {groups[v.name] for v in train} & {groups[v.name] for v in val}
+
+
+def test_training_crops_are_the_servers_crops(dfdc_folder: Path, tiny_bundle: Path) -> None:
+    """Training extracts faces with the serving face stage: same sampling, boxes and crops."""
+    import av
+
+    from models.extract import extract_video
+    from stream_server.bundle import load_bundle
+    from stream_server.engine import InferenceEngine
+    from stream_server.faces import FaceDetector
+    from stream_server.pipeline import FramePipeline, FrameSampler
+    from stream_server.runtime import open_sessions
+
+    bundle = load_bundle(tiny_bundle)
+    s = open_sessions(bundle, "cpu")
+    det = FaceDetector(s.detector, bundle.detector)
+    video = dfdc_folder / "person0_real.mp4"
+    got = extract_video(video, det, bundle.crop, bundle.encoder.input_size, fps=5.0)
+    assert got.sampled == 15 and len(got.crops) == 15  # 3 s at 5 analysed frames/s, a face in each
+    pipeline = FramePipeline(bundle, det, InferenceEngine(bundle, s))
+    sampler = FrameSampler(5.0)
+    served = []
+    with av.open(str(video)) as c:
+        for frame in c.decode(video=0):
+            if sampler.due(float(frame.time)):
+                served.append(pipeline.prepare(frame.to_ndarray(format="rgb24")).crops[0])
+    np.testing.assert_array_equal(np.stack(served), got.crops)
+
+
+def test_self_blended_fake_differs_only_inside_the_mask() -> None:
+    from models.sbi import BlendParams, self_blend
+    from tests.media import face_frames
+
+    face = np.asarray(face_frames(1, size=(224, 224))[0])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = BlendParams.sample(rng, margin=0.25)
+        out, mask = self_blend(face, p)
+        assert out.shape == face.shape and out.dtype == np.uint8
+        outside = mask == 0
+        assert outside.mean() > 0.3  # the border of the crop is untouched
+        np.testing.assert_array_equal(out[outside], face[outside])
+        inside = mask > 0.5
+        assert inside.any()
+        assert np.abs(out[inside].astype(int) - face[inside]).mean() > 1.0
+
+
+def _train(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "models", "--data", str(folder), "--out", str(out),
+           "--backbone", "tiny_cnn", "--input-size", "64", "--weights", "none", "--window", "8",
+           "--val-fraction", "0", "--encoder-epochs", "2", "--head-steps", "10",
+           "--batch-size", "16", "--finetune-blocks", "1", "--seed", "3", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def _head_losses(stderr: str) -> list[float]:
+    return [float(line.split("loss ")[1].split(",")[0]) for line in stderr.splitlines()
+            if "head epoch" in line]
+
+
+def test_tiny_training_lowers_loss_and_resumes(dfdc_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    r = _train(dfdc_folder, out, "--head-epochs", "4", "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "read 7 videos (4 REAL, 3 FAKE); skipped 1 (file missing)" in r.stderr
+    assert "1 videos without a face" in r.stderr
+    assert "self-blended fakes: 3 synthetic clips" in r.stderr
+    first = _head_losses(r.stderr)
+    assert len(first) == 4
+    for name in ("config.json", "encoder.keras", "head.keras", "training.json", "split.json"):
+        assert (out / name).is_file()
+    # Resume: continue the head from epoch 4 to 12 without redoing finished work.
+    r = _train(dfdc_folder, out, "--head-epochs", "12", "--resume", "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed head training after epoch 4" in r.stderr
+    assert "restored the fine-tuned encoder from checkpoints (epoch 2)" in r.stderr
+    rest = _head_losses(r.stderr)
+    assert len(rest) == 8  # epochs 5..12 only
+    assert np.mean(rest[-3:]) < first[0]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["stage"] == "done"
