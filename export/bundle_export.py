@@ -68,14 +68,18 @@ def export_bundle(
         keras_to_onnx(
             model.encoder,
             (tf.TensorSpec((None, size, size, 3), tf.uint8, name=ONNX_NAMES["encoder_in"]),),
-            [ONNX_NAMES["encoder_out"]], tmp / "encoder.onnx",
+            [ONNX_NAMES["encoder_out"]],
+            tmp / "encoder.onnx",
         )
         _say(f"converting head (window {cfg.window}, GRU {list(cfg.gru_units)})", t0)
         keras_to_onnx(
             model.head,
-            (tf.TensorSpec((None, cfg.window, dim), tf.float32, name=ONNX_NAMES["head_emb"]),
-             tf.TensorSpec((None, cfg.window), tf.bool, name=ONNX_NAMES["head_mask"])),
-            [ONNX_NAMES["head_out"]], tmp / "head.onnx",
+            (
+                tf.TensorSpec((None, cfg.window, dim), tf.float32, name=ONNX_NAMES["head_emb"]),
+                tf.TensorSpec((None, cfg.window), tf.bool, name=ONNX_NAMES["head_mask"]),
+            ),
+            [ONNX_NAMES["head_out"]],
+            tmp / "head.onnx",
         )
         _say(f"converting face detector (BlazeFace {detector})", t0)
         det_section = export_detector(tmp, detector)
@@ -88,37 +92,67 @@ def export_bundle(
         faces = face_crops(astronaut_frames(24), det, crop, size)
         if len(faces) < 8:
             raise ExportError("the face detector found too few faces in the reference photo")
-        inputs = {"random": rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8), "faces": faces}
+        inputs = {
+            "random": rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
+            "faces": faces,
+        }
         parity = check_parity(model, sessions, inputs, cfg.window, ONNX_NAMES)
-        _say(f"parity ok: max probability difference "
-             f"{max(parity.max_prob_diff_full, parity.max_prob_diff_masked):.2e}", t0)
+        _say(
+            f"parity ok: max probability difference "
+            f"{max(parity.max_prob_diff_full, parity.max_prob_diff_masked):.2e}",
+            t0,
+        )
 
         encoder_section: dict[str, Any] = {
             "file": "encoder.onnx",
             "precision": "fp32",
             "input": {
-                "name": ONNX_NAMES["encoder_in"], "size": size, "layout": "NHWC", "color": "RGB",
+                "name": ONNX_NAMES["encoder_in"],
+                "size": size,
+                "layout": "NHWC",
+                "color": "RGB",
                 "dtype": "uint8",
                 "preprocessing": "in graph: (x - mean) / std per the backbone; pass raw 0..255 RGB",
             },
             "output": ONNX_NAMES["encoder_out"],
         }
         if quantize == "int8":
-            calib = calibration_crops if calibration_crops is not None else face_crops(
-                astronaut_frames(64, seed=1), det, crop, size)
-            _say(f"quantizing encoder to INT8 (static QDQ per-channel, {len(calib)} calibration crops)", t0)
-            quantize_encoder(tmp / "encoder.onnx", tmp / "encoder_int8.onnx", ONNX_NAMES["encoder_in"],
-                             calib)
+            calib = (
+                calibration_crops
+                if calibration_crops is not None
+                else face_crops(astronaut_frames(64, seed=1), det, crop, size)
+            )
+            _say(
+                f"quantizing encoder to INT8 (static QDQ per-channel, {len(calib)} calibration crops)",
+                t0,
+            )
+            quantize_encoder(
+                tmp / "encoder.onnx", tmp / "encoder_int8.onnx", ONNX_NAMES["encoder_in"], calib
+            )
             evaluation = face_crops(astronaut_frames(32, seed=2), det, crop, size)
             if calibration_crops is not None and len(calibration_crops) > 8:
                 evaluation = np.concatenate([evaluation, calibration_crops[-32:]])
-            drift = measure_drift(sessions["encoder"], session(tmp / "encoder_int8.onnx"),
-                                  sessions["head"], ONNX_NAMES, evaluation, cfg.window, len(calib))
+            drift = measure_drift(
+                sessions["encoder"],
+                session(tmp / "encoder_int8.onnx"),
+                sessions["head"],
+                ONNX_NAMES,
+                evaluation,
+                cfg.window,
+                len(calib),
+            )
             check_drift(drift)
-            _say(f"INT8 drift: min cosine {drift.min_cosine:.5f}, max probability change "
-                 f"{drift.max_prob_change:.4f}", t0)
-            encoder_section.update(file="encoder_int8.onnx", precision="int8",
-                                   alternatives={"fp32": "encoder.onnx"}, quantization=drift.to_dict())
+            _say(
+                f"INT8 drift: min cosine {drift.min_cosine:.5f}, max probability change "
+                f"{drift.max_prob_change:.4f}",
+                t0,
+            )
+            encoder_section.update(
+                file="encoder_int8.onnx",
+                precision="int8",
+                alternatives={"fp32": "encoder.onnx"},
+                quantization=drift.to_dict(),
+            )
         elif quantize is not None:
             raise ExportError(f"unknown quantization {quantize!r} (supported: int8)")
 
@@ -129,8 +163,10 @@ def export_bundle(
             "backbone": cfg.backbone,
             "encoder": encoder_section,
             "head": {
-                "file": "head.onnx", "embeddings": ONNX_NAMES["head_emb"],
-                "mask": ONNX_NAMES["head_mask"], "output": ONNX_NAMES["head_out"],
+                "file": "head.onnx",
+                "embeddings": ONNX_NAMES["head_emb"],
+                "mask": ONNX_NAMES["head_mask"],
+                "output": ONNX_NAMES["head_out"],
                 "mask_semantics": "bool (batch, window); valid steps first, masked steps skipped",
                 "gru_units": list(cfg.gru_units),
             },

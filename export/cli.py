@@ -19,19 +19,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="Keras model directory -> bundle (checked for parity)")
-    b.add_argument("model_dir", type=Path, help="directory with config.json, encoder.keras, head.keras")
+    b.add_argument(
+        "model_dir", type=Path, help="directory with config.json, encoder.keras, head.keras"
+    )
     b.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     b.add_argument("--name", default="deepfake-cnn-gru")
     b.add_argument("--version", default="0.0.0")
-    b.add_argument("--quantize", choices=["int8"], default=None,
-                   help="also write a static INT8 encoder (used by default when its drift is small)")
-    b.add_argument("--calibration", type=Path, default=None,
-                   help=".npy of uint8 face crops (N, size, size, 3) for INT8 calibration "
-                   "(default: crops of scikit-image's astronaut photo)")
+    b.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="also write a static INT8 encoder (used by default when its drift is small)",
+    )
+    b.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help=".npy of uint8 face crops (N, size, size, 3) for INT8 calibration "
+        "(default: crops of scikit-image's astronaut photo)",
+    )
     b.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
     b.add_argument("--threshold", type=float, default=0.5)
     b.add_argument("--analysis-fps", type=float, default=5.0)
-    b.add_argument("--margin", type=float, default=0.25, help="face crop margin (fraction of the box)")
+    b.add_argument(
+        "--margin", type=float, default=0.25, help="face crop margin (fraction of the box)"
+    )
     b.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     v = sub.add_parser("validate", help="re-verify a bundle: hashes, shapes, a test run")
     v.add_argument("bundle", type=Path)
@@ -50,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(validate_bundle(args.bundle, args.precision), indent=2))
             return 0
-        missing = [n for n in ("config.json", "encoder.keras", "head.keras")
-                   if not (args.model_dir / n).is_file()]
+        missing = [
+            n
+            for n in ("config.json", "encoder.keras", "head.keras")
+            if not (args.model_dir / n).is_file()
+        ]
         if missing:  # checked before TensorFlow loads (and logs) anything
-            raise FileNotFoundError(f"{args.model_dir} is not a model directory: {missing[0]} is missing")
+            raise FileNotFoundError(
+                f"{args.model_dir} is not a model directory: {missing[0]} is missing"
+            )
         import numpy as np
 
         from export.bundle_export import export_bundle
@@ -62,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model_dir(args.model_dir)
         calib = np.load(args.calibration) if args.calibration else None
         export_bundle(
-            model, args.out, name=args.name, version=args.version, quantize=args.quantize,
-            calibration_crops=calib, detector=args.detector, threshold=args.threshold,
-            analysis_fps=args.analysis_fps, margin=args.margin, force=args.force,
+            model,
+            args.out,
+            name=args.name,
+            version=args.version,
+            quantize=args.quantize,
+            calibration_crops=calib,
+            detector=args.detector,
+            threshold=args.threshold,
+            analysis_fps=args.analysis_fps,
+            margin=args.margin,
+            force=args.force,
         )
         return 0
     except (ExportError, BundleError, FileNotFoundError, ValueError) as exc:

@@ -39,7 +39,9 @@ def keras_to_onnx(
     import tf2onnx
 
     try:
-        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=input_signature, opset=OPSET)
+        proto, _ = tf2onnx.convert.from_keras(
+            keras_model, input_signature=input_signature, opset=OPSET
+        )
     except Exception as exc:  # tf2onnx raises many types; report one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExportError(f"tf2onnx could not convert {keras_model.name}: {msg}") from exc

@@ -16,10 +16,18 @@ from stream_server.faces import FaceDetector
 
 # MediaPipe's SSD anchor options (face_detection_{short,full}_range_common.pbtxt).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full_range": {"tflite": "face_detection_full_range.tflite", "size": 192, "strides": [4],
-                   "per_cell": 1},
-    "short_range": {"tflite": "face_detection_short_range.tflite", "size": 128,
-                    "strides": [8, 16, 16, 16], "per_cell": 2},
+    "full_range": {
+        "tflite": "face_detection_full_range.tflite",
+        "size": 192,
+        "strides": [4],
+        "per_cell": 1,
+    },
+    "short_range": {
+        "tflite": "face_detection_short_range.tflite",
+        "size": 128,
+        "strides": [8, 16, 16, 16],
+        "per_cell": 2,
+    },
 }
 FILE = "face_detector.onnx"
 
@@ -71,15 +79,22 @@ def export_detector(out_dir: Path, variant: str = "full_range") -> dict[str, Any
 def detector_from_section(section: dict[str, Any], root: Path) -> FaceDetector:
     """A FaceDetector from a manifest `detector` section and the folder holding its file."""
     spec = DetectorSpec(
-        file=section["file"], kind=section["kind"], input_name=section["input"],
-        boxes_name=section["boxes"], scores_name=section["scores"],
-        input_size=section["input_size"], strides=tuple(section["anchors"]["strides"]),
-        anchors_per_cell=section["anchors"]["per_cell"], min_score=section["min_score"],
-        nms_iou=section["nms_iou"], retry_pad=float(section.get("retry_pad", 0.5)),
+        file=section["file"],
+        kind=section["kind"],
+        input_name=section["input"],
+        boxes_name=section["boxes"],
+        scores_name=section["scores"],
+        input_size=section["input_size"],
+        strides=tuple(section["anchors"]["strides"]),
+        anchors_per_cell=section["anchors"]["per_cell"],
+        min_score=section["min_score"],
+        nms_iou=section["nms_iou"],
+        retry_pad=float(section.get("retry_pad", 0.5)),
     )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(root / spec.file), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(root / spec.file), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
     return FaceDetector(sess, spec)

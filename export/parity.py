@@ -34,8 +34,14 @@ def _windows(n_emb: int, window: int, rng: np.random.Generator) -> tuple[np.ndar
     return np.concatenate([idx, idx]), np.concatenate([full, partial])
 
 
-def check_parity(keras_model: Any, sessions: Any, inputs: dict[str, np.ndarray],
-                 window: int, names: dict[str, str], seed: int = 0) -> ParityReport:
+def check_parity(
+    keras_model: Any,
+    sessions: Any,
+    inputs: dict[str, np.ndarray],
+    window: int,
+    names: dict[str, str],
+    seed: int = 0,
+) -> ParityReport:
     """`inputs` maps a case name ("random", "faces") to uint8 crops. Raises ExportError beyond
     PROB_TOLERANCE."""
     rng = np.random.default_rng(seed)
@@ -47,9 +53,13 @@ def check_parity(keras_model: Any, sessions: Any, inputs: dict[str, np.ndarray],
         idx, masks = _windows(len(crops), window, rng)
         head, out = sessions["head"], [names["head_out"]]
         k_p = np.asarray(keras_model.head([k_emb[idx], masks], training=False)).reshape(-1)
-        o_p = head.run(out, {names["head_emb"]: k_emb[idx], names["head_mask"]: masks})[0].reshape(-1)
+        o_p = head.run(out, {names["head_emb"]: k_emb[idx], names["head_mask"]: masks})[0].reshape(
+            -1
+        )
         # End to end through the ONNX encoder too: the server never sees Keras embeddings.
-        o_p2 = head.run(out, {names["head_emb"]: o_emb[idx], names["head_mask"]: masks})[0].reshape(-1)
+        o_p2 = head.run(out, {names["head_emb"]: o_emb[idx], names["head_mask"]: masks})[0].reshape(
+            -1
+        )
         d = np.abs(k_p - o_p)
         d2 = np.abs(k_p - o_p2)
         half = len(d) // 2

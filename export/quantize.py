@@ -41,7 +41,9 @@ class _Reader:
         return next(self._it, None)
 
 
-def quantize_encoder(fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray) -> Path:
+def quantize_encoder(
+    fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray
+) -> Path:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -56,7 +58,7 @@ def quantize_encoder(fp32_path: Path, out_path: Path, input_name: str, calibrati
         quantize_static(
             str(pre),
             str(out_path),
-            _Reader(input_name, calibration),  # type: ignore[arg-type]
+            _Reader(input_name, calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -66,8 +68,15 @@ def quantize_encoder(fp32_path: Path, out_path: Path, input_name: str, calibrati
     return out_path
 
 
-def measure_drift(fp32: Any, int8: Any, head: Any, names: dict[str, str], crops: np.ndarray,
-                  window: int, calibration_count: int) -> Drift:
+def measure_drift(
+    fp32: Any,
+    int8: Any,
+    head: Any,
+    names: dict[str, str],
+    crops: np.ndarray,
+    window: int,
+    calibration_count: int,
+) -> Drift:
     a = fp32.run([names["encoder_out"]], {names["encoder_in"]: crops})[0]
     b = int8.run([names["encoder_out"]], {names["encoder_in"]: crops})[0]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)

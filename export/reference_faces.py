@@ -13,7 +13,7 @@ from stream_server.faces import FaceDetector, crop_face
 def astronaut_frames(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[np.ndarray]:
     import skimage.data
 
-    img = Image.fromarray(skimage.data.astronaut())
+    img = Image.fromarray(skimage.data.astronaut())  # type: ignore[no-untyped-call]
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n):
@@ -21,14 +21,16 @@ def astronaut_frames(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) 
         side = int(512 * zoom)
         x0 = int(rng.uniform(0, 512 - side))
         y0 = int(rng.uniform(0, 512 - side))
-        f = img.crop((x0, y0, x0 + side, y0 + side)).resize(size, Image.BILINEAR)
+        f = img.crop((x0, y0, x0 + side, y0 + side)).resize(size, Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
-            f = f.transpose(Image.FLIP_LEFT_RIGHT)
+            f = f.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         frames.append(np.asarray(f))
     return frames
 
 
-def face_crops(frames: list[np.ndarray], detector: FaceDetector, crop: CropSpec, size: int) -> np.ndarray:
+def face_crops(
+    frames: list[np.ndarray], detector: FaceDetector, crop: CropSpec, size: int
+) -> np.ndarray:
     crops = []
     for f in frames:
         for d in detector.detect(f)[:1]:

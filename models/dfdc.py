@@ -74,8 +74,15 @@ def read_folder(folder: Path) -> Dataset:
             skipped[name] = "file missing"
             continue
         original = entry.get("original")
-        videos.append(Video(path, int(label == "FAKE"), original if isinstance(original, str) else None,
-                            entry.get("split"), entry.get("generator")))
+        videos.append(
+            Video(
+                path,
+                int(label == "FAKE"),
+                original if isinstance(original, str) else None,
+                entry.get("split"),
+                entry.get("generator"),
+            )
+        )
     if not videos:
         raise DatasetError(f"{folder}: none of the {len(meta)} videos in metadata.json exist")
     return Dataset(videos, skipped)
@@ -91,6 +98,7 @@ def read_folders(folders: list[Path]) -> Dataset:
 
 
 # -- identity groups -----------------------------------------------------------------------------
+
 
 class _UnionFind:
     def __init__(self) -> None:
@@ -141,8 +149,13 @@ def identity_groups(videos: list[Video], rules: dict[str, Any] | None = None) ->
     return {n: uf.find(n) for n in names}
 
 
-def split_by_identity(videos: list[Video], groups: dict[str, str], val_fraction: float = 0.25,
-                      seed: int = 0, max_group_fraction: float = 0.1) -> tuple[list[Video], list[Video]]:
+def split_by_identity(
+    videos: list[Video],
+    groups: dict[str, str],
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    max_group_fraction: float = 0.1,
+) -> tuple[list[Video], list[Video]]:
     """Whole groups go to validation (in a seeded order) until each label has `val_fraction` of its
     videos there. Groups larger than `max_group_fraction` of the data always stay in training."""
     by_group: dict[str, list[Video]] = {}

@@ -66,7 +66,9 @@ def efficientnet_lite0_features(x: Any, start: int = 0, end: int | None = None) 
             x = layers.Conv2D(cin * expand, 1, use_bias=False, name=p + "expand_conv")(x)
             x = _bn(p + "expand_bn")(x)
             x = layers.ReLU(6.0, name=p + "expand_relu")(x)
-        x = layers.DepthwiseConv2D(kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv")(x)
+        x = layers.DepthwiseConv2D(
+            kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv"
+        )(x)
         x = _bn(p + "dw_bn")(x)
         x = layers.ReLU(6.0, name=p + "dw_relu")(x)
         x = layers.Conv2D(fout, 1, use_bias=False, name=p + "project_conv")(x)
@@ -125,7 +127,9 @@ def _bn_weights(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [sd[prefix + s] for s in ("weight", "bias", "running_mean", "running_var")]
 
 
-def load_imagenet_weights(model: keras.Model, state_dict: dict[str, np.ndarray] | None = None) -> int:
+def load_imagenet_weights(
+    model: keras.Model, state_dict: dict[str, np.ndarray] | None = None
+) -> int:
     """Copy the ImageNet weights into every Lite0 layer of `model` (matched by name).
 
     Returns the number of layers set. The classifier `fc` is set only where the model has one.

@@ -25,20 +25,37 @@ def evaluate_bundle(bundle_dir: Path, videos: list[Video], out: Path) -> dict[st
             except ScanError as exc:
                 rows.append({"video": v.name, "label": v.label, "error": str(exc)})
                 continue
-            rows.append({"video": v.name, "label": v.label, "p_fake": r.p_fake, "verdict": r.verdict,
-                         "frames": r.frames_analysed, "frames_with_face": r.frames_with_face})
+            rows.append(
+                {
+                    "video": v.name,
+                    "label": v.label,
+                    "p_fake": r.p_fake,
+                    "verdict": r.verdict,
+                    "frames": r.frames_analysed,
+                    "frames_with_face": r.frames_with_face,
+                }
+            )
         threshold = scanner.bundle.threshold
     scored = [r for r in rows if r.get("p_fake") is not None]
     metrics = compute([r["label"] for r in scored], [r["p_fake"] for r in scored], threshold)
-    result = {"metrics": metrics.to_dict(), "videos": rows,
-              "unscored": [r["video"] for r in rows if r.get("p_fake") is None]}
+    result = {
+        "metrics": metrics.to_dict(),
+        "videos": rows,
+        "unscored": [r["video"] for r in rows if r.get("p_fake") is None],
+    }
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
-    plot_roc([r["label"] for r in scored], [r["p_fake"] for r in scored], bundle_dir / "roc.png",
-             "held-out identities (video level)")
+    plot_roc(
+        [r["label"] for r in scored],
+        [r["p_fake"] for r in scored],
+        bundle_dir / "roc.png",
+        "held-out identities (video level)",
+    )
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     training = manifest.get("training") or {}
     training["evaluation"] = {
-        "held_out_videos": len(rows), "scored": len(scored), **metrics.to_dict(),
+        "held_out_videos": len(rows),
+        "scored": len(scored),
+        **metrics.to_dict(),
         "how": "deepfake-scan path on whole held-out videos; video p_fake = mean over frames",
         "held_out_files": sorted(r["video"] for r in rows),
     }
@@ -68,9 +85,13 @@ def write_model_card(bundle_dir: Path, out: Path) -> Path:
         f"({m['window'] / m['analysis_fps']:.0f} s at {m['analysis_fps']:g} analysed frames/s).",
         f"- Face stage: {m['detector']['source']}; square crops with margin {m['crop']['margin']}.",
         f"- Encoder precision served by default: {m['encoder']['precision']}."
-        + (f" INT8 drift vs fp32: min cosine {q['min_cosine']:.4f}, mean {q['mean_cosine']:.4f}, "
-           f"max probability change {q['max_prob_change']:.4f} (bounds {q['bounds']})." if q else ""),
-        f"- Files: " + ", ".join(f"`{n}` {b / 1e6:.1f} MB" for n, b in sizes.items()),
+        + (
+            f" INT8 drift vs fp32: min cosine {q['min_cosine']:.4f}, mean {q['mean_cosine']:.4f}, "
+            f"max probability change {q['max_prob_change']:.4f} (bounds {q['bounds']})."
+            if q
+            else ""
+        ),
+        "- Files: " + ", ".join(f"`{n}` {b / 1e6:.1f} MB" for n, b in sizes.items()),
         "",
         "## Training data",
         f"- Folders: {', '.join(t.get('data', []))} (DFDC layout). Research-use data; none of it is "

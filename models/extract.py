@@ -33,8 +33,14 @@ def largest(dets: list[Any]) -> Any:
     return max(dets, key=lambda d: d.box[2] * d.box[3])
 
 
-def extract_video(path: Path, detector: FaceDetector, crop: CropSpec, size: int, fps: float,
-                  max_seconds: float | None = None) -> Crops:
+def extract_video(
+    path: Path,
+    detector: FaceDetector,
+    crop: CropSpec,
+    size: int,
+    fps: float,
+    max_seconds: float | None = None,
+) -> Crops:
     """Sample `fps` frames per second, keep the largest face of each, crop it as the server does."""
     sampler = FrameSampler(fps)
     crops, times, sampled = [], [], 0
@@ -42,7 +48,9 @@ def extract_video(path: Path, detector: FaceDetector, crop: CropSpec, size: int,
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return Crops(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), 0, "no video stream")
+                return Crops(
+                    np.zeros((0, size, size, 3), np.uint8), np.zeros(0), 0, "no video stream"
+                )
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
@@ -60,7 +68,9 @@ def extract_video(path: Path, detector: FaceDetector, crop: CropSpec, size: int,
                     crops.append(crop_face(rgb, largest(dets).box, crop, size))
                     times.append(t)
     except av.FFmpegError as exc:
-        return Crops(np.zeros((0, size, size, 3), np.uint8), np.zeros(0), sampled, f"decode error: {exc}")
+        return Crops(
+            np.zeros((0, size, size, 3), np.uint8), np.zeros(0), sampled, f"decode error: {exc}"
+        )
     arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
     return Crops(arr, np.asarray(times, np.float32), sampled)
 

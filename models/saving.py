@@ -1,9 +1,9 @@
 """A trained model on disk: the directory `deepfake-train` writes and `deepfake-export` reads.
 
-    MODEL_DIR/config.json    ModelConfig + feature_dim
-    MODEL_DIR/encoder.keras  uint8 crops -> embeddings
-    MODEL_DIR/head.keras     (embeddings, mask) -> p_fake
-    MODEL_DIR/training.json  optional: data, date, metrics (copied into the bundle manifest)
+MODEL_DIR/config.json    ModelConfig + feature_dim
+MODEL_DIR/encoder.keras  uint8 crops -> embeddings
+MODEL_DIR/head.keras     (embeddings, mask) -> p_fake
+MODEL_DIR/training.json  optional: data, date, metrics (copied into the bundle manifest)
 """
 
 from __future__ import annotations

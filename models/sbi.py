@@ -34,20 +34,34 @@ class BlendParams:
     def sample(rng: np.random.Generator, margin: float) -> BlendParams:
         face = 1.0 / (1.0 + margin)  # the detector's box, as a fraction of the square crop
         return BlendParams(
-            cx=0.5 + rng.uniform(-0.03, 0.03), cy=0.5 + rng.uniform(-0.02, 0.05),
-            rx=face * rng.uniform(0.33, 0.45), ry=face * rng.uniform(0.42, 0.55),
+            cx=0.5 + rng.uniform(-0.03, 0.03),
+            cy=0.5 + rng.uniform(-0.02, 0.05),
+            rx=face * rng.uniform(0.33, 0.45),
+            ry=face * rng.uniform(0.42, 0.55),
             blur=rng.uniform(0.01, 0.04),
             gain=tuple(float(g) for g in rng.uniform(0.88, 1.12, 3)),  # type: ignore[arg-type]
-            bias=float(rng.uniform(-12, 12)), scale=float(rng.uniform(0.96, 1.05)),
-            dx=float(rng.uniform(-0.02, 0.02)), dy=float(rng.uniform(-0.02, 0.02)),
-            sharpen=bool(rng.random() < 0.5), opacity=float(rng.uniform(0.75, 1.0)),
+            bias=float(rng.uniform(-12, 12)),
+            scale=float(rng.uniform(0.96, 1.05)),
+            dx=float(rng.uniform(-0.02, 0.02)),
+            dy=float(rng.uniform(-0.02, 0.02)),
+            sharpen=bool(rng.random() < 0.5),
+            opacity=float(rng.uniform(0.75, 1.0)),
         )
 
     def jitter(self, rng: np.random.Generator) -> BlendParams:
         return BlendParams(
-            self.cx + rng.normal(0, 0.004), self.cy + rng.normal(0, 0.004), self.rx, self.ry,
-            self.blur, self.gain, self.bias, self.scale, self.dx + rng.normal(0, 0.002),
-            self.dy + rng.normal(0, 0.002), self.sharpen, self.opacity,
+            self.cx + rng.normal(0, 0.004),
+            self.cy + rng.normal(0, 0.004),
+            self.rx,
+            self.ry,
+            self.blur,
+            self.gain,
+            self.bias,
+            self.scale,
+            self.dx + rng.normal(0, 0.002),
+            self.dy + rng.normal(0, 0.002),
+            self.sharpen,
+            self.opacity,
         )
 
 
@@ -56,8 +70,12 @@ def blend_mask(size: int, p: BlendParams) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     inside = ((x - p.cx) / p.rx) ** 2 + ((y - p.cy) / p.ry) ** 2 <= 1.0
     img = Image.fromarray((inside * 255).astype(np.uint8))
-    soft = np.asarray(img.filter(ImageFilter.GaussianBlur(radius=max(0.5, p.blur * size))),
-                      dtype=np.float32) / 255.0
+    soft = (
+        np.asarray(
+            img.filter(ImageFilter.GaussianBlur(radius=max(0.5, p.blur * size))), dtype=np.float32
+        )
+        / 255.0
+    )
     soft[soft < 0.02] = 0.0
     # Keep the blend inside a slightly grown ellipse so "outside" is a clean region.
     return soft * p.opacity
@@ -73,9 +91,12 @@ def transformed_source(face: np.ndarray, p: BlendParams) -> np.ndarray:
     # Zoom around the centre and shift: an affine map from output to input coordinates.
     a = 1.0 / p.scale
     c = size / 2
-    img = img.transform((size, size), Image.AFFINE,
-                        (a, 0, c - a * c - p.dx * size, 0, a, c - a * c - p.dy * size),
-                        resample=Image.BILINEAR)
+    img = img.transform(
+        (size, size),
+        Image.Transform.AFFINE,
+        (a, 0, c - a * c - p.dx * size, 0, a, c - a * c - p.dy * size),
+        resample=Image.Resampling.BILINEAR,
+    )
     arr = np.asarray(img, dtype=np.float32) * np.asarray(p.gain, np.float32) + p.bias
     return np.clip(arr, 0, 255)
 

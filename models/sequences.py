@@ -9,9 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def sample_windows(seqs: list[np.ndarray], labels: list[int], window: int, n: int,
-                   rng: np.random.Generator, partial_prob: float = 0.3, min_len: int = 1,
-                   noise: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sample_windows(
+    seqs: list[np.ndarray],
+    labels: list[int],
+    window: int,
+    n: int,
+    rng: np.random.Generator,
+    partial_prob: float = 0.3,
+    min_len: int = 1,
+    noise: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """n windows: (embeddings (n, W, D), mask (n, W), labels (n,), weights (n,)).
 
     Videos are drawn so that both labels carry equal total weight.

@@ -51,10 +51,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=15.0, help="seconds read per video")
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sbi", action=argparse.BooleanOptionalAction, default=True,
-                   help="synthetic self-blended fakes from real training clips (default on)")
-    p.add_argument("--finetune-blocks", type=int, default=2,
-                   help="last backbone blocks fine-tuned on frames (0 = frozen backbone)")
+    p.add_argument(
+        "--sbi",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="synthetic self-blended fakes from real training clips (default on)",
+    )
+    p.add_argument(
+        "--finetune-blocks",
+        type=int,
+        default=2,
+        help="last backbone blocks fine-tuned on frames (0 = frozen backbone)",
+    )
     p.add_argument("--encoder-epochs", type=int, default=3)
     p.add_argument("--head-epochs", type=int, default=30)
     p.add_argument("--head-steps", type=int, default=40, help="batches per head epoch")
@@ -70,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
 
 # -- face crops ----------------------------------------------------------------------------------
 
+
 def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
     from export.detector import detector_from_section, export_detector
 
@@ -82,7 +91,9 @@ def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
     return detector_from_section(section, d), section
 
 
-def all_crops(videos: list[Video], args: argparse.Namespace, size: int, cache_dir: Path) -> dict[str, Any]:
+def all_crops(
+    videos: list[Video], args: argparse.Namespace, size: int, cache_dir: Path
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from models.extract import CropCache, extract_video
@@ -90,8 +101,17 @@ def all_crops(videos: list[Video], args: argparse.Namespace, size: int, cache_di
 
     detector, section = face_stage(cache_dir, args.detector)
     crop = CropSpec(margin=args.margin)
-    cache = CropCache(cache_dir / "crops", {"detector": section["kind"], "retry_pad": section.get("retry_pad", 0.5), "margin": args.margin,
-                                            "size": size, "fps": args.fps, "max_s": args.max_seconds})
+    cache = CropCache(
+        cache_dir / "crops",
+        {
+            "detector": section["kind"],
+            "retry_pad": section.get("retry_pad", 0.5),
+            "margin": args.margin,
+            "size": size,
+            "fps": args.fps,
+            "max_s": args.max_seconds,
+        },
+    )
     out = {}
     for v in tqdm(videos, desc="face crops", unit="video", file=sys.stderr):
         c = cache.get(v.path)
@@ -104,6 +124,7 @@ def all_crops(videos: list[Video], args: argparse.Namespace, size: int, cache_di
 
 # -- encoder fine-tuning -------------------------------------------------------------------------
 
+
 def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
     """(trunk, top) sharing the encoder's layers: top(trunk(x)) == encoder(x). Only the top trains."""
     import keras
@@ -115,14 +136,18 @@ def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
 
         last = n_blocks() - blocks - 1
         if last < 0:
-            raise ValueError(f"efficientnet_lite0 has {n_blocks()} blocks; cannot fine-tune {blocks}")
+            raise ValueError(
+                f"efficientnet_lite0 has {n_blocks()} blocks; cannot fine-tune {blocks}"
+            )
         names = {layer.name for layer in encoder.layers}
         cut = f"block{last}_add" if f"block{last}_add" in names else f"block{last}_project_bn"
     elif backbone == "tiny_cnn":
         cut = "normalize"
     else:
-        raise ValueError(f"fine-tuning blocks is supported for efficientnet_lite0 and tiny_cnn, not "
-                         f"{backbone}; use --finetune-blocks 0")
+        raise ValueError(
+            f"fine-tuning blocks is supported for efficientnet_lite0 and tiny_cnn, not "
+            f"{backbone}; use --finetune-blocks 0"
+        )
     t = encoder.get_layer(cut).output
     trunk = keras.Model(encoder.input, t, name="trunk")
     top = keras.Model(t, encoder.output, name="top")
@@ -136,10 +161,15 @@ def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
 def predict(model: Any, x: np.ndarray, batch: int = 64, desc: str = "") -> np.ndarray:
     from tqdm import tqdm
 
-    outs = [np.asarray(model(x[i : i + batch], training=False))
-            for i in tqdm(range(0, len(x), batch), desc=desc, unit="batch", file=sys.stderr,
-                          disable=not desc)]
-    return np.concatenate(outs) if outs else np.zeros((0,) + tuple(model.output.shape[1:]), np.float32)
+    outs = [
+        np.asarray(model(x[i : i + batch], training=False))
+        for i in tqdm(
+            range(0, len(x), batch), desc=desc, unit="batch", file=sys.stderr, disable=not desc
+        )
+    ]
+    return (
+        np.concatenate(outs) if outs else np.zeros((0,) + tuple(model.output.shape[1:]), np.float32)
+    )
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -148,8 +178,15 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg)).astype(np.float32)
 
 
-def finetune_encoder(top: Any, feats: dict[str, np.ndarray], labels: dict[str, int], val: set[str],
-                     args: argparse.Namespace, ckpt: Path, start_epoch: int) -> None:
+def finetune_encoder(
+    top: Any,
+    feats: dict[str, np.ndarray],
+    labels: dict[str, int],
+    val: set[str],
+    args: argparse.Namespace,
+    ckpt: Path,
+    start_epoch: int,
+) -> None:
     import keras
 
     from stream_server.evaluate import auc
@@ -167,9 +204,12 @@ def finetune_encoder(top: Any, feats: dict[str, np.ndarray], labels: dict[str, i
     w = balanced_weights(y)
     val_names = [n for n in feats if n in val and len(feats[n])]
     for epoch in range(start_epoch, args.encoder_epochs):
-        hist = clf.fit(x, y, sample_weight=w, batch_size=args.batch_size, epochs=1, shuffle=True,
-                       verbose=0)
-        msg = f"encoder epoch {epoch + 1}/{args.encoder_epochs}: loss {hist.history['loss'][-1]:.4f}"
+        hist = clf.fit(
+            x, y, sample_weight=w, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0
+        )
+        msg = (
+            f"encoder epoch {epoch + 1}/{args.encoder_epochs}: loss {hist.history['loss'][-1]:.4f}"
+        )
         if val_names:
             vp = [float(np.mean(predict(clf, feats[n]))) for n in val_names]
             msg += f", held-out video AUC (frame mean) {auc(np.array([labels[n] for n in val_names]), np.array(vp)):.3f}"
@@ -180,8 +220,16 @@ def finetune_encoder(top: Any, feats: dict[str, np.ndarray], labels: dict[str, i
 
 # -- head ----------------------------------------------------------------------------------------
 
-def train_head(head: Any, emb: dict[str, np.ndarray], labels: dict[str, int], val: set[str],
-               args: argparse.Namespace, ckpt: Path, start_epoch: int) -> list[float]:
+
+def train_head(
+    head: Any,
+    emb: dict[str, np.ndarray],
+    labels: dict[str, int],
+    val: set[str],
+    args: argparse.Namespace,
+    ckpt: Path,
+    start_epoch: int,
+) -> list[float]:
     import keras
 
     from models.sequences import sample_windows, video_windows
@@ -197,8 +245,9 @@ def train_head(head: Any, emb: dict[str, np.ndarray], labels: dict[str, int], va
     rng = np.random.default_rng(args.seed + 1000 * start_epoch)
     losses = []
     for epoch in range(start_epoch, args.head_epochs):
-        x, m, y, _ = sample_windows(seqs, labs, args.window, args.head_steps * args.batch_size, rng,
-                                    noise=0.05)
+        x, m, y, _ = sample_windows(
+            seqs, labs, args.window, args.head_steps * args.batch_size, rng, noise=0.05
+        )
         hist = head.fit([x, m], y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
         losses.append(float(hist.history["loss"][-1]))
         msg = f"head epoch {epoch + 1}/{args.head_epochs}: loss {losses[-1]:.4f}"
@@ -225,6 +274,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 # -- main ----------------------------------------------------------------------------------------
 
+
 def run(args: argparse.Namespace) -> Path:
     import keras
 
@@ -250,11 +300,21 @@ def run(args: argparse.Namespace) -> Path:
         train, val = split_by_identity(ds.videos, groups, args.val_fraction, args.seed)
     else:
         train, val = ds.videos, []
-    say(f"split by identity: {len(train)} training videos, {len(val)} held out "
-        f"({len({groups[v.name] for v in val})} of {len(set(groups.values()))} identity groups)")
-    (out / "split.json").write_text(json.dumps({
-        "train": sorted(v.name for v in train), "val": sorted(v.name for v in val),
-        "groups": groups, "seed": args.seed}, indent=1))
+    say(
+        f"split by identity: {len(train)} training videos, {len(val)} held out "
+        f"({len({groups[v.name] for v in val})} of {len(set(groups.values()))} identity groups)"
+    )
+    (out / "split.json").write_text(
+        json.dumps(
+            {
+                "train": sorted(v.name for v in train),
+                "val": sorted(v.name for v in val),
+                "groups": groups,
+                "seed": args.seed,
+            },
+            indent=1,
+        )
+    )
 
     crops = all_crops(ds.videos, args, size, cache_dir)
     labels = {v.name: v.label for v in ds.videos}
@@ -262,14 +322,18 @@ def run(args: argparse.Namespace) -> Path:
     errors = {n: c.error for n, c in crops.items() if c.error}
     n_faces = sum(len(c.crops) for c in crops.values())
     sampled = sum(c.sampled for c in crops.values())
-    say(f"faces: {n_faces} crops from {sampled} sampled frames; {len(no_face)} videos without a "
-        f"face{'; errors: ' + str(errors) if errors else ''}")
+    say(
+        f"faces: {n_faces} crops from {sampled} sampled frames; {len(no_face)} videos without a "
+        f"face{'; errors: ' + str(errors) if errors else ''}"
+    )
     seqs = {n: c.crops for n, c in crops.items() if len(c.crops)}
     val_names = {v.name for v in val}
     if args.sbi:
         reals = [v.name for v in train if v.label == 0 and v.name in seqs]
         for n in reals:
-            rng = np.random.default_rng(int(hashlib.sha256(f"{args.seed}:{n}".encode()).hexdigest()[:8], 16))
+            rng = np.random.default_rng(
+                int(hashlib.sha256(f"{args.seed}:{n}".encode()).hexdigest()[:8], 16)
+            )
             seqs[f"sbi:{n}"] = blend_clip(seqs[n], rng, args.margin)
             labels[f"sbi:{n}"] = 1
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
@@ -280,8 +344,11 @@ def run(args: argparse.Namespace) -> Path:
     trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
     feats = {n: predict(trunk, s) for n, s in _progress(seqs, "backbone features")}
     if top is not None:
-        start = state["epoch"] if state["stage"] == "encoder" else (
-            args.encoder_epochs if state["stage"] in ("head", "done") else 0)
+        start = (
+            state["epoch"]
+            if state["stage"] == "encoder"
+            else (args.encoder_epochs if state["stage"] in ("head", "done") else 0)
+        )
         finetune_encoder(top, feats, labels, val_names, args, ckpt, start)
         emb = {n: predict(top, f) for n, f in feats.items()}
     else:
@@ -293,15 +360,21 @@ def run(args: argparse.Namespace) -> Path:
     model.training = {
         "data": [str(d) for d in args.data],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "videos": {"train": len(train), "val": len(val),
-                   "train_real": sum(1 for v in train if v.label == 0),
-                   "train_fake": sum(1 for v in train if v.label == 1),
-                   "val_real": sum(1 for v in val if v.label == 0),
-                   "val_fake": sum(1 for v in val if v.label == 1)},
+        "videos": {
+            "train": len(train),
+            "val": len(val),
+            "train_real": sum(1 for v in train if v.label == 0),
+            "train_fake": sum(1 for v in train if v.label == 1),
+            "val_real": sum(1 for v in val if v.label == 0),
+            "val_fake": sum(1 for v in val if v.label == 1),
+        },
         "synthetic_fakes": sum(1 for n in seqs if n.startswith("sbi:")),
         "face_crops": n_faces,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k not in ("data", "out", "bundle", "cache", "groups")},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("data", "out", "bundle", "cache", "groups")
+        },
         "head_loss": losses[-1] if losses else None,
         "seconds": round(time.monotonic() - T0, 1),
     }
@@ -318,21 +391,39 @@ def _progress(d: dict[str, Any], desc: str) -> Any:
     return tqdm(d.items(), desc=desc, unit="clip", file=sys.stderr)
 
 
-def export_and_evaluate(model: Any, args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray],
-                        val: list[Video]) -> None:
+def export_and_evaluate(
+    model: Any, args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
+) -> None:
     from export.bundle_export import export_bundle
     from export.convert import ExportError
     from models.evaluation import evaluate_bundle, write_model_card
 
     rng = np.random.default_rng(args.seed)
-    real = [s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}]
+    real = [
+        s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}
+    ]
     pool = np.concatenate(real) if real else None
-    calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)] if pool is not None else None
-    common = dict(name=args.name, version=args.version, detector=args.detector,
-                  analysis_fps=args.fps, margin=args.margin, force=True)
+    calib = (
+        pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
+        if pool is not None
+        else None
+    )
+    common = dict(
+        name=args.name,
+        version=args.version,
+        detector=args.detector,
+        analysis_fps=args.fps,
+        margin=args.margin,
+        force=True,
+    )
     try:
-        export_bundle(model, args.bundle, quantize=None if args.quantize == "none" else args.quantize,
-                      calibration_crops=calib, **common)
+        export_bundle(
+            model,
+            args.bundle,
+            quantize=None if args.quantize == "none" else args.quantize,
+            calibration_crops=calib,
+            **common,
+        )
     except ExportError as exc:
         if args.quantize == "none" or "drifts too far" not in str(exc):
             raise

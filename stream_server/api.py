@@ -80,11 +80,16 @@ def create_app(service: Service) -> Starlette:
         except Exception:
             await peer.close()
             raise
-        return JSONResponse({
-            "sdp": answer.sdp, "type": answer.type, "stream": peer.id,
-            "model": service.bundle.model_id, "analysis_fps": service.fps,
-            "threshold": service.bundle.threshold,
-        })
+        return JSONResponse(
+            {
+                "sdp": answer.sdp,
+                "type": answer.type,
+                "stream": peer.id,
+                "model": service.bundle.model_id,
+                "analysis_fps": service.fps,
+                "threshold": service.bundle.threshold,
+            }
+        )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -98,7 +103,7 @@ def create_app(service: Service) -> Starlette:
         finally:
             await service.close()
 
-    routes = [
+    routes: list[Route | Mount] = [
         Route("/", index),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
@@ -106,7 +111,8 @@ def create_app(service: Service) -> Starlette:
     ]
     if settings.static_dir.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     app.state.service = service
     return app

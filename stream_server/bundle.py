@@ -121,7 +121,9 @@ def _get(d: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
-        raise BundleError(f"manifest field {where}{key} has the wrong type ({type(value).__name__})")
+        raise BundleError(
+            f"manifest field {where}{key} has the wrong type ({type(value).__name__})"
+        )
     return value
 
 

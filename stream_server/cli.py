@@ -16,8 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     import uvicorn
 
     from stream_server.api import create_app
@@ -29,11 +30,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 1
     app = create_app(service)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=3,
+    )
     server = uvicorn.Server(config)
-    print(f"deepfake-serve: {service.bundle.model_id} on {','.join(service.sessions.providers)}; "
-          f"open http://{settings.host}:{settings.port}/", file=sys.stderr, flush=True)
+    print(
+        f"deepfake-serve: {service.bundle.model_id} on {','.join(service.sessions.providers)}; "
+        f"open http://{settings.host}:{settings.port}/",
+        file=sys.stderr,
+        flush=True,
+    )
     server.run()
     return 0 if server.started else 3
 

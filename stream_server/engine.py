@@ -39,9 +39,16 @@ class FaceJob:
 
 
 class InferenceEngine:
-    def __init__(self, bundle: Bundle, sessions: Sessions, *, max_batch: int = 16,
-                 max_wait_ms: float = 4.0, queue_size: int = 256,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        sessions: Sessions,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 4.0,
+        queue_size: int = 256,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.bundle = bundle
         self.sessions = sessions
         self.max_batch = max_batch
@@ -103,7 +110,11 @@ class InferenceEngine:
             while n < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    nxt = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -125,7 +136,9 @@ class InferenceEngine:
         """Embeddings for crops, in encoder runs of at most `max_batch` crops."""
         enc = self.bundle.encoder
         outs = [
-            self.sessions.encoder.run([enc.output_name], {enc.input_name: crops[i : i + self.max_batch]})[0]
+            self.sessions.encoder.run(
+                [enc.output_name], {enc.input_name: crops[i : i + self.max_batch]}
+            )[0]
             for i in range(0, len(crops), self.max_batch)
         ]
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)

@@ -61,9 +61,15 @@ def compute(labels: Any, scores: Any, threshold: float = 0.5) -> Metrics:
         raise ValueError("labels and scores must be equal-length, non-empty 1-d sequences")
     p = np.clip(s, 1e-7, 1 - 1e-7)
     ll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return Metrics(n=len(y), positives=int(y.sum()), auc=auc(y, s), log_loss=ll,
-                   accuracy=float(np.mean((s >= threshold) == (y == 1))), eer=eer(y, s),
-                   threshold=threshold)
+    return Metrics(
+        n=len(y),
+        positives=int(y.sum()),
+        auc=auc(y, s),
+        log_loss=ll,
+        accuracy=float(np.mean((s >= threshold) == (y == 1))),
+        eer=eer(y, s),
+        threshold=threshold,
+    )
 
 
 def plot_roc(labels: Any, scores: Any, path: Path, title: str) -> Path:
@@ -77,8 +83,13 @@ def plot_roc(labels: Any, scores: Any, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot(fpr, tpr, lw=2, label=f"AUC {auc(y, s):.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate",
-           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (real called fake)",
+        ylabel="true positive rate",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

@@ -74,7 +74,9 @@ class FaceDetector:
         self.spec = spec
         self.anchors = ssd_anchors(spec.input_size, spec.strides, spec.anchors_per_cell)
 
-    def letterbox(self, rgb: np.ndarray, pad: float = 0.0) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    def letterbox(
+        self, rgb: np.ndarray, pad: float = 0.0
+    ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
         """Resize keeping aspect ratio into a square, centred, with `pad` (fraction of the longer
         side) of extra border on every side; returns the input tensor and the padding (left, top,
         right, bottom) as fractions of the square."""
@@ -82,7 +84,7 @@ class FaceDetector:
         s = self.spec.input_size
         scale = s / (max(h, w) * (1.0 + 2.0 * pad))
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
         canvas = np.zeros((s, s, 3), dtype=np.uint8)
         left, top = (s - nw) // 2, (s - nh) // 2
         canvas[top : top + nh, left : left + nw] = resized
@@ -104,7 +106,9 @@ class FaceDetector:
             [self.spec.boxes_name, self.spec.scores_name], {self.spec.input_name: x}
         )
         raw_boxes = raw_boxes.reshape(-1, 16)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.reshape(-1), -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)))
+        scores = 1.0 / (
+            1.0 + np.exp(-np.clip(raw_scores.reshape(-1), -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT))
+        )
         keep = scores > self.spec.min_score
         if not keep.any():
             return []
@@ -128,8 +132,9 @@ class FaceDetector:
         return out
 
 
-def crop_face(rgb: np.ndarray, box: tuple[float, float, float, float], crop: CropSpec,
-              size: int) -> np.ndarray:
+def crop_face(
+    rgb: np.ndarray, box: tuple[float, float, float, float], crop: CropSpec, size: int
+) -> np.ndarray:
     """A square crop of side max(w, h) * (1 + margin) centred on the box, resized to `size`.
 
     Parts outside the frame are black. Returns uint8 (size, size, 3) RGB.
@@ -141,7 +146,7 @@ def crop_face(rgb: np.ndarray, box: tuple[float, float, float, float], crop: Cro
     x0, y0 = round(cx - side / 2), round(cy - side / 2)
     x1, y1 = x0 + max(1, round(side)), y0 + max(1, round(side))
     img = Image.fromarray(rgb).crop((x0, y0, x1, y1))
-    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 @dataclass
@@ -161,11 +166,17 @@ class FaceTracker:
     tracks: dict[int, Track] = field(default_factory=dict)
     next_id: int = 0
 
-    def update(self, detections: list[Detection]) -> tuple[list[tuple[Track, Detection]], list[int]]:
+    def update(
+        self, detections: list[Detection]
+    ) -> tuple[list[tuple[Track, Detection]], list[int]]:
         """Returns (matched/new tracks with their detection, ids of tracks that ended)."""
         dets = sorted(detections, key=lambda d: -d.score)[: self.max_faces]
         pairs = sorted(
-            ((iou(t.box, d.box), tid, k) for tid, t in self.tracks.items() for k, d in enumerate(dets)),
+            (
+                (iou(t.box, d.box), tid, k)
+                for tid, t in self.tracks.items()
+                for k, d in enumerate(dets)
+            ),
             reverse=True,
         )
         used_t: set[int] = set()

@@ -36,8 +36,13 @@ class ScoreMessage:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["faces"] = [
-            {"track": f.track, "box": [round(v, 5) for v in f.box], "p_fake": f.p_fake,
-             "frames": f.frames, "label": f.label}
+            {
+                "track": f.track,
+                "box": [round(v, 5) for v in f.box],
+                "p_fake": f.p_fake,
+                "frames": f.frames,
+                "label": f.label,
+            }
             for f in self.faces
         ]
         d["t"] = round(self.t, 4)

@@ -70,7 +70,9 @@ class FramePipeline:
             crops.append(crop_face(rgb, det.box, self.bundle.crop, size))
             w = self.windows.get(track.id)
             if w is None:
-                w = self.windows[track.id] = FrameWindow(self.bundle.window, self.bundle.feature_dim)
+                w = self.windows[track.id] = FrameWindow(
+                    self.bundle.window, self.bundle.feature_dim
+                )
             windows.append(w)
         arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
         return Prepared(tracks, arr, windows)

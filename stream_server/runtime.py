@@ -39,7 +39,9 @@ def resolve_providers(choice: str) -> list[str]:
     if choice == "auto":
         wanted = [p for p in ("CUDAExecutionProvider",) if p in available]
         return [*wanted, "CPUExecutionProvider"]
-    names = [PROVIDER_ALIASES.get(c.strip().lower(), c.strip()) for c in choice.split(",") if c.strip()]
+    names = [
+        PROVIDER_ALIASES.get(c.strip().lower(), c.strip()) for c in choice.split(",") if c.strip()
+    ]
     missing = [n for n in names if n not in available]
     if missing:
         raise BundleError(f"execution provider(s) {missing} not available (have {available})")
@@ -81,7 +83,7 @@ def _io(session: Any, kind: str) -> dict[str, Any]:
 def _dim_ok(dim: Any, want: int | None) -> bool:
     if want is None:  # dynamic axis expected
         return not isinstance(dim, int) or dim < 1
-    return dim == want
+    return bool(dim == want)
 
 
 def check_contract(bundle: Bundle, s: Sessions) -> None:
@@ -99,22 +101,32 @@ def check_contract(bundle: Bundle, s: Sessions) -> None:
     )
     _check(e.output_name in eout, f"encoder graph has no output {e.output_name!r}")
     oshp = list(eout[e.output_name].shape)
-    _check(oshp[-1] == bundle.feature_dim,
-           f"encoder output shape {oshp} does not match feature_dim {bundle.feature_dim}")
+    _check(
+        oshp[-1] == bundle.feature_dim,
+        f"encoder output shape {oshp} does not match feature_dim {bundle.feature_dim}",
+    )
     hin, hout = _io(s.head, "in"), _io(s.head, "out")
-    _check(h.embeddings_name in hin and h.mask_name in hin,
-           f"head graph inputs {list(hin)} do not include {h.embeddings_name!r} and {h.mask_name!r}")
+    _check(
+        h.embeddings_name in hin and h.mask_name in hin,
+        f"head graph inputs {list(hin)} do not include {h.embeddings_name!r} and {h.mask_name!r}",
+    )
     hs = list(hin[h.embeddings_name].shape)
-    _check(hs[1:] == [bundle.window, bundle.feature_dim],
-           f"head input shape {hs} does not match [batch, {bundle.window}, {bundle.feature_dim}]")
+    _check(
+        hs[1:] == [bundle.window, bundle.feature_dim],
+        f"head input shape {hs} does not match [batch, {bundle.window}, {bundle.feature_dim}]",
+    )
     ms = list(hin[h.mask_name].shape)
-    _check(ms[1:] == [bundle.window], f"head mask shape {ms} does not match [batch, {bundle.window}]")
+    _check(
+        ms[1:] == [bundle.window], f"head mask shape {ms} does not match [batch, {bundle.window}]"
+    )
     _check(h.output_name in hout, f"head graph has no output {h.output_name!r}")
     din, dout = _io(s.detector, "in"), _io(s.detector, "out")
     _check(d.input_name in din, f"detector graph has no input {d.input_name!r}")
     ds = list(din[d.input_name].shape)
-    _check(ds[1:] == [d.input_size, d.input_size, 3],
-           f"detector input shape {ds} does not match the manifest size {d.input_size}")
+    _check(
+        ds[1:] == [d.input_size, d.input_size, 3],
+        f"detector input shape {ds} does not match the manifest size {d.input_size}",
+    )
     _check(d.boxes_name in dout and d.scores_name in dout, "detector outputs do not match manifest")
 
 
@@ -131,7 +143,9 @@ def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> 
 def warm_up(bundle: Bundle, s: Sessions) -> None:
     """One run of each graph so the first real frame does not pay for lazy initialisation."""
     size = bundle.encoder.input_size
-    emb = s.encoder.run(None, {bundle.encoder.input_name: np.zeros((1, size, size, 3), np.uint8)})[0]
+    emb = s.encoder.run(None, {bundle.encoder.input_name: np.zeros((1, size, size, 3), np.uint8)})[
+        0
+    ]
     w = np.zeros((1, bundle.window, bundle.feature_dim), np.float32)
     w[0, 0] = emb[0]
     m = np.zeros((1, bundle.window), bool)

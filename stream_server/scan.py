@@ -43,11 +43,15 @@ class ScanResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "verdict": self.verdict,
+            "path": self.path,
+            "verdict": self.verdict,
             "p_fake": None if self.p_fake is None else round(self.p_fake, 6),
-            "duration_s": round(self.duration_s, 3), "frames_analysed": self.frames_analysed,
-            "frames_with_face": self.frames_with_face, "faces": self.faces,
-            "timeline": self.timeline, "model": self.model,
+            "duration_s": round(self.duration_s, 3),
+            "frames_analysed": self.frames_analysed,
+            "frames_with_face": self.frames_with_face,
+            "faces": self.faces,
+            "timeline": self.timeline,
+            "model": self.model,
         }
 
 
@@ -61,23 +65,36 @@ def video_verdict(results: list[FrameResult], threshold: float) -> tuple[str, fl
     return ("fake" if p >= threshold else "real"), p
 
 
-def timeline(times: list[float], results: list[FrameResult], duration: float) -> list[dict[str, Any]]:
+def timeline(
+    times: list[float], results: list[FrameResult], duration: float
+) -> list[dict[str, Any]]:
     out = []
     for sec in range(max(1, math.ceil(duration))):
-        ps = [r.p_fake for t, r in zip(times, results, strict=True)
-              if sec <= t < sec + 1 and r.p_fake is not None]
-        labels = [r.label for t, r in zip(times, results, strict=True) if sec <= t < sec + 1]
-        out.append({
-            "second": sec,
-            "p_fake": None if not ps else round(float(np.mean(ps)), 6),
-            "label": max(set(labels), key=labels.count) if labels else "no_frames",
-        })
+        ps = [
+            r.p_fake
+            for t, r in zip(times, results, strict=True)
+            if sec <= t < sec + 1 and r.p_fake is not None
+        ]
+        labels: list[str] = [r.label for t, r in zip(times, results, strict=True) if sec <= t < sec + 1]
+        out.append(
+            {
+                "second": sec,
+                "p_fake": None if not ps else round(float(np.mean(ps)), 6),
+                "label": max(set(labels), key=labels.count) if labels else "no_frames",
+            }
+        )
     return out
 
 
-def scan_file(path: Path, bundle: Bundle, detector: FaceDetector, engine: InferenceEngine,
-              limits: ScanLimits = ScanLimits(), fps: float | None = None,
-              progress: Callable[[float], None] | None = None) -> ScanResult:
+def scan_file(
+    path: Path,
+    bundle: Bundle,
+    detector: FaceDetector,
+    engine: InferenceEngine,
+    limits: ScanLimits = ScanLimits(),
+    fps: float | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> ScanResult:
     pipeline = FramePipeline(bundle, detector, engine)
     sampler = FrameSampler(fps or bundle.analysis_fps)
     times: list[float] = []
@@ -87,14 +104,22 @@ def scan_file(path: Path, bundle: Bundle, detector: FaceDetector, engine: Infere
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise ScanError(f"{Path(path).name} is not a readable video ({type(exc).__name__})") from None
+        raise ScanError(
+            f"{Path(path).name} is not a readable video ({type(exc).__name__})"
+        ) from None
     with container:
         if not container.streams.video:
             raise ScanError(f"{Path(path).name} has no video stream")
         stream = container.streams.video[0]
-        declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        declared = (
+            float(stream.duration * stream.time_base)
+            if stream.duration and stream.time_base
+            else None
+        )
         if declared is not None and declared > limits.max_seconds:
-            raise ScanError(f"video is {declared:.0f} s long; the limit is {limits.max_seconds:.0f} s")
+            raise ScanError(
+                f"video is {declared:.0f} s long; the limit is {limits.max_seconds:.0f} s"
+            )
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
@@ -112,15 +137,22 @@ def scan_file(path: Path, bundle: Bundle, detector: FaceDetector, engine: Infere
                     progress(min(1.0, t / declared))
         except av.FFmpegError as exc:
             if not results:
-                raise ScanError(f"{Path(path).name} could not be decoded ({type(exc).__name__})") from None
+                raise ScanError(
+                    f"{Path(path).name} could not be decoded ({type(exc).__name__})"
+                ) from None
     if not results:
         raise ScanError(f"{Path(path).name} has no decodable video frames")
     verdict, p = video_verdict(results, bundle.threshold)
     duration = max(last_t, declared or 0.0)
     return ScanResult(
-        path=str(path), verdict=verdict, p_fake=p, duration_s=duration,
-        frames_analysed=len(results), frames_with_face=sum(r.label != "no_face" for r in results),
-        faces=pipeline.tracker.next_id, timeline=timeline(times, results, duration),
+        path=str(path),
+        verdict=verdict,
+        p_fake=p,
+        duration_s=duration,
+        frames_analysed=len(results),
+        frames_with_face=sum(r.label != "no_face" for r in results),
+        faces=pipeline.tracker.next_id,
+        timeline=timeline(times, results, duration),
         model=bundle.model_id,
     )
 
@@ -128,8 +160,15 @@ def scan_file(path: Path, bundle: Bundle, detector: FaceDetector, engine: Infere
 class Scanner:
     """Bundle, sessions, face detector and engine for offline scans (a context manager)."""
 
-    def __init__(self, bundle_dir: Path, *, providers: str = "auto", precision: str = "auto",
-                 limits: ScanLimits = ScanLimits(), threads: int = 0) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        *,
+        providers: str = "auto",
+        precision: str = "auto",
+        limits: ScanLimits = ScanLimits(),
+        threads: int = 0,
+    ) -> None:
         from stream_server.bundle import load_bundle
         from stream_server.runtime import open_sessions, warm_up
 
@@ -148,4 +187,6 @@ class Scanner:
         self.engine.stop()
 
     def scan(self, path: Path, progress: Callable[[float], None] | None = None) -> ScanResult:
-        return scan_file(path, self.bundle, self.detector, self.engine, self.limits, progress=progress)
+        return scan_file(
+            path, self.bundle, self.detector, self.engine, self.limits, progress=progress
+        )

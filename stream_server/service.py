@@ -41,13 +41,17 @@ class Service:
         warm_up(self.bundle, self.sessions)
         self.detector = FaceDetector(self.sessions.detector, self.bundle.detector)
         self.engine = InferenceEngine(
-            self.bundle, self.sessions, max_batch=settings.max_batch,
-            max_wait_ms=settings.max_wait_ms, queue_size=max(8, settings.max_streams * 2),
+            self.bundle,
+            self.sessions,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            queue_size=max(8, settings.max_streams * 2),
             metrics=self.metrics,
         )
         # Bounded pool for decode-side conversion and the face stage of all streams.
-        self.executor = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2),
-                                           thread_name_prefix="face-stage")
+        self.executor = ThreadPoolExecutor(
+            max_workers=min(8, (os.cpu_count() or 2) + 2), thread_name_prefix="face-stage"
+        )
         self.streams: dict[str, StreamAnalyzer] = {}
         self.owners: dict[str, Closable] = {}
         self._closing = False
@@ -60,8 +64,13 @@ class Service:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.engine.start()
-        log.info("model %s (%s, %s) on %s", self.bundle.model_id, self.bundle.backbone,
-                 self.bundle.encoder.precision, ",".join(self.sessions.providers))
+        log.info(
+            "model %s (%s, %s) on %s",
+            self.bundle.model_id,
+            self.bundle.backbone,
+            self.bundle.encoder.precision,
+            ",".join(self.sessions.providers),
+        )
 
     def new_stream(self, stream_id: str, emit: Emit, owner: Closable) -> StreamAnalyzer:
         if self._closing:
@@ -69,9 +78,15 @@ class Service:
         if len(self.streams) >= self.settings.max_streams:
             raise Capacity(f"stream limit reached ({self.settings.max_streams} streams)")
         pipeline = FramePipeline(self.bundle, self.detector, self.engine)
-        stream = StreamAnalyzer(stream_id, pipeline, fps=self.fps, metrics=self.metrics,
-                                executor=self.executor, emit=emit,
-                                max_frame_side=self.settings.max_frame_side)
+        stream = StreamAnalyzer(
+            stream_id,
+            pipeline,
+            fps=self.fps,
+            metrics=self.metrics,
+            executor=self.executor,
+            emit=emit,
+            max_frame_side=self.settings.max_frame_side,
+        )
         self.streams[stream_id] = stream
         self.owners[stream_id] = owner
         self.metrics.active_streams.set(len(self.streams))

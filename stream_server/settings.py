@@ -85,7 +85,11 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("port", int, "port to listen on"),
     ("bundle", Path, "model bundle directory (default: the bundled default model)"),
     ("precision", str, "encoder precision: auto (the manifest's choice), fp32 or int8"),
-    ("providers", str, "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ..."),
+    (
+        "providers",
+        str,
+        "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ...",
+    ),
     ("threads", int, "onnxruntime threads for the encoder (0 = all cores)"),
     ("analysis_fps", float, "analysed frames per second per stream (default: the bundle's)"),
     ("max_streams", int, "concurrent streams; the next offer gets 503"),
@@ -99,8 +103,9 @@ _FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def parse_settings(argv: Sequence[str] | None = None,
-                   environ: Mapping[str, str] | None = None) -> Settings:
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(
@@ -109,8 +114,13 @@ def parse_settings(argv: Sequence[str] | None = None,
         "/healthz and /metrics. Every flag can also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
     )
     for name, typ, help_ in _FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ if typ is not str else str,
-                       default=None, help=f"{help_} [env {ENV_PREFIX}{name.upper()}]")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=typ if typ is not str else str,
+            default=None,
+            help=f"{help_} [env {ENV_PREFIX}{name.upper()}]",
+        )
     args = p.parse_args(argv)
     values: dict[str, object] = {}
     types = {f.name: f for f in fields(Settings)}
@@ -120,7 +130,9 @@ def parse_settings(argv: Sequence[str] | None = None,
             try:
                 raw = typ(env[ENV_PREFIX + name.upper()])
             except ValueError:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()} is not a valid {typ.__name__}") from None
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()} is not a valid {typ.__name__}"
+                ) from None
         if raw is None:
             continue
         if name in ("ice_addresses", "ice_servers"):

@@ -43,8 +43,17 @@ class _Due:
 
 
 class StreamAnalyzer:
-    def __init__(self, stream_id: str, pipeline: FramePipeline, *, fps: float, metrics: Metrics,
-                 executor: Executor, emit: Emit, max_frame_side: int = 1280) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        pipeline: FramePipeline,
+        *,
+        fps: float,
+        metrics: Metrics,
+        executor: Executor,
+        emit: Emit,
+        max_frame_side: int = 1280,
+    ) -> None:
         self.id = stream_id
         self.pipeline = pipeline
         self.sampler = FrameSampler(fps)
@@ -93,7 +102,9 @@ class StreamAnalyzer:
     # -- analysis loop -----------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"analyse-{self.id}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"analyse-{self.id}"
+            )
 
     async def close(self) -> None:
         self._closed = True
@@ -107,7 +118,11 @@ class StreamAnalyzer:
         self._slot = None
 
     def _prepare(self, due: _Due) -> Any:
-        rgb = due.frame if isinstance(due.frame, np.ndarray) else frame_to_rgb(due.frame, self.max_frame_side)
+        rgb = (
+            due.frame
+            if isinstance(due.frame, np.ndarray)
+            else frame_to_rgb(due.frame, self.max_frame_side)
+        )
         return rgb, self.pipeline.prepare(rgb)
 
     async def _run(self) -> None:
@@ -142,8 +157,14 @@ class StreamAnalyzer:
             self.metrics.score_latency.observe(latency)
             self.analysed += 1
             msg = ScoreMessage(
-                stream=self.id, seq=self.seq, t=due.t, p_fake=result.p_fake, label=result.label,
-                faces=result.faces, latency_ms=latency * 1000.0, dropped=self.dropped,
+                stream=self.id,
+                seq=self.seq,
+                t=due.t,
+                p_fake=result.p_fake,
+                label=result.label,
+                faces=result.faces,
+                latency_ms=latency * 1000.0,
+                dropped=self.dropped,
                 model=self.pipeline.bundle.model_id,
             )
             self.seq += 1

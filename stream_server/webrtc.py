@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import aioice.ice
+import av
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -74,6 +75,7 @@ class PeerSession:
         self.channel: RTCDataChannel | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closer: asyncio.Task[None] | None = None
         self.stream = service.new_stream(self.id, self.send, self)
         pc = self.pc
 
@@ -81,6 +83,7 @@ class PeerSession:
         def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label == SCORES_LABEL:
                 self.channel = channel
+                channel.on("message", self._on_client_message)
                 if channel.readyState == "open":
                     self._hello()
                 else:
@@ -95,6 +98,12 @@ class PeerSession:
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 await self.close()
+
+    def _on_client_message(self, data: object) -> None:
+        """The client says goodbye before closing, so its stream ends at once (not after ICE
+        consent times out)."""
+        if isinstance(data, str) and len(data) < 256 and '"bye"' in data and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self.close())
 
     def _hello(self) -> None:
         self.send(StatusMessage("connected", self.id, self.service.bundle.model_id))
@@ -119,7 +128,8 @@ class PeerSession:
                 frame = await track.recv()
             except MediaStreamError:
                 break
-            self.stream.offer_frame(frame)
+            if isinstance(frame, av.VideoFrame):
+                self.stream.offer_frame(frame)
         if not self._closed:
             self.send(StatusMessage("source_lost", self.id, "video track ended"))
 
@@ -134,7 +144,9 @@ class PeerSession:
         try:
             await self.pc.setRemoteDescription(offer)
         except Exception as exc:
-            raise OfferError(f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise OfferError(
+                f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription
@@ -144,7 +156,9 @@ class PeerSession:
             return
         self._closed = True
         await self.service.end_stream(self.id)
+        current = asyncio.current_task()
         for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+            if t is not current:
+                t.cancel()
+        await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
         await self.pc.close()

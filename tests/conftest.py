@@ -67,8 +67,11 @@ class LiveServer:
         settings = Settings(port=self.port, ice_addresses=("127.0.0.1",), **overrides)  # type: ignore[arg-type]
         self.service = Service(settings)
         self.app = create_app(self.service)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

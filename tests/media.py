@@ -10,7 +10,6 @@ import av
 import numpy as np
 from PIL import Image
 
-
 # Where the astronaut's face is in the 512x512 photo (x, y, w, h), checked by eye.
 PHOTO_FACE = (174.0, 70.0, 105.0, 105.0)
 
@@ -24,7 +23,9 @@ def _view(i: int, n: int) -> tuple[int, int]:
     return int(np.clip(cx - side / 2, 0, 512 - side)), side
 
 
-def face_box(i: int, n: int, size: tuple[int, int] = (640, 480)) -> tuple[float, float, float, float]:
+def face_box(
+    i: int, n: int, size: tuple[int, int] = (640, 480)
+) -> tuple[float, float, float, float]:
     """The face's true box in frame i of `face_frames(n, size)`, normalised (x, y, w, h)."""
     w, h = size
     x0, side = _view(i, n)
@@ -42,7 +43,7 @@ def face_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarray]:
     frames = []
     for i in range(n):
         x0, side = _view(i, n)
-        crop = photo.crop((x0, 0, x0 + side, side)).resize((h, h), Image.BILINEAR)
+        crop = photo.crop((x0, 0, x0 + side, side)).resize((h, h), Image.Resampling.BILINEAR)
         canvas = Image.new("RGB", (w, h), (40, 60, 80))
         canvas.paste(crop, ((w - h) // 2, 0))
         frames.append(np.asarray(canvas))
@@ -62,7 +63,9 @@ def faceless_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarr
     return out
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264") -> Path:
+def write_video(
+    path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264"
+) -> Path:
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]

@@ -61,7 +61,9 @@ class ClientPeer:
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
-            r = await client.post("/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
+            r = await client.post(
+                "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}
+            )
         r.raise_for_status()
         self.answer = r.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], "answer"))
@@ -71,10 +73,15 @@ class ClientPeer:
     def scores(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == "score"]
 
-    async def wait_scores(self, n: int, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.scores()) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    async def wait_scores(self, n: int, within: float) -> list[dict[str, Any]]:
+        """Wait until n score messages have arrived or `within` seconds have passed."""
+        try:
+            async with asyncio.timeout(within):
+                while len(self.scores()) < n:
+                    self.got_message.clear()
+                    await self.got_message.wait()
+        except TimeoutError:
+            pass
         return self.scores()
 
     async def close(self) -> None:

@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def test_help() -> None:
@@ -32,12 +37,28 @@ def test_help() -> None:
 def test_tiny_bundle_manifest_matches_contract(tiny_bundle: Path) -> None:
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     assert m["format"] == FORMAT
-    for key in ("name", "version", "backbone", "feature_dim", "window", "analysis_fps", "threshold",
-                "files", "encoder", "head", "detector"):
+    for key in (
+        "name",
+        "version",
+        "backbone",
+        "feature_dim",
+        "window",
+        "analysis_fps",
+        "threshold",
+        "files",
+        "encoder",
+        "head",
+        "detector",
+    ):
         assert key in m, key
     assert m["encoder"]["input"] == {
-        "name": "crops", "size": 64, "layout": "NHWC", "color": "RGB", "dtype": "uint8",
-        "preprocessing": m["encoder"]["input"]["preprocessing"]}
+        "name": "crops",
+        "size": 64,
+        "layout": "NHWC",
+        "color": "RGB",
+        "dtype": "uint8",
+        "preprocessing": m["encoder"]["input"]["preprocessing"],
+    }
     assert set(m["files"]) == {"encoder.onnx", "head.onnx", "face_detector.onnx"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
     assert m["parity"]["max_prob_diff_masked"] <= 1e-4
@@ -148,10 +169,13 @@ def test_onnx_equals_keras_with_partial_mask(tiny_model_dir: Path, tiny_bundle: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backbone", "size", "weights"),
-                         [("efficientnet_lite0", 224, "imagenet"), ("inception_v3", 299, None)])
-def test_real_backbones_export_with_parity(backbone: str, size: int, weights: str | None,
-                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "size", "weights"),
+    [("efficientnet_lite0", 224, "imagenet"), ("inception_v3", 299, None)],
+)
+def test_real_backbones_export_with_parity(
+    backbone: str, size: int, weights: str | None, tmp_path: Path
+) -> None:
     from export.bundle_export import export_bundle
     from models.config import ModelConfig
     from models.saving import new_model

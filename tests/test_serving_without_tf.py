@@ -20,7 +20,9 @@ sys.meta_path.insert(0, Block())
 
 
 def test_stream_server_imports_and_runs_without_tensorflow(tiny_bundle: Path) -> None:
-    code = BLOCK_TF + f"""
+    code = (
+        BLOCK_TF
+        + f"""
 import pkgutil, importlib, stream_server
 for m in pkgutil.walk_packages(stream_server.__path__, 'stream_server.'):
     if not m.name.endswith('__main__'):
@@ -38,8 +40,10 @@ leaked = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', '
 assert not leaked, leaked
 print('ok')
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("ok")
 
@@ -48,5 +52,12 @@ def test_no_tensorflow_import_in_serving_sources() -> None:
     for path in (ROOT / "stream_server").rglob("*.py"):
         for line in path.read_text().splitlines():
             s = line.strip()
-            assert not s.startswith(("import tensorflow", "from tensorflow", "import keras",
-                                     "from keras", "import tf2onnx")), f"{path}: {s}"
+            assert not s.startswith(
+                (
+                    "import tensorflow",
+                    "from tensorflow",
+                    "import keras",
+                    "from keras",
+                    "import tf2onnx",
+                )
+            ), f"{path}: {s}"

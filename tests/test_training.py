@@ -32,11 +32,17 @@ def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("dfdc")
     meta = {}
     for i in range(3):
-        frames = face_frames(30, size=(320, 240))[i * 3 :] + face_frames(30, size=(320, 240))[: i * 3]
+        frames = (
+            face_frames(30, size=(320, 240))[i * 3 :] + face_frames(30, size=(320, 240))[: i * 3]
+        )
         write_video(d / f"person{i}_real.mp4", frames, fps=10)
         write_video(d / f"person{i}_fake.mp4", tinted(frames), fps=10)
         meta[f"person{i}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
-        meta[f"person{i}_fake.mp4"] = {"label": "FAKE", "original": f"person{i}_real.mp4", "split": "train"}
+        meta[f"person{i}_fake.mp4"] = {
+            "label": "FAKE",
+            "original": f"person{i}_real.mp4",
+            "split": "train",
+        }
     write_video(d / "empty_room.mp4", faceless_frames(20, size=(320, 240)), fps=10)
     meta["empty_room.mp4"] = {"label": "REAL", "original": None, "split": "train"}
     meta["missing.mp4"] = {"label": "FAKE", "original": None, "split": "train"}
@@ -53,14 +59,17 @@ def test_metadata_parsing(dfdc_folder: Path) -> None:
     assert fake.label == 1 and fake.original == "person1_real.mp4"
 
 
-@pytest.mark.parametrize(("content", "error"), [
-    (None, "metadata.json is missing"),
-    ("{not json", "not valid JSON"),
-    ("[]", "must map video file names"),
-    ('{"a.mp4": {"label": "MAYBE"}}', "expected REAL or FAKE"),
-    ('{"../x.mp4": {"label": "REAL"}}', "not a plain file name"),
-    ('{"a.mp4": {"label": "REAL"}}', "none of the 1 videos"),
-])
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, "metadata.json is missing"),
+        ("{not json", "not valid JSON"),
+        ("[]", "must map video file names"),
+        ('{"a.mp4": {"label": "MAYBE"}}', "expected REAL or FAKE"),
+        ('{"../x.mp4": {"label": "REAL"}}', "not a plain file name"),
+        ('{"a.mp4": {"label": "REAL"}}', "none of the 1 videos"),
+    ],
+)
 def test_metadata_errors(tmp_path: Path, content: str | None, error: str) -> None:
     if content is not None:
         (tmp_path / "metadata.json").write_text(content)
@@ -69,11 +78,17 @@ def test_metadata_errors(tmp_path: Path, content: str | None, error: str) -> Non
 
 
 def test_cli_rejects_folder_not_in_dfdc_layout(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "models", "--data", str(tmp_path), "--out",
-                        str(tmp_path / "m")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "models", "--data", str(tmp_path), "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (
-        f"deepfake-train: error: {tmp_path} is not in DFDC layout: metadata.json is missing")
+        f"deepfake-train: error: {tmp_path} is not in DFDC layout: metadata.json is missing"
+    )
 
 
 def test_identity_groups_keep_people_on_one_side(dfdc_folder: Path) -> None:
@@ -84,7 +99,9 @@ def test_identity_groups_keep_people_on_one_side(dfdc_folder: Path) -> None:
     assert len(set(groups.values())) == 4
     rules = {"same_identity": [["^person0_", "^person1_"]]}
     assert len(set(identity_groups(ds.videos, rules).values())) == 3
-    train, val = split_by_identity(ds.videos, groups, val_fraction=0.3, seed=1, max_group_fraction=1)
+    train, val = split_by_identity(
+        ds.videos, groups, val_fraction=0.3, seed=1, max_group_fraction=1
+    )
     assert val and train
     assert not {groups[v.name] for v in train} & {groups[v.name] for v in val}
 
@@ -135,16 +152,45 @@ def test_self_blended_fake_differs_only_inside_the_mask() -> None:
 
 
 def _train(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "models", "--data", str(folder), "--out", str(out),
-           "--backbone", "tiny_cnn", "--input-size", "64", "--weights", "none", "--window", "8",
-           "--val-fraction", "0", "--encoder-epochs", "2", "--head-steps", "10",
-           "--batch-size", "16", "--finetune-blocks", "1", "--seed", "3", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "models",
+        "--data",
+        str(folder),
+        "--out",
+        str(out),
+        "--backbone",
+        "tiny_cnn",
+        "--input-size",
+        "64",
+        "--weights",
+        "none",
+        "--window",
+        "8",
+        "--val-fraction",
+        "0",
+        "--encoder-epochs",
+        "2",
+        "--head-steps",
+        "10",
+        "--batch-size",
+        "16",
+        "--finetune-blocks",
+        "1",
+        "--seed",
+        "3",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def _head_losses(stderr: str) -> list[float]:
-    return [float(line.split("loss ")[1].split(",")[0]) for line in stderr.splitlines()
-            if "head epoch" in line]
+    return [
+        float(line.split("loss ")[1].split(",")[0])
+        for line in stderr.splitlines()
+        if "head epoch" in line
+    ]
 
 
 def test_tiny_training_lowers_loss_and_resumes(dfdc_folder: Path, tmp_path: Path) -> None:
@@ -159,7 +205,9 @@ def test_tiny_training_lowers_loss_and_resumes(dfdc_folder: Path, tmp_path: Path
     for name in ("config.json", "encoder.keras", "head.keras", "training.json", "split.json"):
         assert (out / name).is_file()
     # Resume: continue the head from epoch 4 to 12 without redoing finished work.
-    r = _train(dfdc_folder, out, "--head-epochs", "12", "--resume", "--cache", str(tmp_path / "cache"))
+    r = _train(
+        dfdc_folder, out, "--head-epochs", "12", "--resume", "--cache", str(tmp_path / "cache")
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed head training after epoch 4" in r.stderr
     assert "restored the fine-tuned encoder from checkpoints (epoch 2)" in r.stderr

@@ -18,7 +18,18 @@ from tests.conftest import LiveServer
 from tests.media import face_box, face_frames, faceless_frames
 from tests.rtc_client import ClientPeer
 
-SCORE_KEYS = {"type", "stream", "seq", "t", "p_fake", "label", "faces", "latency_ms", "dropped", "model"}
+SCORE_KEYS = {
+    "type",
+    "stream",
+    "seq",
+    "t",
+    "p_fake",
+    "label",
+    "faces",
+    "latency_ms",
+    "dropped",
+    "model",
+}
 N_FRAMES = 60  # a 4 s loop at 15 fps
 
 
@@ -26,9 +37,9 @@ def test_scores_arrive_fast_match_contract_and_box_the_face(live_server: LiveSer
     async def run() -> ClientPeer:
         peer = ClientPeer(live_server.url, face_frames(N_FRAMES), fps=15)
         await peer.connect()
-        first = await peer.wait_scores(1, timeout=2.0)
+        first = await peer.wait_scores(1, within=2.0)
         assert first, "no score message within 2 s of connecting"
-        await peer.wait_scores(15, timeout=10.0)
+        await peer.wait_scores(15, within=10.0)
         await peer.close()
         return peer
 
@@ -65,7 +76,7 @@ def test_faceless_clip_yields_no_face(live_server: LiveServer) -> None:
     async def run() -> list[dict]:
         peer = ClientPeer(live_server.url, faceless_frames(30), fps=15)
         await peer.connect()
-        scores = await peer.wait_scores(6, timeout=10.0)
+        scores = await peer.wait_scores(6, within=10.0)
         await peer.close()
         return scores
 
@@ -101,14 +112,21 @@ def test_two_clients_each_get_their_own_stream(live_server: LiveServer) -> None:
     [
         ({"sdp": "hello", "type": "offer"}, "not a session description"),
         ({"sdp": "v=0\r\nnonsense\r\n", "type": "offer"}, "no video"),
-        ({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"},
-         "malformed offer"),
+        (
+            {
+                "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
+                "type": "offer",
+            },
+            "malformed offer",
+        ),
         ({"type": "offer"}, "sdp must be"),
         ({"sdp": "v=0", "type": "answer"}, 'type must be "offer"'),
         ([1, 2], "JSON object"),
     ],
 )
-def test_malformed_offer_gets_400_with_reason(live_server: LiveServer, body: object, reason: str) -> None:
+def test_malformed_offer_gets_400_with_reason(
+    live_server: LiveServer, body: object, reason: str
+) -> None:
     r = httpx.post(live_server.url + "/offer", json=body)
     assert r.status_code == 400
     assert reason in r.json()["error"]
@@ -117,6 +135,7 @@ def test_malformed_offer_gets_400_with_reason(live_server: LiveServer, body: obj
 
 def test_stream_limit_gets_503(tiny_bundle: Path) -> None:
     with LiveServer(bundle=tiny_bundle, max_streams=1) as srv:
+
         async def run() -> httpx.Response:
             a = ClientPeer(srv.url, face_frames(30), fps=15)
             await a.connect()

@@ -1,0 +1,167 @@
+// The webcam live check: camera, preview, verdict, timeline, stats, reconnects.
+import { connect } from "./rtc.js";
+import { Timeline } from "./chart.js";
+import { renderVerdict, drawBoxes } from "./verdict.js";
+
+const $ = (id) => document.getElementById(id);
+
+export function initLive() {
+  const video = $("preview");
+  const overlay = $("overlay");
+  const select = $("camera-select");
+  const startBtn = $("start");
+  const stopBtn = $("stop");
+  const errorEl = $("live-error");
+  const verdict = $("verdict");
+  const timeline = new Timeline($("timeline"), 60);
+  let media = null;
+  let session = null;
+  let running = false;
+  let retries = 0;
+  let retryTimer = null;
+  let threshold = 0.5;
+  let recent = [];
+
+  const status = (text) => ($("status").textContent = text);
+  const showError = (text) => {
+    errorEl.textContent = text;
+    errorEl.hidden = !text;
+  };
+
+  async function listCameras() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+    const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+    const current = select.value;
+    select.replaceChildren(new Option("Default camera", ""));
+    devices.forEach((d, i) => select.append(new Option(d.label || `Camera ${i + 1}`, d.deviceId)));
+    if ([...select.options].some((o) => o.value === current)) select.value = current;
+  }
+
+  function cameraError(err) {
+    const name = err && err.name;
+    if (name === "NotAllowedError" || name === "SecurityError")
+      return "Camera permission was denied. Allow camera access for this site in your browser settings, then press Start camera again.";
+    if (name === "NotFoundError" || name === "OverconstrainedError" || name === "DevicesNotFoundError")
+      return "No camera was found. Connect a camera or start a virtual camera (such as OBS), then press Start camera.";
+    if (name === "NotReadableError")
+      return "The camera is in use by another application. Close it and press Start camera again.";
+    if (!navigator.mediaDevices) return "This browser cannot use a camera on this page (it needs https or localhost).";
+    return `The camera could not be started (${name || err}).`;
+  }
+
+  function onMessage(msg) {
+    if (msg.type === "score") {
+      recent.push(performance.now());
+      recent = recent.filter((t) => t > performance.now() - 2000);
+      renderVerdict(verdict, msg.label, msg.p_fake);
+      timeline.push(msg.label === "no_face" ? null : msg.p_fake);
+      drawBoxes(overlay, video, msg.faces, threshold);
+      $("stat-fps").textContent = `${(recent.length / 2).toFixed(1)} frames/s`;
+      $("stat-latency").textContent = `${Math.round(msg.latency_ms)} ms`;
+      $("stat-model").textContent = msg.model;
+      status("live");
+    } else if (msg.type === "error") {
+      showError(`The server could not analyse a frame: ${msg.detail}`);
+    } else if (msg.type === "connected") {
+      status("connected");
+    }
+  }
+
+  function onState(state) {
+    if (!running) return;
+    if (state === "failed" || state === "disconnected" || state === "closed") {
+      scheduleReconnect();
+    } else if (state === "connected") {
+      retries = 0;
+      showError("");
+    }
+  }
+
+  function scheduleReconnect(reason = "Connection lost.") {
+    if (retryTimer || !running) return;
+    if (session) session.close();
+    session = null;
+    retries += 1;
+    const delay = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+    status("reconnecting");
+    showError(`${reason} Reconnecting in ${Math.round(delay / 1000)} s…`);
+    retryTimer = setTimeout(async () => {
+      retryTimer = null;
+      await openSession();
+    }, delay);
+  }
+
+  async function openSession() {
+    status("connecting");
+    try {
+      session = await connect({ stream: media, onMessage, onState });
+      threshold = session.answer.threshold ?? 0.5;
+      timeline.threshold = threshold;
+      $("stat-model").textContent = session.answer.model;
+      showError("");
+      retries = 0;
+    } catch (err) {
+      session = null;
+      if (err.status === 0 || err.status === 503) {
+        scheduleReconnect(err.message);
+      } else {
+        stop();
+        showError(err.message);
+      }
+    }
+  }
+
+  async function start() {
+    showError("");
+    startBtn.disabled = true;
+    renderVerdict(verdict, "connecting", null);
+    try {
+      if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("no mediaDevices");
+      const constraints = select.value ? { deviceId: { exact: select.value } } : true;
+      media = await navigator.mediaDevices.getUserMedia({ video: constraints, audio: false });
+    } catch (err) {
+      showError(cameraError(err));
+      renderVerdict(verdict, "idle", null);
+      startBtn.disabled = false;
+      status("idle");
+      return;
+    }
+    video.srcObject = media;
+    await listCameras();
+    running = true;
+    stopBtn.disabled = false;
+    timeline.clear();
+    await openSession();
+  }
+
+  function stop() {
+    running = false;
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (session) session.close();
+    session = null;
+    if (media) media.getTracks().forEach((t) => t.stop());
+    media = null;
+    video.srcObject = null;
+    drawBoxes(overlay, video, [], threshold);
+    renderVerdict(verdict, "idle", null);
+    status("idle");
+    startBtn.disabled = false;
+    stopBtn.disabled = true;
+  }
+
+  startBtn.addEventListener("click", start);
+  stopBtn.addEventListener("click", stop);
+  select.addEventListener("change", () => {
+    if (running) {
+      stop();
+      start();
+    }
+  });
+  if (navigator.mediaDevices && navigator.mediaDevices.addEventListener)
+    navigator.mediaDevices.addEventListener("devicechange", listCameras);
+  listCameras().catch(() => {});
+  renderVerdict(verdict, "idle", null);
+  timeline.draw();
+  window.addEventListener("resize", () => timeline.draw());
+}

@@ -1,0 +1,75 @@
+"""Debian's Chromium driven by Playwright (never `playwright install`), with a fake camera that
+plays a y4m clip the test writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+
+
+def require_chromium() -> str:
+    path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run must install it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
+    return path
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
+    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
+        s = out.add_stream("rawvideo", rate=fps)
+        s.width, s.height = frames[0].shape[1], frames[0].shape[0]
+        s.pix_fmt = "yuv420p"
+        s.time_base = Fraction(1, fps)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+            vf.pts = i
+            for pkt in s.encode(vf):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    return path
+
+
+@contextmanager
+def chromium(video: Path | None, grant_camera: bool = True) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    exe = require_chromium()
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ]
+    if grant_camera:
+        args.append("--use-fake-ui-for-media-stream")
+    if video is not None:
+        args.append(f"--use-file-for-fake-video-capture={video}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
+        try:
+            context = browser.new_context(permissions=["camera"] if grant_camera else [],
+                                          viewport={"width": 1100, "height": 800})
+            yield context
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

@@ -1,0 +1,131 @@
+"""The web client in a real Chromium with a fake camera, against a real server on loopback."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.browser import chromium, screenshot, write_y4m
+from tests.conftest import LiveServer
+from tests.media import face_frames, faceless_frames
+
+pytestmark = pytest.mark.browser
+
+
+def wait_streams(server: LiveServer, n: int, within: float = 10.0) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        streams = httpx.get(server.url + "/healthz").json()["streams"]
+        if streams == n or time.monotonic() > deadline:
+            return streams
+        time.sleep(0.1)
+
+
+def test_webcam_check_shows_verdict_timeline_and_face_box(live_server: LiveServer, tmp_path: Path) -> None:
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
+    with chromium(clip) as ctx:
+        page = ctx.new_page()
+        page.goto(live_server.url + "/")
+        assert page.get_by_role("heading", name="Deepfake live check").is_visible()
+        assert page.locator("#verdict-label").inner_text() == "Not started"
+        t0 = time.monotonic()
+        page.get_by_role("button", name="Start camera").click()
+        # A verdict (not a placeholder) within 5 s of starting.
+        page.wait_for_function(
+            "['real','fake','warming_up'].includes(document.querySelector('#verdict').dataset.label)",
+            timeout=5000)
+        assert time.monotonic() - t0 < 5
+        # The timeline moves: it gains points.
+        page.wait_for_function("Number(document.querySelector('#timeline').dataset.points) >= 3",
+                               timeout=5000)
+        first = int(page.locator("#timeline").get_attribute("data-points"))
+        page.wait_for_function(
+            f"Number(document.querySelector('#timeline').dataset.points) > {first}", timeout=3000)
+        page.wait_for_function("Number(document.querySelector('#overlay').dataset.boxes) >= 1",
+                               timeout=5000)
+        page.wait_for_function("document.querySelector('#verdict').dataset.label !== 'warming_up'",
+                               timeout=8000)
+        label = page.locator("#verdict-label").inner_text()
+        assert label in ("Real", "Likely fake")
+        assert "Fake probability" in page.locator("#verdict-prob").inner_text()
+        assert page.locator("#stat-model").inner_text() == "tiny-test@1"
+        assert page.locator("#stat-latency").inner_text().endswith("ms")
+        assert page.locator("#status").inner_text() == "live"
+        assert wait_streams(live_server, 1) == 1
+        screenshot(page, "webcam-live")
+        page.get_by_role("button", name="Stop").click()
+        assert page.locator("#verdict-label").inner_text() == "Not started"
+        assert wait_streams(live_server, 0) == 0
+
+
+def test_faceless_camera_shows_no_face(live_server: LiveServer, tmp_path: Path) -> None:
+    clip = write_y4m(tmp_path / "room.y4m", faceless_frames(30, size=(640, 480)))
+    with chromium(clip) as ctx:
+        page = ctx.new_page()
+        page.goto(live_server.url + "/")
+        page.get_by_role("button", name="Start camera").click()
+        page.wait_for_function("document.querySelector('#verdict').dataset.label === 'no_face'",
+                               timeout=5000)
+        assert page.locator("#verdict-label").inner_text() == "No face"
+        assert page.locator("#overlay").get_attribute("data-boxes") == "0"
+        screenshot(page, "webcam-no-face")
+
+
+def test_denied_camera_permission_explains_itself(live_server: LiveServer) -> None:
+    with chromium(None, grant_camera=False) as ctx:
+        page = ctx.new_page()
+        page.goto(live_server.url + "/")
+        page.get_by_role("button", name="Start camera").click()
+        alert = page.get_by_role("alert").first
+        alert.wait_for(timeout=5000)
+        assert "Camera permission was denied" in alert.inner_text()
+        assert page.get_by_role("button", name="Start camera").is_enabled()
+        screenshot(page, "webcam-denied")
+    assert httpx.get(live_server.url + "/healthz").json()["streams"] == 0
+
+
+def test_stream_limit_is_explained(tiny_bundle: Path, tmp_path: Path) -> None:
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(30, size=(640, 480)))
+    with LiveServer(bundle=tiny_bundle, max_streams=1) as srv, chromium(clip) as ctx:
+        first, second = ctx.new_page(), ctx.new_page()
+        first.goto(srv.url + "/")
+        first.get_by_role("button", name="Start camera").click()
+        first.wait_for_function("document.querySelector('#status').textContent === 'live'", timeout=5000)
+        second.goto(srv.url + "/")
+        second.get_by_role("button", name="Start camera").click()
+        alert = second.get_by_role("alert").first
+        alert.wait_for(timeout=5000)
+        assert "stream limit reached" in alert.inner_text()
+        screenshot(second, "webcam-limit")
+
+
+def test_page_is_usable_by_keyboard_and_on_a_phone(live_server: LiveServer) -> None:
+    with chromium(None) as ctx:
+        page = ctx.new_page()
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(live_server.url + "/")
+        # Tab reaches the view switcher and the camera controls.
+        focused = []
+        for _ in range(8):
+            page.keyboard.press("Tab")
+            focused.append(page.evaluate("document.activeElement.textContent || document.activeElement.id"))
+        assert "Analyze a file" in focused and "Start camera" in focused
+        page.get_by_role("button", name="Analyze a file").press("Enter")
+        assert page.locator("#view-analyze").is_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390  # nothing overflows sideways on a phone
+        # No request leaves the server's origin (no CDN fonts or scripts).
+        screenshot(page, "phone-analyze")
+
+
+def test_page_loads_nothing_from_other_origins(live_server: LiveServer) -> None:
+    with chromium(None) as ctx:
+        page = ctx.new_page()
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url))
+        page.goto(live_server.url + "/")
+        page.wait_for_load_state("networkidle")
+        assert urls and all(u.startswith(live_server.url) for u in urls), urls
