@@ -7,16 +7,15 @@ metadata.json maps a file name to {"label": "REAL"|"FAKE", "original": <file or 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream_server.labels import DatasetError, read_metadata
 
-class DatasetError(Exception):
-    """A folder that is not in DFDC layout, or an unusable entry; one line saying why."""
+__all__ = ["DatasetError", "Dataset", "Video", "read_folder", "read_folders"]
 
 
 @dataclass(frozen=True)
@@ -48,28 +47,11 @@ class Dataset:
 
 def read_folder(folder: Path) -> Dataset:
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a directory")
-    meta_path = folder / "metadata.json"
-    if not meta_path.is_file():
-        raise DatasetError(f"{folder} is not in DFDC layout: metadata.json is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or not meta:
-        raise DatasetError(f"{meta_path} must map video file names to entries")
+    meta = read_metadata(folder)
     videos: list[Video] = []
     skipped: dict[str, str] = {}
     for name, entry in sorted(meta.items()):
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{meta_path}: entry for {name} is not an object")
-        label = entry.get("label")
-        if label not in ("REAL", "FAKE"):
-            raise DatasetError(f"{meta_path}: {name} has label {label!r}, expected REAL or FAKE")
         path = folder / name
-        if Path(name).name != name:
-            raise DatasetError(f"{meta_path}: {name!r} is not a plain file name")
         if not path.is_file():
             skipped[name] = "file missing"
             continue
@@ -77,7 +59,7 @@ def read_folder(folder: Path) -> Dataset:
         videos.append(
             Video(
                 path,
-                int(label == "FAKE"),
+                int(entry["label"] == "FAKE"),
                 original if isinstance(original, str) else None,
                 entry.get("split"),
                 entry.get("generator"),

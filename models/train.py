@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finetune-blocks",
         type=int,
-        default=2,
+        default=0,
         help="last backbone blocks fine-tuned on frames (0 = frozen backbone)",
     )
     p.add_argument("--encoder-epochs", type=int, default=3)

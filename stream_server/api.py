@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stream_server.service import Capacity, Service
+from stream_server.uploads import UploadAnalyzer
 from stream_server.webrtc import OfferError, PeerSession, check_offer, configure_ice
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def create_app(service: Service) -> Starlette:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/offer", offer, methods=["POST"]),
+        Route("/v1/analyze", UploadAnalyzer(service).handle, methods=["POST"]),
     ]
     if settings.static_dir.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))

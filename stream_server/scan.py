@@ -20,7 +20,11 @@ from stream_server.stream import frame_to_rgb
 
 
 class ScanError(Exception):
-    """The file cannot be analysed (not a video, corrupt, too long...); one line saying why."""
+    """The file cannot be analysed; one line saying why. `too_long` marks the duration limit."""
+
+    def __init__(self, message: str, too_long: bool = False) -> None:
+        super().__init__(message)
+        self.too_long = too_long
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ def timeline(
             for t, r in zip(times, results, strict=True)
             if sec <= t < sec + 1 and r.p_fake is not None
         ]
-        labels: list[str] = [r.label for t, r in zip(times, results, strict=True) if sec <= t < sec + 1]
+        labels: list[str] = [
+            r.label for t, r in zip(times, results, strict=True) if sec <= t < sec + 1
+        ]
         out.append(
             {
                 "second": sec,
@@ -94,7 +100,10 @@ def scan_file(
     limits: ScanLimits = ScanLimits(),
     fps: float | None = None,
     progress: Callable[[float], None] | None = None,
+    name: str | None = None,
 ) -> ScanResult:
+    """Analyse a video file; `name` is what error messages call it (default: its file name)."""
+    name = name or Path(path).name
     pipeline = FramePipeline(bundle, detector, engine)
     sampler = FrameSampler(fps or bundle.analysis_fps)
     times: list[float] = []
@@ -104,12 +113,10 @@ def scan_file(
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise ScanError(
-            f"{Path(path).name} is not a readable video ({type(exc).__name__})"
-        ) from None
+        raise ScanError(f"{name} is not a readable video ({type(exc).__name__})") from None
     with container:
         if not container.streams.video:
-            raise ScanError(f"{Path(path).name} has no video stream")
+            raise ScanError(f"{name} has no video stream")
         stream = container.streams.video[0]
         declared = (
             float(stream.duration * stream.time_base)
@@ -118,7 +125,8 @@ def scan_file(
         )
         if declared is not None and declared > limits.max_seconds:
             raise ScanError(
-                f"video is {declared:.0f} s long; the limit is {limits.max_seconds:.0f} s"
+                f"{name} is {declared:.0f} s long; the limit of {limits.max_seconds:.0f} s is exceeded",
+                too_long=True,
             )
         stream.thread_type = "AUTO"
         try:
@@ -128,7 +136,10 @@ def scan_file(
                 t -= t0
                 last_t = t
                 if t > limits.max_seconds:
-                    raise ScanError(f"video is longer than the limit of {limits.max_seconds:.0f} s")
+                    raise ScanError(
+                        f"{name} is longer than the limit of {limits.max_seconds:.0f} s",
+                        too_long=True,
+                    )
                 if not sampler.due(t):
                     continue
                 results.append(pipeline.analyze(frame_to_rgb(frame, limits.max_frame_side)))
@@ -137,11 +148,9 @@ def scan_file(
                     progress(min(1.0, t / declared))
         except av.FFmpegError as exc:
             if not results:
-                raise ScanError(
-                    f"{Path(path).name} could not be decoded ({type(exc).__name__})"
-                ) from None
+                raise ScanError(f"{name} could not be decoded ({type(exc).__name__})") from None
     if not results:
-        raise ScanError(f"{Path(path).name} has no decodable video frames")
+        raise ScanError(f"{name} has no decodable video frames")
     verdict, p = video_verdict(results, bundle.threshold)
     duration = max(last_t, declared or 0.0)
     return ScanResult(

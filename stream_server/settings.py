@@ -42,6 +42,10 @@ class Settings:
     max_wait_ms: float = 4.0
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
     max_sdp_bytes: int = 64 * 1024
+    max_upload_bytes: int = 200 * 1024 * 1024  # POST /v1/analyze body limit
+    max_video_seconds: float = 300.0  # longest uploaded video analysed
+    max_analyses: int = 2  # uploads analysed at once; more get 429
+    upload_dir: Path | None = None  # temporary files (default: the system's temp dir)
     ice_addresses: tuple[str, ...] = ()  # local addresses ICE offers; empty: all but loopback
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; none by default (no public STUN)
     static_dir: Path = DEFAULT_STATIC
@@ -68,6 +72,14 @@ class Settings:
             bad("threads must be >= 0")
         if self.max_frame_side < 64:
             bad("max frame side must be >= 64")
+        if self.max_upload_bytes < 1024:
+            bad("max upload bytes must be >= 1024")
+        if not 1 <= self.max_analyses <= 64:
+            bad(f"max analyses must be 1..64, got {self.max_analyses}")
+        if self.max_video_seconds <= 0:
+            bad("max video seconds must be > 0")
+        if self.upload_dir is not None and not Path(self.upload_dir).is_dir():
+            bad(f"upload dir {self.upload_dir} is not a directory")
         for a in self.ice_addresses:
             try:
                 ipaddress.ip_address(a)
@@ -96,6 +108,10 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
     ("max_wait_ms", float, "longest wait to fill a micro-batch"),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    ("max_upload_bytes", int, "largest video upload accepted by POST /v1/analyze"),
+    ("max_video_seconds", float, "longest uploaded video analysed"),
+    ("max_analyses", int, "uploads analysed at once (more get 429)"),
+    ("upload_dir", Path, "directory for temporary upload files"),
     ("ice_addresses", str, "comma list of local IPs that ICE offers (e.g. 127.0.0.1)"),
     ("ice_servers", str, "comma list of stun:/turn: URLs (none by default)"),
     ("static_dir", Path, "web client directory"),
