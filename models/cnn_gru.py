@@ -26,6 +26,11 @@ def build_encoder(cfg: ModelConfig) -> keras.Model:
     inp = keras.Input((cfg.input_size, cfg.input_size, 3), dtype="uint8", name=ENCODER_INPUT)
     x = layers.Rescaling(1.0 / bb.std, offset=-bb.mean / bb.std, name="normalize")(inp)
     x = bb.features(x, cfg.weights, cfg.input_size)
+    if cfg.feature_layer:
+        names = {layer.name for layer in keras.Model(inp, x).layers}
+        if cfg.feature_layer not in names:
+            raise ValueError(f"backbone {cfg.backbone} has no layer {cfg.feature_layer!r}")
+        x = keras.Model(inp, x).get_layer(cfg.feature_layer).output
     out = layers.GlobalAveragePooling2D(name="embedding")(x)
     model = keras.Model(inp, out, name=f"encoder_{cfg.backbone}")
     if bb.post_build is not None:
@@ -41,7 +46,8 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     """
     emb = keras.Input((cfg.window, feature_dim), name=HEAD_EMBEDDINGS)
     mask = keras.Input((cfg.window,), dtype="bool", name=HEAD_MASK)
-    x = emb
+    # Per-dimension standardisation, set from the training embeddings (identity until then).
+    x = layers.Normalization(axis=-1, name="embedding_norm")(emb)
     for i, units in enumerate(cfg.gru_units):
         last = i == len(cfg.gru_units) - 1
         x = layers.GRU(units, return_sequences=not last, name=f"gru{i}")(x, mask=mask)
@@ -49,6 +55,18 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     out = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
     return keras.Model([emb, mask], out, name="head")
+
+
+def set_embedding_norm(head: keras.Model, mean, variance) -> None:
+    """Store the training embeddings' per-dimension mean and variance in the head."""
+    import numpy as np
+
+    layer = head.get_layer("embedding_norm")
+    m = np.asarray(mean, "float32")
+    v = np.maximum(np.asarray(variance, "float32"), 1e-6)
+    shapes = [w.shape for w in layer.weights]
+    layer.set_weights([m.reshape(shapes[0]), v.reshape(shapes[1]), *layer.get_weights()[2:]])
+    layer.finalize_state()
 
 
 def feature_dim_of(encoder: keras.Model) -> int:

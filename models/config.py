@@ -23,6 +23,9 @@ class ModelConfig:
     dropout: float = 0.2
     # "imagenet" (where the backbone can load it), a path to a weights file, or None (random).
     weights: str | None = "imagenet"
+    # Take the embedding from this backbone layer (global average pooled) instead of the last one;
+    # e.g. "block14_add" for efficientnet_lite0 (192-d, measured to generalise better here).
+    feature_layer: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ def sample_windows(
     rng: np.random.Generator,
     partial_prob: float = 0.3,
     min_len: int = 1,
-    noise: float = 0.0,
+    noise: float | np.ndarray = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """n windows: (embeddings (n, W, D), mask (n, W), labels (n,), weights (n,)).
 
@@ -45,8 +45,8 @@ def sample_windows(
         x[k, :length] = s[start : start + length]
         m[k, :length] = True
         y[k] = lab[j]
-    if noise > 0:
-        x += rng.normal(0, noise, x.shape).astype(np.float32) * m[..., None]
+    if np.any(np.asarray(noise) > 0):  # noise: a scale, or one per embedding dimension
+        x += (rng.normal(0, 1, x.shape) * noise).astype(np.float32) * m[..., None]
     return x, m, y, np.ones(n, np.float32)
 
 

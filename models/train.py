@@ -46,6 +46,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--weights", default="imagenet", help="imagenet, a weights file, or none")
+    p.add_argument(
+        "--feature-layer",
+        default=None,
+        help="backbone layer whose pooled output is the embedding (default: the last)",
+    )
+    p.add_argument(
+        "--head-noise",
+        type=float,
+        default=0.05,
+        help="std of Gaussian noise added to training embeddings (relative to their std)",
+    )
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--fps", type=float, default=5.0, help="analysis frames per second")
     p.add_argument("--max-seconds", type=float, default=15.0, help="seconds read per video")
@@ -244,9 +255,15 @@ def train_head(
     val_names = [n for n in emb if n in val and len(emb[n])]
     rng = np.random.default_rng(args.seed + 1000 * start_epoch)
     losses = []
+    frames = np.concatenate(seqs)
+    if start_epoch == 0:
+        from models.cnn_gru import set_embedding_norm
+
+        set_embedding_norm(head, frames.mean(0), frames.var(0))
+    noise = args.head_noise * frames.std(0)
     for epoch in range(start_epoch, args.head_epochs):
         x, m, y, _ = sample_windows(
-            seqs, labs, args.window, args.head_steps * args.batch_size, rng, noise=0.05
+            seqs, labs, args.window, args.head_steps * args.batch_size, rng, noise=noise
         )
         hist = head.fit([x, m], y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
         losses.append(float(hist.history["loss"][-1]))
@@ -339,7 +356,13 @@ def run(args: argparse.Namespace) -> Path:
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
 
     weights = None if args.weights == "none" else args.weights
-    cfg = ModelConfig(backbone=args.backbone, input_size=size, window=args.window, weights=weights)
+    cfg = ModelConfig(
+        backbone=args.backbone,
+        input_size=size,
+        window=args.window,
+        weights=weights,
+        feature_layer=args.feature_layer,
+    )
     model = new_model(cfg)
     trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
     feats = {n: predict(trunk, s) for n, s in _progress(seqs, "backbone features")}

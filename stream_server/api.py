@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,9 +16,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stream_server.camera_api import camera_routes
+from stream_server.camera_url import CameraUrlError
+from stream_server.cameras import CameraRegistry
 from stream_server.service import Capacity, Service
 from stream_server.uploads import UploadAnalyzer
-from stream_server.webrtc import OfferError, PeerSession, check_offer, configure_ice
+from stream_server.webrtc import OfferError, PeerSession, ViewerSession, check_offer, configure_ice
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ async def read_json(request: Request, limit: int) -> Any:
 def create_app(service: Service) -> Starlette:
     settings = service.settings
     configure_ice(settings)
+    registry = CameraRegistry(service)
 
     async def index(request: Request) -> Response:
         page = settings.static_dir / "index.html"
@@ -69,10 +74,17 @@ def create_app(service: Service) -> Starlette:
             desc = check_offer(body, settings.max_sdp_bytes)
         except OfferError as exc:
             return error(400, str(exc))
-        try:
-            peer = PeerSession(service, settings)
-        except Capacity as exc:
-            return error(503, str(exc))
+        peer: PeerSession | ViewerSession
+        if isinstance(body, dict) and body.get("camera") is not None:
+            camera = registry.cameras.get(str(body["camera"]))
+            if camera is None:
+                return error(404, "no camera with that id")
+            peer = ViewerSession(service, settings, camera)
+        else:
+            try:
+                peer = PeerSession(service, settings)
+            except Capacity as exc:
+                return error(503, str(exc))
         try:
             answer = await peer.answer(desc)
         except OfferError as exc:
@@ -99,9 +111,16 @@ def create_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
+        registry.start()
+        for entry in load_cameras_file(settings.cameras_file):
+            try:
+                registry.add(entry.get("url"), entry.get("name"))
+            except (CameraUrlError, ValueError, Capacity) as exc:
+                log.error("camera from %s refused: %s", settings.cameras_file, exc)
         try:
             yield
         finally:
+            await registry.close()
             await service.close()
 
     routes: list[Route | Mount] = [
@@ -110,6 +129,7 @@ def create_app(service: Service) -> Starlette:
         Route("/metrics", metrics),
         Route("/offer", offer, methods=["POST"]),
         Route("/v1/analyze", UploadAnalyzer(service).handle, methods=["POST"]),
+        *camera_routes(registry, read_json),
     ]
     if settings.static_dir.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
@@ -117,4 +137,20 @@ def create_app(service: Service) -> Starlette:
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
     app.state.service = service
+    app.state.cameras = registry
     return app
+
+
+def load_cameras_file(path: Path | None) -> list[dict[str, Any]]:
+    """Cameras to register at start-up: a JSON list of {"url": ..., "name": ...}."""
+    if path is None:
+        return []
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.error("cameras file %s is unreadable: %s", path, exc)
+        return []
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        log.error("cameras file %s must hold a JSON list of objects", path)
+        return []
+    return data

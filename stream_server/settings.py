@@ -46,6 +46,13 @@ class Settings:
     max_video_seconds: float = 300.0  # longest uploaded video analysed
     max_analyses: int = 2  # uploads analysed at once; more get 429
     upload_dir: Path | None = None  # temporary files (default: the system's temp dir)
+    cameras_file: Path | None = None  # JSON list of {"url": "rtsp://...", "name": ...} at start-up
+    max_cameras: int = 16
+    camera_allow: tuple[str, ...] = ()  # allowed camera hosts / networks (CIDR); empty: any
+    camera_stall_seconds: float = 5.0  # no frames for this long: source_lost, reconnect
+    camera_backoff_max: float = 30.0  # longest wait between reconnect attempts
+    alert_seconds: float = 3.0  # a face above the threshold this long fires an alert
+    webhooks: tuple[str, ...] = ()  # http(s) URLs that receive alerts as JSON POSTs
     ice_addresses: tuple[str, ...] = ()  # local addresses ICE offers; empty: all but loopback
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; none by default (no public STUN)
     static_dir: Path = DEFAULT_STATIC
@@ -80,6 +87,19 @@ class Settings:
             bad("max video seconds must be > 0")
         if self.upload_dir is not None and not Path(self.upload_dir).is_dir():
             bad(f"upload dir {self.upload_dir} is not a directory")
+        if not 1 <= self.max_cameras <= 256:
+            bad(f"max cameras must be 1..256, got {self.max_cameras}")
+        if not 0.5 <= self.camera_stall_seconds <= 120:
+            bad("camera stall seconds must be 0.5..120")
+        if not 1 <= self.camera_backoff_max <= 3600:
+            bad("camera backoff max must be 1..3600 s")
+        if self.alert_seconds < 0:
+            bad("alert seconds must be >= 0")
+        for w in self.webhooks:
+            if not w.startswith(("http://", "https://")):
+                bad(f"webhook {w!r} must be an http:// or https:// URL")
+        if self.cameras_file is not None and not Path(self.cameras_file).is_file():
+            bad(f"cameras file {self.cameras_file} does not exist")
         for a in self.ice_addresses:
             try:
                 ipaddress.ip_address(a)
@@ -112,6 +132,13 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_video_seconds", float, "longest uploaded video analysed"),
     ("max_analyses", int, "uploads analysed at once (more get 429)"),
     ("upload_dir", Path, "directory for temporary upload files"),
+    ("cameras_file", Path, "JSON list of cameras to register at start-up"),
+    ("max_cameras", int, "most RTSP cameras registered at once"),
+    ("camera_allow", str, "comma list of camera hosts or networks (CIDR) allowed; empty: any"),
+    ("camera_stall_seconds", float, "no frames for this long marks a camera lost"),
+    ("camera_backoff_max", float, "longest wait between camera reconnect attempts"),
+    ("alert_seconds", float, "seconds a face must stay above the threshold to alert"),
+    ("webhooks", str, "comma list of http(s) URLs that receive alerts"),
     ("ice_addresses", str, "comma list of local IPs that ICE offers (e.g. 127.0.0.1)"),
     ("ice_servers", str, "comma list of stun:/turn: URLs (none by default)"),
     ("static_dir", Path, "web client directory"),
@@ -151,7 +178,7 @@ def parse_settings(
                 ) from None
         if raw is None:
             continue
-        if name in ("ice_addresses", "ice_servers"):
+        if name in ("ice_addresses", "ice_servers", "camera_allow", "webhooks"):
             raw = _list(str(raw))
         values[name] = raw
     assert set(values) <= set(types)

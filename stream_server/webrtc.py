@@ -4,7 +4,9 @@ score and status messages on the `scores` data channel."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -16,6 +18,7 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
+    VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -161,4 +164,84 @@ class PeerSession:
             if t is not current:
                 t.cancel()
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
+        await self.pc.close()
+
+
+class CameraTrack(VideoStreamTrack):
+    """Relays a camera's newest decoded frame to one viewer (the camera is decoded once)."""
+
+    def __init__(self, camera: Any) -> None:
+        super().__init__()
+        self.camera = camera
+        self.seen = 0
+        self.start = time.monotonic()
+
+    async def recv(self) -> av.VideoFrame:
+        while self.camera.frame_seq == self.seen or self.camera.latest is None:
+            await self.camera.new_frame.wait()
+        self.seen = self.camera.frame_seq
+        src: av.VideoFrame = self.camera.latest
+        frame: av.VideoFrame = src.reformat(
+            format=src.format.name
+        )  # a copy: each viewer stamps its own pts
+        frame.pts = int((time.monotonic() - self.start) * 90000)
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class ViewerSession:
+    """A browser watching a registered camera: its video relayed, its scores on `scores`."""
+
+    def __init__(self, service: Service, settings: Settings, camera: Any) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.service = service
+        self.camera = camera
+        self.pc = RTCPeerConnection(rtc_configuration(settings))
+        self.channel: RTCDataChannel | None = None
+        self.queue = camera.subscribe()
+        self._closed = False
+        self._pump: asyncio.Task[None] | None = None
+        service.owners[f"viewer-{self.id}"] = self
+        pc = self.pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label == SCORES_LABEL:
+                self.channel = channel
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close()
+
+    async def _forward(self) -> None:
+        while True:
+            msg = await self.queue.get()
+            ch = self.channel
+            if ch is not None and ch.readyState == "open":
+                ch.send(msg.to_json())
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except Exception as exc:
+            raise OfferError(
+                f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        self.pc.addTrack(CameraTrack(self.camera))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._pump = asyncio.get_running_loop().create_task(
+            self._forward(), name=f"viewer-{self.id}"
+        )
+        return self.pc.localDescription
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.camera.unsubscribe(self.queue)
+        self.service.owners.pop(f"viewer-{self.id}", None)
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
         await self.pc.close()

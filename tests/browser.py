@@ -24,7 +24,9 @@ def require_chromium() -> str:
     path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run must install it (apt-get install chromium)")
+            pytest.fail(
+                "chromium is not installed; .ci/run must install it (apt-get install chromium)"
+            )
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     return path
 
@@ -51,9 +53,14 @@ def chromium(video: Path | None, grant_camera: bool = True) -> Iterator[Any]:
 
     exe = require_chromium()
     args = [
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--use-fake-device-for-media-stream", "--allow-loopback-in-peer-connection",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--use-fake-device-for-media-stream",
+        "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
     ]
     if grant_camera:
@@ -63,8 +70,10 @@ def chromium(video: Path | None, grant_camera: bool = True) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
         try:
-            context = browser.new_context(permissions=["camera"] if grant_camera else [],
-                                          viewport={"width": 1100, "height": 800})
+            context = browser.new_context(
+                permissions=["camera"] if grant_camera else [],
+                viewport={"width": 1100, "height": 800},
+            )
             yield context
         finally:
             browser.close()

@@ -64,10 +64,14 @@ def faceless_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarr
 
 
 def write_video(
-    path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264"
+    path: Path,
+    frames: list[np.ndarray],
+    fps: int = 25,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
+        stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)

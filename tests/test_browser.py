@@ -24,7 +24,9 @@ def wait_streams(server: LiveServer, n: int, within: float = 10.0) -> int:
         time.sleep(0.1)
 
 
-def test_webcam_check_shows_verdict_timeline_and_face_box(live_server: LiveServer, tmp_path: Path) -> None:
+def test_webcam_check_shows_verdict_timeline_and_face_box(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
     with chromium(clip) as ctx:
         page = ctx.new_page()
@@ -36,18 +38,23 @@ def test_webcam_check_shows_verdict_timeline_and_face_box(live_server: LiveServe
         # A verdict (not a placeholder) within 5 s of starting.
         page.wait_for_function(
             "['real','fake','warming_up'].includes(document.querySelector('#verdict').dataset.label)",
-            timeout=5000)
+            timeout=5000,
+        )
         assert time.monotonic() - t0 < 5
         # The timeline moves: it gains points.
-        page.wait_for_function("Number(document.querySelector('#timeline').dataset.points) >= 3",
-                               timeout=5000)
+        page.wait_for_function(
+            "Number(document.querySelector('#timeline').dataset.points) >= 3", timeout=5000
+        )
         first = int(page.locator("#timeline").get_attribute("data-points"))
         page.wait_for_function(
-            f"Number(document.querySelector('#timeline').dataset.points) > {first}", timeout=3000)
-        page.wait_for_function("Number(document.querySelector('#overlay').dataset.boxes) >= 1",
-                               timeout=5000)
-        page.wait_for_function("document.querySelector('#verdict').dataset.label !== 'warming_up'",
-                               timeout=8000)
+            f"Number(document.querySelector('#timeline').dataset.points) > {first}", timeout=3000
+        )
+        page.wait_for_function(
+            "Number(document.querySelector('#overlay').dataset.boxes) >= 1", timeout=5000
+        )
+        page.wait_for_function(
+            "document.querySelector('#verdict').dataset.label !== 'warming_up'", timeout=8000
+        )
         label = page.locator("#verdict-label").inner_text()
         assert label in ("Real", "Likely fake")
         assert "Fake probability" in page.locator("#verdict-prob").inner_text()
@@ -67,8 +74,9 @@ def test_faceless_camera_shows_no_face(live_server: LiveServer, tmp_path: Path) 
         page = ctx.new_page()
         page.goto(live_server.url + "/")
         page.get_by_role("button", name="Start camera").click()
-        page.wait_for_function("document.querySelector('#verdict').dataset.label === 'no_face'",
-                               timeout=5000)
+        page.wait_for_function(
+            "document.querySelector('#verdict').dataset.label === 'no_face'", timeout=5000
+        )
         assert page.locator("#verdict-label").inner_text() == "No face"
         assert page.locator("#overlay").get_attribute("data-boxes") == "0"
         screenshot(page, "webcam-no-face")
@@ -93,7 +101,9 @@ def test_stream_limit_is_explained(tiny_bundle: Path, tmp_path: Path) -> None:
         first, second = ctx.new_page(), ctx.new_page()
         first.goto(srv.url + "/")
         first.get_by_role("button", name="Start camera").click()
-        first.wait_for_function("document.querySelector('#status').textContent === 'live'", timeout=5000)
+        first.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=5000
+        )
         second.goto(srv.url + "/")
         second.get_by_role("button", name="Start camera").click()
         alert = second.get_by_role("alert").first
@@ -111,7 +121,9 @@ def test_page_is_usable_by_keyboard_and_on_a_phone(live_server: LiveServer) -> N
         focused = []
         for _ in range(8):
             page.keyboard.press("Tab")
-            focused.append(page.evaluate("document.activeElement.textContent || document.activeElement.id"))
+            focused.append(
+                page.evaluate("document.activeElement.textContent || document.activeElement.id")
+            )
         assert "Analyze a file" in focused and "Start camera" in focused
         page.get_by_role("button", name="Analyze a file").press("Enter")
         assert page.locator("#view-analyze").is_visible()

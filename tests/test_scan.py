@@ -22,14 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def scan_cli(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle),
-                           "--quiet", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle), "--quiet", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_video(tmp_path_factory.mktemp("clips") / "face.mp4",
-                       face_frames(75, size=(480, 360)), fps=15)  # 5 s
+    return write_video(
+        tmp_path_factory.mktemp("clips") / "face.mp4", face_frames(75, size=(480, 360)), fps=15
+    )  # 5 s
 
 
 def write_audio_only(path: Path) -> Path:
@@ -37,8 +43,11 @@ def write_audio_only(path: Path) -> Path:
         s = out.add_stream("aac", rate=16000)
         s.layout = "mono"
         t = np.arange(16000, dtype=np.float32) / 16000
-        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32),
-                                           format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (0.1 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32),
+            format="fltp",
+            layout="mono",
+        )
         frame.sample_rate = 16000
         frame.pts = 0
         frame.time_base = Fraction(1, 16000)
@@ -51,8 +60,11 @@ def write_audio_only(path: Path) -> Path:
 
 def upload(server: LiveServer, path: Path, name: str | None = None) -> httpx.Response:
     with path.open("rb") as f:
-        return httpx.post(server.url + "/v1/analyze", files={"file": (name or path.name, f, "video/mp4")},
-                          timeout=120)
+        return httpx.post(
+            server.url + "/v1/analyze",
+            files={"file": (name or path.name, f, "video/mp4")},
+            timeout=120,
+        )
 
 
 def test_cli_and_upload_agree_and_timeline_covers_the_clip(
@@ -86,7 +98,9 @@ def test_cli_text_output_and_no_face(tiny_bundle: Path, tmp_path: Path) -> None:
     assert f"{clip}: NO_FACE p_fake=- faces=0" in r.stdout
 
 
-def test_bad_files_get_clear_errors(tiny_bundle: Path, tmp_path: Path, live_server: LiveServer) -> None:
+def test_bad_files_get_clear_errors(
+    tiny_bundle: Path, tmp_path: Path, live_server: LiveServer
+) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     text = tmp_path / "notes.mp4"
@@ -98,22 +112,28 @@ def test_bad_files_get_clear_errors(tiny_bundle: Path, tmp_path: Path, live_serv
     assert "not a readable video" in errors["corrupt.mp4"]
     assert "not a readable video" in errors["notes.mp4"]
     assert "has no video stream" in errors["voice.mp4"]
-    for f, expect in ((corrupt, "not a readable video"), (text, "not a readable video"),
-                      (audio, "has no video stream")):
+    for f, expect in (
+        (corrupt, "not a readable video"),
+        (text, "not a readable video"),
+        (audio, "has no video stream"),
+    ):
         resp = upload(live_server, f, name="clip.mp4")
         assert resp.status_code == 422
         assert resp.json()["error"].startswith("clip.mp4 ") and expect in resp.json()["error"]
     assert httpx.get(live_server.url + "/healthz").status_code == 200
 
 
-def test_upload_limits_and_no_temporary_files_left(tiny_bundle: Path, face_clip: Path,
-                                                   tmp_path: Path) -> None:
+def test_upload_limits_and_no_temporary_files_left(
+    tiny_bundle: Path, face_clip: Path, tmp_path: Path
+) -> None:
     updir = tmp_path / "uploads"
     updir.mkdir()
     with LiveServer(bundle=tiny_bundle, max_upload_bytes=20_000, upload_dir=updir) as srv:
         resp = upload(srv, face_clip)
         assert resp.status_code == 413 and "larger than 20000 bytes" in resp.json()["error"]
-        resp = httpx.post(srv.url + "/v1/analyze", content=b"x", headers={"content-type": "video/mp4"})
+        resp = httpx.post(
+            srv.url + "/v1/analyze", content=b"x", headers={"content-type": "video/mp4"}
+        )
         assert resp.status_code == 415
         resp = httpx.post(srv.url + "/v1/analyze", files={"other": ("a.txt", b"hello")})
         assert resp.status_code == 400 and "'file' field" in resp.json()["error"]

@@ -1,0 +1,242 @@
+"""RTSP camera monitoring: a registry of cameras, each decoded once by a PyAV thread (TCP, low
+probe delay, newest frame wins), scored through the shared engine, published to live feeds and
+WebRTC viewers, reconnected with capped exponential backoff when it drops or stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import av
+
+from stream_server.alerts import AlertTracker, WebhookNotifier
+from stream_server.camera_url import check_url, redact
+from stream_server.messages import ScoreMessage, StatusMessage
+from stream_server.service import Capacity, Service
+
+log = logging.getLogger(__name__)
+
+Message = ScoreMessage | StatusMessage
+
+
+class RtspReader:
+    """A decode thread: open, decode, hand frames to the loop; on failure wait and reopen."""
+
+    def __init__(self, camera: Camera, loop: asyncio.AbstractEventLoop) -> None:
+        self.camera = camera
+        self.loop = loop
+        self.stop_event = threading.Event()
+        s = camera.registry.service.settings
+        self.stall = s.camera_stall_seconds
+        self.backoff_cap = s.camera_backoff_max
+        self.thread = threading.Thread(target=self._run, name=f"rtsp-{camera.id}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            self.stop_event.set()
+
+    def _run(self) -> None:
+        delay = 0.5
+        ever_connected = False
+        while not self.stop_event.is_set():
+            try:
+                container = av.open(
+                    self.camera.url,
+                    format="rtsp",
+                    timeout=(self.stall, self.stall),
+                    options={
+                        "rtsp_transport": "tcp",
+                        "analyzeduration": "0",
+                        "probesize": "32",
+                        "protocol_whitelist": "rtsp,rtsps,tcp,udp,rtp,tls",
+                    },
+                )
+            except Exception as exc:
+                self._call(self.camera.on_error, f"cannot open camera: {type(exc).__name__}")
+                if self.stop_event.wait(delay):
+                    return
+                delay = min(self.backoff_cap, delay * 2)
+                continue
+            self._call(self.camera.on_connected, ever_connected)
+            ever_connected = True
+            delay = 0.5
+            reason = "stream ended"
+            try:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    if self.stop_event.is_set():
+                        break
+                    self._call(self.camera.on_frame, frame)
+            except Exception as exc:
+                reason = (
+                    f"no frames for {self.stall:g} s"
+                    if "timed out" in str(exc).lower()
+                    or isinstance(exc, av.ExitError | TimeoutError)
+                    else f"decoder error: {type(exc).__name__}"
+                )
+            finally:
+                container.close()
+            if self.stop_event.is_set():
+                return
+            self._call(self.camera.on_lost, reason)
+            if self.stop_event.wait(delay):
+                return
+            delay = min(self.backoff_cap, delay * 2)
+
+
+class Camera:
+    def __init__(self, registry: CameraRegistry, url: str, name: str) -> None:
+        self.registry = registry
+        self.id = uuid.uuid4().hex[:10]
+        self.url = url
+        self.name = name
+        self.status = "connecting"
+        self.error: str | None = None
+        self.reconnects = 0
+        self.last_score: dict[str, Any] | None = None
+        self.frames = 0
+        self._frame_times: deque[float] = deque(maxlen=60)
+        self.subscribers: set[asyncio.Queue[Message]] = set()
+        self.latest: av.VideoFrame | None = None
+        self.frame_seq = 0
+        self.new_frame = asyncio.Event()
+        svc = registry.service
+        self.alerts = AlertTracker(svc.bundle.threshold, svc.settings.alert_seconds)
+        self.stream = svc.new_stream(self.id, self.publish, self)
+        self.reader = RtspReader(self, asyncio.get_running_loop())
+        self.reader.start()
+
+    # -- from the decode thread (via the loop) ---------------------------------------------------
+    def on_frame(self, frame: av.VideoFrame) -> None:
+        now = time.monotonic()
+        self.frames += 1
+        self._frame_times.append(now)
+        self.latest = frame
+        self.frame_seq += 1
+        self.new_frame.set()
+        self.new_frame = asyncio.Event()
+        self.stream.offer_frame(frame, t=now)
+
+    def on_connected(self, reconnect: bool) -> None:
+        self.status, self.error = "live", None
+        if reconnect:
+            self.reconnects += 1
+            self.publish(StatusMessage("reconnected", self.id, f"reconnect {self.reconnects}"))
+        else:
+            self.publish(StatusMessage("connected", self.id, self.name))
+
+    def on_lost(self, reason: str) -> None:
+        self.status, self.error = "lost", reason
+        self.publish(StatusMessage("source_lost", self.id, reason))
+
+    def on_error(self, reason: str) -> None:
+        first = self.error != reason
+        self.status, self.error = ("error" if self.status != "lost" else "lost"), reason
+        if first:
+            self.publish(StatusMessage("error", self.id, reason))
+
+    # -- out ---------------------------------------------------------------------------------
+    def publish(self, msg: Message) -> None:
+        if isinstance(msg, ScoreMessage):
+            self.last_score = {
+                "seq": msg.seq,
+                "p_fake": msg.p_fake,
+                "label": msg.label,
+                "faces": len(msg.faces),
+            }
+            for alert in self.alerts.update(msg):
+                self.registry.notifier.notify(
+                    {
+                        "type": "alert",
+                        "camera": self.id,
+                        "name": self.name,
+                        **alert,
+                        "model": msg.model,
+                        "t": msg.t,
+                    }
+                )
+        for q in list(self.subscribers):
+            if q.full():  # a slow reader loses the oldest message, never blocks scoring
+                q.get_nowait()
+            q.put_nowait(msg)
+
+    def subscribe(self) -> asyncio.Queue[Message]:
+        q: asyncio.Queue[Message] = asyncio.Queue(maxsize=64)
+        self.subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Message]) -> None:
+        self.subscribers.discard(q)
+
+    @property
+    def fps(self) -> float:
+        ts = [t for t in self._frame_times if t > time.monotonic() - 5]
+        return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "url": redact(self.url),
+            "status": self.status,
+            "error": self.error,
+            "fps": self.fps,
+            "frames": self.frames,
+            "reconnects": self.reconnects,
+            "dropped": self.stream.dropped,
+            "last_score": self.last_score,
+            "viewers": len(self.subscribers),
+        }
+
+    async def close(self) -> None:
+        self.reader.stop_event.set()
+        await self.registry.service.end_stream(self.id)
+        self.registry.cameras.pop(self.id, None)
+        await asyncio.get_running_loop().run_in_executor(None, self.reader.thread.join, 10)
+
+
+class CameraRegistry:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.cameras: dict[str, Camera] = {}
+        self.notifier = WebhookNotifier(service.settings.webhooks)
+
+    def start(self) -> None:
+        self.notifier.start()
+
+    def add(self, url: object, name: object = None) -> Camera:
+        s = self.service.settings
+        checked = check_url(url, s.camera_allow)
+        if name is None:
+            name = redact(checked)
+        if not isinstance(name, str) or not 0 < len(name) <= 100:
+            raise ValueError("name must be a string of 1 to 100 characters")
+        if len(self.cameras) >= s.max_cameras:
+            raise Capacity(f"camera limit reached ({s.max_cameras} cameras)")
+        cam = Camera(self, checked, name)
+        self.cameras[cam.id] = cam
+        log.info("camera %s registered: %s (%s)", cam.id, name, redact(checked))
+        return cam
+
+    async def remove(self, camera_id: str) -> bool:
+        cam = self.cameras.get(camera_id)
+        if cam is None:
+            return False
+        await cam.close()
+        return True
+
+    async def close(self) -> None:
+        for cam in list(self.cameras.values()):
+            await cam.close()
+        await self.notifier.close()

@@ -1,0 +1,307 @@
+"""RTSP camera monitoring against a real GStreamer RTSP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from tests.conftest import LiveServer, free_port
+from tests.media import face_frames, write_video
+from tests.rtsp import RtspServer
+
+pytestmark = pytest.mark.rtsp
+
+FAST = {"camera_stall_seconds": 2.0, "camera_backoff_max": 1.0}
+
+
+@pytest.fixture(scope="module")
+def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 s of a face at 15 fps, H.264 without B-frames (as IP cameras stream)."""
+    frames = face_frames(90, size=(320, 240))
+    return write_video(
+        tmp_path_factory.mktemp("rtsp") / "cam.mp4",
+        frames * 10,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+
+
+@pytest.fixture
+def rtsp(camera_clip: Path) -> Iterator[RtspServer]:
+    with RtspServer(camera_clip, free_port()) as server:
+        yield server
+
+
+class Feed:
+    """Reads a camera's Server-Sent Events feed in a background thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.raw = ""
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with httpx.stream("GET", self.url, timeout=httpx.Timeout(5, read=30)) as r:
+            event = "message"
+            for line in r.iter_lines():
+                self.raw += line + "\n"
+                if self._stop.is_set():
+                    return
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((event, json.loads(line[6:])))
+
+    def wait(self, pred: Any, within: float) -> tuple[str, dict[str, Any]] | None:
+        deadline = time.monotonic() + within
+        seen = 0
+        while time.monotonic() < deadline:
+            for ev in self.events[seen:]:
+                if pred(ev):
+                    return ev
+            seen = len(self.events)
+            time.sleep(0.05)
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def register(srv: LiveServer, url: str, name: str = "door") -> httpx.Response:
+    return httpx.post(srv.url + "/v1/cameras", json={"url": url, "name": name})
+
+
+def test_camera_scores_reconnects_and_resumes(tiny_bundle: Path, rtsp: RtspServer) -> None:
+    with LiveServer(bundle=tiny_bundle, **FAST) as srv:
+        r = register(srv, rtsp.url)
+        assert r.status_code == 201, r.text
+        cam = r.json()
+        feed = Feed(f"{srv.url}/v1/cameras/{cam['id']}/events")
+        try:
+            assert feed.wait(lambda e: e[0] == "connected", 10)
+            score = feed.wait(lambda e: e[0] == "score", 10)
+            assert score is not None and score[1]["stream"] == cam["id"]
+            assert (
+                score[1]["label"] in ("warming_up", "real", "fake") and len(score[1]["faces"]) == 1
+            )
+            time.sleep(1.5)
+            view = httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()
+            assert view["status"] == "live" and view["fps"] > 5 and view["last_score"]["faces"] == 1
+            # The camera goes away: source_lost.
+            rtsp.stop()
+            lost = feed.wait(lambda e: e[0] == "source_lost", 8)
+            assert lost is not None
+            assert httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()["status"] == "lost"
+            assert httpx.get(srv.url + "/healthz").status_code == 200
+            # It comes back: reconnected, and scores resume within 5 s.
+            n_before = len(feed.events)
+            rtsp.start()
+            t0 = time.monotonic()
+            assert feed.wait(lambda e: e[0] == "reconnected", 10)
+            again = None
+            while time.monotonic() - t0 < 10 and again is None:
+                again = next((e for e in feed.events[n_before:] if e[0] == "score"), None)
+                time.sleep(0.05)
+            assert again is not None and time.monotonic() - t0 < 8
+            view = httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()
+            assert view["reconnects"] == 1 and view["status"] == "live"
+        finally:
+            feed.close()
+        assert httpx.delete(f"{srv.url}/v1/cameras/{cam['id']}").status_code == 204
+        assert httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").status_code == 404
+        assert httpx.get(srv.url + "/v1/cameras").json() == {"cameras": []}
+        assert not [t for t in threading.enumerate() if t.name.startswith("rtsp-")]
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///etc/passwd", "only rtsp:// and rtsps://"),
+        ("http://127.0.0.1/stream", "only rtsp:// and rtsps://"),
+        ("concat:rtsp://a/b|file:///etc/passwd", "only rtsp:// and rtsps://"),
+        ("subfile:,start,0,end,1,:/etc/passwd", "only rtsp:// and rtsps://"),
+        ("pipe:0", "only rtsp:// and rtsps://"),
+        ("rtsp://", "no host"),
+        ("rtsp://127.0.0.1:99999/x", "invalid port"),
+        ("rtsp://cam.local/a b", "whitespace"),
+        ("rtsp:cam", "must look like"),
+        ("", "non-empty"),
+        (42, "non-empty string"),
+    ],
+)
+def test_bad_camera_urls_are_refused(live_server: LiveServer, url: object, reason: str) -> None:
+    r = register(live_server, url)  # type: ignore[arg-type]
+    assert r.status_code == 400
+    assert reason in r.json()["error"]
+    assert httpx.get(live_server.url + "/v1/cameras").json() == {"cameras": []}
+
+
+def test_allow_list_and_camera_limit(tiny_bundle: Path) -> None:
+    with LiveServer(
+        bundle=tiny_bundle, camera_allow=("10.0.0.0/8", "cams.example"), max_cameras=1
+    ) as srv:
+        r = register(srv, "rtsp://127.0.0.1:8554/cam")
+        assert r.status_code == 400 and "not in the allow-list" in r.json()["error"]
+        assert register(srv, "rtsp://10.1.2.3:8554/cam").status_code == 201
+        r = register(srv, "rtsp://10.1.2.4:8554/cam")
+        assert r.status_code == 503 and "camera limit" in r.json()["error"]
+
+
+def test_credentials_never_appear_in_responses_or_logs(
+    tiny_bundle: Path, rtsp: RtspServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret_url = rtsp.url.replace("rtsp://", "rtsp://admin:hunter2@")
+    with LiveServer(bundle=tiny_bundle, **FAST) as srv:
+        r = register(srv, secret_url, name="lobby")
+        assert r.status_code == 201
+        cam = r.json()
+        assert cam["url"] == rtsp.url.replace("rtsp://", "rtsp://***@")
+        feed = Feed(f"{srv.url}/v1/cameras/{cam['id']}/events")
+        feed.wait(lambda e: e[0] == "score", 10)
+        feed.close()
+        texts = [
+            r.text,
+            httpx.get(srv.url + "/v1/cameras").text,
+            httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").text,
+            feed.raw,
+        ]
+        for t in texts:
+            assert "hunter2" not in t and "admin" not in t
+    assert "hunter2" not in caplog.text and "admin:" not in caplog.text
+
+
+def test_unreachable_camera_stays_registered_and_blocks_nobody(
+    tiny_bundle: Path, rtsp: RtspServer
+) -> None:
+    dead = f"rtsp://127.0.0.1:{free_port()}/nothing"
+    with LiveServer(bundle=tiny_bundle, **FAST) as srv:
+        bad = register(srv, dead, "dead").json()
+        good = register(srv, rtsp.url, "alive").json()
+        feed = Feed(f"{srv.url}/v1/cameras/{good['id']}/events")
+        try:
+            assert feed.wait(lambda e: e[0] == "score", 10)
+        finally:
+            feed.close()
+        view = httpx.get(f"{srv.url}/v1/cameras/{bad['id']}").json()
+        assert view["status"] == "error" and "cannot open camera" in view["error"]
+        assert httpx.get(srv.url + "/healthz").json()["status"] == "ok"
+
+
+class WebhookReceiver:
+    def __init__(self) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.received: list[dict[str, Any]] = []
+
+        async def hook(request: Request) -> Response:
+            self.received.append(await request.json())
+            return Response(status_code=204)
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+def test_webhook_gets_the_alert(tiny_bundle: Path, rtsp: RtspServer, tmp_path: Path) -> None:
+    """A bundle whose threshold the clip's scores exceed: the alert reaches the webhook."""
+    from stream_server.bundle import write_manifest
+
+    bundle = tmp_path / "low-threshold"
+    shutil.copytree(tiny_bundle, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["threshold"] = 0.01
+    write_manifest(bundle, m)
+    hook = WebhookReceiver()
+    try:
+        with LiveServer(bundle=bundle, webhooks=(hook.url,), alert_seconds=1.0, **FAST) as srv:
+            cam = register(srv, rtsp.url, "gate").json()
+            deadline = time.monotonic() + 15
+            while not hook.received and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        hook.close()
+    assert hook.received, "no alert reached the webhook"
+    alert = hook.received[0]
+    assert alert["type"] == "alert" and alert["camera"] == cam["id"] and alert["name"] == "gate"
+    assert alert["p_fake"] >= 0.01 and alert["above_for_s"] >= 1.0
+    assert alert["model"] == "tiny-test@1"
+
+
+def test_webrtc_viewers_get_video_and_scores_from_one_decode(
+    tiny_bundle: Path, rtsp: RtspServer
+) -> None:
+    with LiveServer(bundle=tiny_bundle, **FAST) as srv:
+        cam = register(srv, rtsp.url, "hall").json()
+
+        async def viewer() -> tuple[Any, list[dict[str, Any]]]:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTransceiver("video", direction="recvonly")
+            channel = pc.createDataChannel("scores")
+            messages: list[dict[str, Any]] = []
+            channel.on("message", lambda m: messages.append(json.loads(m)))
+            got_track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            pc.on("track", lambda t: got_track.done() or got_track.set_result(t))
+            await pc.setLocalDescription(await pc.createOffer())
+            async with httpx.AsyncClient(base_url=srv.url) as c:
+                r = await c.post(
+                    "/offer",
+                    json={"sdp": pc.localDescription.sdp, "type": "offer", "camera": cam["id"]},
+                )
+            assert r.status_code == 200, r.text
+            await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
+            track = await asyncio.wait_for(got_track, 10)
+            frame = await asyncio.wait_for(track.recv(), 10)
+            deadline = time.monotonic() + 10
+            while not any(m["type"] == "score" for m in messages) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await pc.close()
+            return frame, messages
+
+        async def two() -> list[tuple[Any, list[dict[str, Any]]]]:
+            return list(await asyncio.gather(viewer(), viewer()))
+
+        for frame, messages in asyncio.run(two()):
+            assert (frame.width, frame.height) == (320, 240)
+            scores = [m for m in messages if m["type"] == "score"]
+            assert scores and all(m["stream"] == cam["id"] for m in scores)
+        # One decode thread for the camera however many viewers.
+        assert len([t for t in threading.enumerate() if t.name == f"rtsp-{cam['id']}"]) == 1
+        r = httpx.post(
+            srv.url + "/offer",
+            json={"sdp": "v=0\r\nm=video 9 x\r\n", "type": "offer", "camera": "nope"},
+        )
+        assert r.status_code == 404
