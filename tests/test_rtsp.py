@@ -272,7 +272,14 @@ def test_webrtc_viewers_get_video_and_scores_from_one_decode(
             pc.addTransceiver("video", direction="recvonly")
             channel = pc.createDataChannel("scores")
             messages: list[dict[str, Any]] = []
-            channel.on("message", lambda m: messages.append(json.loads(m)))
+            scored = asyncio.Event()
+
+            def on_message(m: str) -> None:
+                messages.append(json.loads(m))
+                if messages[-1]["type"] == "score":
+                    scored.set()
+
+            channel.on("message", on_message)
             got_track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             pc.on("track", lambda t: got_track.done() or got_track.set_result(t))
             await pc.setLocalDescription(await pc.createOffer())
@@ -285,9 +292,10 @@ def test_webrtc_viewers_get_video_and_scores_from_one_decode(
             await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
             track = await asyncio.wait_for(got_track, 10)
             frame = await asyncio.wait_for(track.recv(), 10)
-            deadline = time.monotonic() + 10
-            while not any(m["type"] == "score" for m in messages) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            try:
+                await asyncio.wait_for(scored.wait(), 10)
+            except TimeoutError:
+                pass
             await pc.close()
             return frame, messages
 
