@@ -48,9 +48,14 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     mask = keras.Input((cfg.window,), dtype="bool", name=HEAD_MASK)
     # Per-dimension standardisation, set from the training embeddings (identity until then).
     x = layers.Normalization(axis=-1, name="embedding_norm")(emb)
+    if cfg.input_dropout > 0:
+        x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
+    reg = keras.regularizers.l2(cfg.l2) if cfg.l2 > 0 else None
     for i, units in enumerate(cfg.gru_units):
         last = i == len(cfg.gru_units) - 1
-        x = layers.GRU(units, return_sequences=not last, name=f"gru{i}")(x, mask=mask)
+        x = layers.GRU(units, return_sequences=not last, kernel_regularizer=reg, name=f"gru{i}")(
+            x, mask=mask
+        )
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     out = layers.Dense(1, activation="sigmoid", name="p_fake")(x)

@@ -21,6 +21,10 @@ class ModelConfig:
     gru_units: tuple[int, ...] = (16, 8)
     dense_units: int = 8
     dropout: float = 0.2
+    # Regularisation for small data sets (0 = the original design): dropout on the standardised
+    # embeddings before the GRUs, and an L2 penalty on the GRU kernels.
+    input_dropout: float = 0.0
+    l2: float = 0.0
     # "imagenet" (where the backbone can load it), a path to a weights file, or None (random).
     weights: str | None = "imagenet"
     # Take the embedding from this backbone layer (global average pooled) instead of the last one;

@@ -54,9 +54,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head-noise",
         type=float,
-        default=0.05,
+        default=0.3,
         help="std of Gaussian noise added to training embeddings (relative to their std)",
     )
+    p.add_argument(
+        "--head-dropout",
+        type=float,
+        default=0.5,
+        help="dropout on the standardised embeddings before the GRUs",
+    )
+    p.add_argument("--head-l2", type=float, default=1e-3, help="L2 penalty on the GRU kernels")
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--fps", type=float, default=5.0, help="analysis frames per second")
     p.add_argument("--max-seconds", type=float, default=15.0, help="seconds read per video")
@@ -75,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         help="last backbone blocks fine-tuned on frames (0 = frozen backbone)",
     )
     p.add_argument("--encoder-epochs", type=int, default=3)
-    p.add_argument("--head-epochs", type=int, default=30)
+    p.add_argument("--head-epochs", type=int, default=5)
     p.add_argument("--head-steps", type=int, default=40, help="batches per head epoch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
@@ -362,6 +369,8 @@ def run(args: argparse.Namespace) -> Path:
         window=args.window,
         weights=weights,
         feature_layer=args.feature_layer,
+        input_dropout=args.head_dropout,
+        l2=args.head_l2,
     )
     model = new_model(cfg)
     trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
