@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    p.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check the benchmarks work")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny run (seconds) to check the benchmarks work"
+    )
     p.add_argument("--levels", default="1,2,4,8,12,16", help="concurrent streams to try")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per capacity level")
     p.add_argument("--skip-baseline", action="store_true")
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 6.0 if args.quick else args.seconds
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(), "quick": args.quick,
+        "machine": machine(),
+        "quick": args.quick,
     }
     print("[bench] stages", file=sys.stderr, flush=True)
     result["stages"] = stages.run(args.bundle, args.quick)
@@ -40,16 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] baseline (Keras InceptionV3 predict per frame)", file=sys.stderr, flush=True)
         base = stages.baseline(args.quick)
         ours = result["stages"]["full_per_frame_path"]["median_ms"]
-        result["baseline"] = {"keras_inception_v3_predict_per_frame": base,
-                              "project_full_per_frame_path_median_ms": ours,
-                              "speedup": round(base["median_ms"] / ours, 2)}
+        result["baseline"] = {
+            "keras_inception_v3_predict_per_frame": base,
+            "project_full_per_frame_path_median_ms": ours,
+            "speedup": round(base["median_ms"] / ours, 2),
+        }
     print(f"[bench] capacity {levels}", file=sys.stderr, flush=True)
     result["capacity"] = capacity.run(args.bundle, levels, seconds)
     result["seconds"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tag = "quick" if args.quick else "latest"
-    (args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"bench-{stamp}{'-quick' if args.quick else ''}.json").write_text(
+        json.dumps(result, indent=2)
+    )
     (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{tag}.md").write_text(summary(result))
     plot(result, args.out / f"{tag}.png")
@@ -74,7 +81,9 @@ def summary(r: dict[str, Any]) -> str:
     ]
     for prec, row in enc.items():
         for b, v in row.items():
-            lines.append(f"| encoder {prec} {b.replace('_', ' ')} ({v['per_crop_ms']} ms/crop) | {v['median_ms']} | {v['p95_ms']} |")
+            lines.append(
+                f"| encoder {prec} {b.replace('_', ' ')} ({v['per_crop_ms']} ms/crop) | {v['median_ms']} | {v['p95_ms']} |"
+            )
     lines += [
         f"| head batch 1 | {s['head']['batch_1']['median_ms']} | {s['head']['batch_1']['p95_ms']} |",
         f"| head batch 8 | {s['head']['batch_8']['median_ms']} | {s['head']['batch_8']['p95_ms']} |",
@@ -86,16 +95,28 @@ def summary(r: dict[str, Any]) -> str:
     ]
     if "baseline" in r:
         b = r["baseline"]
-        lines.append(f"Baseline (Keras InceptionV3 `predict` per frame): {b['keras_inception_v3_predict_per_frame']['median_ms']} ms/frame; "
-                     f"this project's full per-frame path: {b['project_full_per_frame_path_median_ms']} ms: **{b['speedup']}x faster**.")
+        lines.append(
+            f"Baseline (Keras InceptionV3 `predict` per frame): {b['keras_inception_v3_predict_per_frame']['median_ms']} ms/frame; "
+            f"this project's full per-frame path: {b['project_full_per_frame_path_median_ms']} ms: **{b['speedup']}x faster**."
+        )
     c = r["capacity"]
-    lines += ["", "| streams | p50 ms | p95 ms | analysed fps/stream | drops | server CPU (cores) | server RSS MB |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| streams | p50 ms | p95 ms | analysed fps/stream | drops | server CPU (cores) | server RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in c["levels"]:
-        lines.append(f"| {row['streams']} | {row['latency_p50_ms']} | {row['latency_p95_ms']} | {row['analysed_fps_per_stream']} | "
-                     f"{row['drop_fraction']:.1%} | {row['server_cpu_cores']} | {row['server_rss_mb']} |")
-    lines += ["", f"Largest stream count within budget (p95 <= 250 ms, drops <= 5%): **{c['max_streams_within_budget']}**.",
-              f"Cores: {c['core_sharing']}.", f"Total benchmark time: {r['seconds']} s.", ""]
+        lines.append(
+            f"| {row['streams']} | {row['latency_p50_ms']} | {row['latency_p95_ms']} | {row['analysed_fps_per_stream']} | "
+            f"{row['drop_fraction']:.1%} | {row['server_cpu_cores']} | {row['server_rss_mb']} |"
+        )
+    lines += [
+        "",
+        f"Largest stream count within budget (p95 <= 250 ms, drops <= 5%): **{c['max_streams_within_budget']}**.",
+        f"Cores: {c['core_sharing']}.",
+        f"Total benchmark time: {r['seconds']} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -113,7 +134,14 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.axhline(250, ls="--", c="grey", lw=1)
     ax.set(xlabel="concurrent 640x480 streams", ylabel="frame-to-score latency (ms)")
     ax2 = ax.twinx()
-    ax2.bar(n, [100 * x["drop_fraction"] for x in rows], alpha=0.25, color="red", width=0.6, label="drops %")
+    ax2.bar(
+        n,
+        [100 * x["drop_fraction"] for x in rows],
+        alpha=0.25,
+        color="red",
+        width=0.6,
+        label="drops %",
+    )
     ax2.set_ylabel("dropped frames (%)")
     ax.legend(loc="upper left")
     fig.tight_layout()

@@ -39,8 +39,26 @@ def proc_rss_mb(pid: int) -> float:
 
 
 def start_server(bundle: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "stream_server", "--bundle", str(bundle), "--port", str(port),
-           "--ice-addresses", "127.0.0.1", "--max-streams", "64", "--log-level", "warning", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream_server",
+        "--bundle",
+        str(bundle),
+        "--port",
+        str(port),
+        "--ice-addresses",
+        "127.0.0.1",
+        "--max-streams",
+        "64",
+        "--log-level",
+        "warning",
+        "--offer-rate-per-minute",
+        "6000",
+        "--offer-burst",
+        "200",
+        *extra,
+    ]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -62,9 +80,26 @@ def run_level(url: str, pid: int, n: int, seconds: float, fps: int) -> dict[str,
         out = tmp / f"c{k}.json"
         outs.append(out)
         peers = min(PEERS_PER_PROCESS, n - k)
-        procs.append(subprocess.Popen(
-            ["nice", "-n", "5", sys.executable, "-m", "bench.client", url, str(peers), str(seconds), str(fps), str(out)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        procs.append(
+            subprocess.Popen(
+                [
+                    "nice",
+                    "-n",
+                    "5",
+                    sys.executable,
+                    "-m",
+                    "bench.client",
+                    url,
+                    str(peers),
+                    str(seconds),
+                    str(fps),
+                    str(out),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
     time.sleep(min(4.0, seconds / 3))  # connect and warm up before measuring the server
     c0, t0 = proc_cpu_seconds(pid), time.monotonic()
     rss = []
@@ -82,21 +117,32 @@ def run_level(url: str, pid: int, n: int, seconds: float, fps: int) -> dict[str,
             results.extend(json.loads(out.read_text()))
     ok = [r for r in results if "latencies_s" in r]
     # Skip each stream's first 3 s (connection set-up, window warm-up) when measuring latency.
-    lat = np.concatenate([np.asarray(r["latencies_s"][15:]) for r in ok if len(r["latencies_s"]) > 15] or [np.zeros(0)])
+    lat = np.concatenate(
+        [np.asarray(r["latencies_s"][15:]) for r in ok if len(r["latencies_s"]) > 15]
+        or [np.zeros(0)]
+    )
     analysed = [r["scores"] / r["seconds"] for r in ok]
     drops = [r["dropped"] / max(1, r["dropped"] + r["scores"]) for r in ok]
     return {
-        "streams": n, "connected": len(ok), "errors": [r.get("error") for r in results if "error" in r][:3],
+        "streams": n,
+        "connected": len(ok),
+        "errors": [r.get("error") for r in results if "error" in r][:3],
         "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
         "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1) if len(lat) else None,
         "analysed_fps_per_stream": round(float(np.mean(analysed)), 2) if analysed else 0.0,
         "drop_fraction": round(float(np.mean(drops)), 4) if drops else 1.0,
-        "server_cpu_cores": round(cpu, 2), "server_rss_mb": round(max(rss), 1) if rss else None,
+        "server_cpu_cores": round(cpu, 2),
+        "server_rss_mb": round(max(rss), 1) if rss else None,
     }
 
 
-def run(bundle: Path, levels: list[int], seconds: float, fps: int = 30,
-        server_args: list[str] | None = None) -> dict[str, Any]:
+def run(
+    bundle: Path,
+    levels: list[int],
+    seconds: float,
+    fps: int = 30,
+    server_args: list[str] | None = None,
+) -> dict[str, Any]:
     port = free_port()
     server = start_server(bundle, port, server_args or [])
     url = f"http://127.0.0.1:{port}"
@@ -105,18 +151,36 @@ def run(bundle: Path, levels: list[int], seconds: float, fps: int = 30,
         for n in levels:
             row = run_level(url, server.pid, n, seconds, fps)
             rows.append(row)
-            print(f"[bench] {n:3d} streams: p50 {row['latency_p50_ms']} ms, p95 {row['latency_p95_ms']} ms, "
-                  f"{row['analysed_fps_per_stream']} fps/stream, drops {row['drop_fraction']:.1%}, "
-                  f"server CPU {row['server_cpu_cores']} cores", file=sys.stderr, flush=True)
+            print(
+                f"[bench] {n:3d} streams: p50 {row['latency_p50_ms']} ms, p95 {row['latency_p95_ms']} ms, "
+                f"{row['analysed_fps_per_stream']} fps/stream, drops {row['drop_fraction']:.1%}, "
+                f"server CPU {row['server_cpu_cores']} cores",
+                file=sys.stderr,
+                flush=True,
+            )
             while httpx.get(url + "/healthz").json()["streams"]:
                 time.sleep(0.2)
     finally:
         server.terminate()
         server.wait(15)
-    good = [r["streams"] for r in rows if r["latency_p95_ms"] is not None and r["latency_p95_ms"] <= 250
-            and r["drop_fraction"] <= 0.05 and r["connected"] == r["streams"]]
-    return {"levels": rows, "max_streams_within_budget": max(good) if good else 0,
-            "budget": {"latency_p95_ms": 250, "drop_fraction": 0.05, "analysis_fps": 5, "source_fps": fps},
-            "core_sharing": "server and client processes share this machine's cores; clients run "
-                            f"{PEERS_PER_PROCESS} peers per process at nice 5, so they also spend CPU on "
-                            "VP8 encoding that a real deployment's webcams would do elsewhere"}
+    good = [
+        r["streams"]
+        for r in rows
+        if r["latency_p95_ms"] is not None
+        and r["latency_p95_ms"] <= 250
+        and r["drop_fraction"] <= 0.05
+        and r["connected"] == r["streams"]
+    ]
+    return {
+        "levels": rows,
+        "max_streams_within_budget": max(good) if good else 0,
+        "budget": {
+            "latency_p95_ms": 250,
+            "drop_fraction": 0.05,
+            "analysis_fps": 5,
+            "source_fps": fps,
+        },
+        "core_sharing": "server and client processes share this machine's cores; clients run "
+        f"{PEERS_PER_PROCESS} peers per process at nice 5, so they also spend CPU on "
+        "VP8 encoding that a real deployment's webcams would do elsewhere",
+    }

@@ -41,7 +41,9 @@ class Clip(VideoStreamTrack):
         return frame
 
 
-async def peer(url: str, frames: list[av.VideoFrame], fps: int, seconds: float) -> dict[str, object]:
+async def peer(
+    url: str, frames: list[av.VideoFrame], fps: int, seconds: float
+) -> dict[str, object]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = Clip(frames, fps)
     pc.addTrack(track)
@@ -65,12 +67,22 @@ async def peer(url: str, frames: list[av.VideoFrame], fps: int, seconds: float) 
     await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
     await asyncio.sleep(seconds)
     await pc.close()
-    return {"latencies_s": lat, "scores": len(lat), "dropped": last.get("dropped", 0),
-            "seconds": seconds}
+    return {
+        "latencies_s": lat,
+        "scores": len(lat),
+        "dropped": last.get("dropped", 0),
+        "seconds": seconds,
+    }
 
 
 async def main() -> None:
-    url, peers, seconds, fps, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    url, peers, seconds, fps, out = (
+        sys.argv[1],
+        int(sys.argv[2]),
+        float(sys.argv[3]),
+        int(sys.argv[4]),
+        sys.argv[5],
+    )
     sys.path.insert(0, ".")
     from tests.media import face_frames
 

@@ -14,8 +14,11 @@ import numpy as np
 
 def stats_ms(samples_s: list[float]) -> dict[str, float]:
     a = np.asarray(samples_s) * 1000.0
-    return {"median_ms": round(float(np.median(a)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
-            "n": int(len(a))}
+    return {
+        "median_ms": round(float(np.median(a)), 3),
+        "p95_ms": round(float(np.percentile(a, 95)), 3),
+        "n": int(len(a)),
+    }
 
 
 def time_it(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> list[float]:
@@ -44,8 +47,13 @@ def machine() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def face_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarray]:

@@ -57,7 +57,10 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
     reps = 10 if quick else 60
     frames = face_frames(30 if quick else 90)
     out: dict[str, Any] = {"bundle": str(bundle_dir)}
-    out["decode_640x480"] = {"vp8": decode_cost(frames, "libvpx"), "h264": decode_cost(frames, "libx264")}
+    out["decode_640x480"] = {
+        "vp8": decode_cost(frames, "libvpx"),
+        "h264": decode_cost(frames, "libx264"),
+    }
     bundle = load_bundle(bundle_dir)
     s = open_sessions(bundle, "cpu")
     warm_up(bundle, s)
@@ -67,39 +70,57 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
     size = bundle.encoder.input_size
     crops = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
     enc: dict[str, Any] = {}
-    precisions = ["fp32"] + (["int8"] if "int8" in (bundle.manifest["encoder"].get("alternatives", {}) | {bundle.encoder.precision: 1}) else [])
+    precisions = ["fp32"] + (
+        ["int8"]
+        if "int8"
+        in (bundle.manifest["encoder"].get("alternatives", {}) | {bundle.encoder.precision: 1})
+        else []
+    )
     for prec in precisions:
         b = load_bundle(bundle_dir, precision=prec)
         sess = open_sessions(b, "cpu").encoder
         row = {}
         for n in (1, 4, 8, 16):
-            t = time_it(lambda n=n: sess.run(None, {b.encoder.input_name: crops[:n]}), max(3, reps // n))
+            t = time_it(
+                lambda n=n: sess.run(None, {b.encoder.input_name: crops[:n]}), max(3, reps // n)
+            )
             st = stats_ms(t)
             st["per_crop_ms"] = round(st["median_ms"] / n, 3)
             row[f"batch_{n}"] = st
         enc[prec] = row
     out["encoder"] = enc
-    w = np.random.default_rng(1).normal(size=(8, bundle.window, bundle.feature_dim)).astype(np.float32)
+    w = (
+        np.random.default_rng(1)
+        .normal(size=(8, bundle.window, bundle.feature_dim))
+        .astype(np.float32)
+    )
     m = np.ones((8, bundle.window), bool)
     h = bundle.head
     out["head"] = {
-        "batch_1": stats_ms(time_it(lambda: s.head.run(None, {h.embeddings_name: w[:1], h.mask_name: m[:1]}), reps)),
-        "batch_8": stats_ms(time_it(lambda: s.head.run(None, {h.embeddings_name: w, h.mask_name: m}), reps)),
+        "batch_1": stats_ms(
+            time_it(lambda: s.head.run(None, {h.embeddings_name: w[:1], h.mask_name: m[:1]}), reps)
+        ),
+        "batch_8": stats_ms(
+            time_it(lambda: s.head.run(None, {h.embeddings_name: w, h.mask_name: m}), reps)
+        ),
     }
     engine = InferenceEngine(bundle, s, max_batch=16)
     engine.start()
     try:
         pipe = FramePipeline(bundle, det, engine)
         i = iter(range(10**9))
-        out["full_per_frame_path"] = stats_ms(time_it(lambda: pipe.analyze(frames[next(i) % len(frames)]), reps))
+        out["full_per_frame_path"] = stats_ms(
+            time_it(lambda: pipe.analyze(frames[next(i) % len(frames)]), reps)
+        )
         out["engine_vs_onnxruntime"] = engine_throughput(engine, bundle, crops, enc, quick)
     finally:
         engine.stop()
     return out
 
 
-def engine_throughput(engine: InferenceEngine, bundle: Any, crops: np.ndarray, enc: dict[str, Any],
-                      quick: bool) -> dict[str, Any]:
+def engine_throughput(
+    engine: InferenceEngine, bundle: Any, crops: np.ndarray, enc: dict[str, Any], quick: bool
+) -> dict[str, Any]:
     """Crops/s through the engine with 8 streams submitting one face each, against the encoder
     session alone at its best batch size."""
     n_per = 10 if quick else 40
@@ -120,8 +141,13 @@ def engine_throughput(engine: InferenceEngine, bundle: Any, crops: np.ndarray, e
     per_crop = (time.perf_counter() - t0) / sum(done) * 1000
     prec = bundle.encoder.precision
     best = min(v["per_crop_ms"] for v in enc[prec].values())
-    return {"engine_ms_per_crop": round(per_crop, 3), "onnxruntime_best_ms_per_crop": best,
-            "ratio": round(per_crop / best, 3), "precision": prec, "streams": 8}
+    return {
+        "engine_ms_per_crop": round(per_crop, 3),
+        "onnxruntime_best_ms_per_crop": best,
+        "ratio": round(per_crop / best, 3),
+        "precision": prec,
+        "streams": 8,
+    }
 
 
 BASELINE = r"""
@@ -147,8 +173,12 @@ def baseline(quick: bool) -> dict[str, float]:
     """The original prototype: Keras InceptionV3 `predict` once per frame on the full frame resized
     to 224 (in a subprocess: TensorFlow stays out of the serving process)."""
     root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-c", BASELINE, str(root), "8" if quick else "40"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", BASELINE, str(root), "8" if quick else "40"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"baseline failed: {r.stderr.strip().splitlines()[-1:]}")
     return stats_ms(json.loads(r.stdout.strip().splitlines()[-1]))

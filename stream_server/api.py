@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -19,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from stream_server.camera_api import camera_routes
 from stream_server.camera_url import CameraUrlError
 from stream_server.cameras import CameraRegistry
+from stream_server.guard import Guard
 from stream_server.service import Capacity, Service
 from stream_server.uploads import UploadAnalyzer
 from stream_server.webrtc import OfferError, PeerSession, ViewerSession, check_offer, configure_ice
@@ -134,7 +136,10 @@ def create_app(service: Service) -> Starlette:
     if settings.static_dir.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+        middleware=[Middleware(Guard, settings=settings)],
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
     )
     app.state.service = service
     app.state.cameras = registry

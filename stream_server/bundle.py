@@ -127,6 +127,14 @@ def _get(d: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
+def _strides(values: list[Any]) -> tuple[int, ...]:
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    ):
+        raise BundleError("manifest detector.anchors.strides must be a list of positive integers")
+    return tuple(values)
+
+
 def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle:
     """Turn manifest JSON into a `Bundle`; raises `BundleError` on anything missing or malformed."""
     if not isinstance(manifest, dict):
@@ -171,11 +179,11 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         boxes_name=_get(det, "boxes", str, "detector."),
         scores_name=_get(det, "scores", str, "detector."),
         input_size=_get(det, "input_size", int, "detector."),
-        strides=tuple(int(s) for s in _get(anchors, "strides", list, "detector.anchors.")),
+        strides=_strides(_get(anchors, "strides", list, "detector.anchors.")),
         anchors_per_cell=_get(anchors, "per_cell", int, "detector.anchors."),
         min_score=_get(det, "min_score", float, "detector."),
         nms_iou=_get(det, "nms_iou", float, "detector."),
-        retry_pad=float(det.get("retry_pad", 0.5)),
+        retry_pad=_get({"retry_pad": det.get("retry_pad", 0.5)}, "retry_pad", float, "detector."),
     )
     crop = CropSpec(margin=_get(_get(manifest, "crop", dict, ""), "margin", float, "crop."))
     window = _get(manifest, "window", int, "")
@@ -188,7 +196,9 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         raise BundleError(f"manifest analysis_fps {fps} is outside (0, 60]")
     if not 0.0 < threshold < 1.0:
         raise BundleError(f"manifest threshold {threshold} is outside (0, 1)")
-    warmup = int(manifest.get("warmup_frames", min(window, 5)))
+    warmup = manifest.get("warmup_frames", min(window, 5))
+    if not isinstance(warmup, int) or isinstance(warmup, bool):
+        raise BundleError("manifest field warmup_frames has the wrong type")
     return Bundle(
         path=path,
         name=_get(manifest, "name", str, ""),

@@ -42,6 +42,11 @@ class Settings:
     max_wait_ms: float = 4.0
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
     max_sdp_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024  # any request body except uploads
+    token: str | None = None  # bearer token for /offer, /v1/* and feeds; none: open
+    metrics_public: bool = True  # /metrics without the token
+    offer_rate_per_minute: float = 60.0  # POST /offer per client address
+    offer_burst: float = 10.0
     max_upload_bytes: int = 200 * 1024 * 1024  # POST /v1/analyze body limit
     max_video_seconds: float = 300.0  # longest uploaded video analysed
     max_analyses: int = 2  # uploads analysed at once; more get 429
@@ -79,6 +84,10 @@ class Settings:
             bad("threads must be >= 0")
         if self.max_frame_side < 64:
             bad("max frame side must be >= 64")
+        if self.token is not None and len(self.token) < 16:
+            bad("token must be at least 16 characters")
+        if self.offer_rate_per_minute <= 0 or self.offer_burst < 1:
+            bad("offer rate must be > 0 per minute with a burst of at least 1")
         if self.max_upload_bytes < 1024:
             bad("max upload bytes must be >= 1024")
         if not 1 <= self.max_analyses <= 64:
@@ -128,6 +137,11 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
     ("max_wait_ms", float, "longest wait to fill a micro-batch"),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    ("token", str, "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...)"),
+    ("metrics_public", str, "true/false: serve /metrics without the token"),
+    ("offer_rate_per_minute", float, "POST /offer allowed per client address per minute"),
+    ("offer_burst", float, "POST /offer burst per client address"),
+    ("max_body_bytes", int, "largest request body (uploads have their own limit)"),
     ("max_upload_bytes", int, "largest video upload accepted by POST /v1/analyze"),
     ("max_video_seconds", float, "longest uploaded video analysed"),
     ("max_analyses", int, "uploads analysed at once (more get 429)"),
@@ -180,6 +194,10 @@ def parse_settings(
             continue
         if name in ("ice_addresses", "ice_servers", "camera_allow", "webhooks"):
             raw = _list(str(raw))
+        if name == "metrics_public":
+            if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise SettingsError("metrics public must be true or false")
+            raw = str(raw).lower() in ("true", "1", "yes")
         values[name] = raw
     assert set(values) <= set(types)
     return Settings(**values)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ class ClientPeer:
         self.received_at: list[float] = []
         self.answer: dict[str, Any] = {}
         self.got_message = asyncio.Event()
+        self.headers: dict[str, str] = {}
 
     async def connect(self) -> dict[str, Any]:
         self.pc.addTrack(self.track)
@@ -60,7 +61,9 @@ class ClientPeer:
             self.got_message.set()
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=30, headers=self.headers
+        ) as client:
             r = await client.post(
                 "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}
             )

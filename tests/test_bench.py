@@ -12,13 +12,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--bundle", str(tiny_bundle),
-                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--bundle", str(tiny_bundle), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((out / "quick.json").read_text())
     s = data["stages"]
-    for key in ("decode_640x480", "face_detection_640x480", "encoder", "head", "full_per_frame_path",
-                "engine_vs_onnxruntime"):
+    for key in (
+        "decode_640x480",
+        "face_detection_640x480",
+        "encoder",
+        "head",
+        "full_per_frame_path",
+        "engine_vs_onnxruntime",
+    ):
         assert key in s
     assert set(s["encoder"]["fp32"]) == {"batch_1", "batch_4", "batch_8", "batch_16"}
     assert data["baseline"]["speedup"] > 0

@@ -1,0 +1,447 @@
+"""Bad input against a live server: every case a 4xx with a one-line reason, and the server keeps
+serving. Plus access control, the offer rate limit, fuzzing and a short connect/disconnect soak."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import LiveServer
+from tests.media import face_frames
+from tests.rtc_client import ClientPeer
+
+GOOD_SDP_HEAD = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+J = {"content-type": "application/json"}
+
+# (method, path, body bytes or JSON object, headers, expected status, reason fragment)
+CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
+    ("POST", "/offer", b"hello", {"content-type": "text/plain"}, 415, "application/json"),
+    ("POST", "/offer", b"<x/>", {"content-type": "application/xml"}, 415, "application/json"),
+    (
+        "POST",
+        "/offer",
+        b"a=1",
+        {"content-type": "application/x-www-form-urlencoded"},
+        415,
+        "application/json",
+    ),
+    ("POST", "/offer", b"{}", {}, 415, "application/json"),
+    ("POST", "/offer", b"", J, 400, "not valid JSON"),
+    ("POST", "/offer", b"{", J, 400, "not valid JSON"),
+    ("POST", "/offer", b"{'sdp': 1}", J, 400, "not valid JSON"),
+    ("POST", "/offer", b"\xff\xfe\xfd", J, 400, "not UTF-8"),
+    ("POST", "/offer", b"null", J, 400, "JSON object"),
+    ("POST", "/offer", b"[]", J, 400, "JSON object"),
+    ("POST", "/offer", b"42", J, 400, "JSON object"),
+    ("POST", "/offer", b'"v=0"', J, 400, "JSON object"),
+    ("POST", "/offer", b"true", J, 400, "JSON object"),
+    ("POST", "/offer", {}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"sdp": "v=0"}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"sdp": "v=0", "type": "answer"}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"sdp": "v=0", "type": "pranswer"}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"sdp": "v=0", "type": None}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"sdp": "v=0", "type": 5}, J, 400, 'type must be "offer"'),
+    ("POST", "/offer", {"type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": None, "type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": 12, "type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": ["v=0"], "type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": {"v": 0}, "type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": "   ", "type": "offer"}, J, 400, "sdp must be"),
+    ("POST", "/offer", {"sdp": "hello", "type": "offer"}, J, 400, "not a session description"),
+    (
+        "POST",
+        "/offer",
+        {"sdp": "m=video 9 x", "type": "offer"},
+        J,
+        400,
+        "not a session description",
+    ),
+    ("POST", "/offer", {"sdp": GOOD_SDP_HEAD, "type": "offer"}, J, 400, "no video"),
+    (
+        "POST",
+        "/offer",
+        {"sdp": GOOD_SDP_HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "type": "offer"},
+        J,
+        400,
+        "no video",
+    ),
+    (
+        "POST",
+        "/offer",
+        {
+            "sdp": GOOD_SDP_HEAD + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n",
+            "type": "offer",
+        },
+        J,
+        400,
+        "no video",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": GOOD_SDP_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"},
+        J,
+        400,
+        "malformed offer",
+    ),
+    (
+        "POST",
+        "/offer",
+        {
+            "sdp": GOOD_SDP_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n",
+            "type": "offer",
+        },
+        J,
+        400,
+        "malformed offer",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": GOOD_SDP_HEAD + "m=video x y z\r\n", "type": "offer"},
+        J,
+        400,
+        "malformed offer",
+    ),
+    (
+        "POST",
+        "/offer",
+        {
+            "sdp": GOOD_SDP_HEAD
+            + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=fingerprint:sha-256 zz\r\na=ice-ufrag:a\r\na=ice-pwd:b\r\n",
+            "type": "offer",
+        },
+        J,
+        400,
+        "malformed offer",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": "v=0\r\n" + "a=x\r\n" * 20000 + "m=video 9 x\r\n", "type": "offer"},
+        J,
+        413,
+        "larger than",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": "v=0\r\nm=video " + "9" * 70000, "type": "offer"},
+        J,
+        413,
+        "larger than",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": "v=0\r\nm=video 9 x\r\n", "type": "offer", "camera": "nope"},
+        J,
+        404,
+        "no camera",
+    ),
+    (
+        "POST",
+        "/offer",
+        {"sdp": "v=0\r\nm=video 9 x\r\n", "type": "offer", "camera": 7},
+        J,
+        404,
+        "no camera",
+    ),
+    ("POST", "/offer", b"x" * (2 * 1024 * 1024), J, 413, "larger than"),
+    (
+        "POST",
+        "/v1/cameras",
+        b"url=rtsp://x",
+        {"content-type": "text/plain"},
+        415,
+        "application/json",
+    ),
+    ("POST", "/v1/cameras", b"{", J, 400, "not valid JSON"),
+    ("POST", "/v1/cameras", [], J, 400, "JSON object"),
+    ("POST", "/v1/cameras", {}, J, 400, "non-empty string"),
+    ("POST", "/v1/cameras", {"url": None}, J, 400, "non-empty string"),
+    ("POST", "/v1/cameras", {"url": ["rtsp://a/b"]}, J, 400, "non-empty string"),
+    ("POST", "/v1/cameras", {"url": "file:///etc/passwd"}, J, 400, "only rtsp://"),
+    ("POST", "/v1/cameras", {"url": "https://example.com/x"}, J, 400, "only rtsp://"),
+    ("POST", "/v1/cameras", {"url": "concat:a|b"}, J, 400, "only rtsp://"),
+    ("POST", "/v1/cameras", {"url": "subfile:,start,0,end,9,:x"}, J, 400, "only rtsp://"),
+    ("POST", "/v1/cameras", {"url": "pipe:0"}, J, 400, "only rtsp://"),
+    ("POST", "/v1/cameras", {"url": "RTSP:/x"}, J, 400, "must look like"),
+    ("POST", "/v1/cameras", {"url": "rtsp://a/b\nx"}, J, 400, "control characters"),
+    ("POST", "/v1/cameras", {"url": "rtsp://a/" + "b" * 3000}, J, 400, "longer than"),
+    ("POST", "/v1/cameras", {"url": "rtsp://127.0.0.1/x", "name": 5}, J, 400, "name must be"),
+    (
+        "POST",
+        "/v1/cameras",
+        {"url": "rtsp://127.0.0.1/x", "name": "n" * 101},
+        J,
+        400,
+        "name must be",
+    ),
+    ("POST", "/v1/cameras", {"url": "rtsp://127.0.0.1/x", "name": ""}, J, 400, "name must be"),
+    ("GET", "/v1/cameras/does-not-exist", None, {}, 404, "no camera"),
+    ("DELETE", "/v1/cameras/does-not-exist", None, {}, 404, "no camera"),
+    ("GET", "/v1/cameras/does-not-exist/events", None, {}, 404, "no camera"),
+    ("POST", "/v1/analyze", b"raw", {"content-type": "video/mp4"}, 415, "multipart/form-data"),
+    ("POST", "/v1/analyze", b"x", {"content-type": "multipart/form-data; boundary=zz"}, 400, ""),
+    ("GET", "/nope", None, {}, 404, "Not Found"),
+    ("GET", "/v1", None, {}, 404, "Not Found"),
+    ("GET", "/offer", None, {}, 405, "Method Not Allowed"),
+    ("PUT", "/healthz", None, {}, 405, "Method Not Allowed"),
+    ("DELETE", "/v1/analyze", None, {}, 405, "Method Not Allowed"),
+    ("PATCH", "/v1/cameras", None, {}, 405, "Method Not Allowed"),
+    ("GET", "/static/../pyproject.toml", None, {}, 404, ""),
+]
+
+
+def _send(
+    client: httpx.Client, method: str, path: str, body: Any, headers: dict[str, str]
+) -> httpx.Response:
+    if body is None:
+        return client.request(method, path, headers=headers)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.request(method, path, content=content, headers=headers)
+
+
+def test_bad_input_corpus(tiny_bundle: Path) -> None:
+    assert len(CASES) >= 50
+    with (
+        LiveServer(bundle=tiny_bundle, offer_burst=500, offer_rate_per_minute=60000) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        failures = []
+        for method, path, body, headers, status, reason in CASES:
+            r = _send(c, method, path, body, headers)
+            ok = r.status_code == status
+            if ok and reason:
+                try:
+                    msg = r.json()["error"]
+                except (ValueError, KeyError):
+                    msg = r.text
+                ok = reason in msg and "\n" not in msg
+            if not ok:
+                failures.append((method, path, str(body)[:60], status, r.status_code, r.text[:120]))
+        assert not failures, failures
+        h = c.get("/healthz").json()
+        assert h["status"] == "ok" and h["streams"] == 0
+        # Huge headers are refused by the HTTP layer, and the server keeps serving.
+        r = c.get("/healthz", headers={"x-big": "a" * 100_000})
+        assert r.status_code == 431 and "headers are larger" in r.json()["error"]
+
+        # A real client still connects after all that.
+        async def run() -> list[dict[str, Any]]:
+            peer = ClientPeer(srv.url, face_frames(30), fps=15)
+            await peer.connect()
+            s = await peer.wait_scores(3, within=10)
+            await peer.close()
+            return s
+
+        assert asyncio.run(run())
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_bearer_token_protects_offer_and_api_but_not_health(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, token=TOKEN, metrics_public=False) as srv:
+        u = srv.url
+        assert httpx.get(u + "/healthz").status_code == 200
+        assert httpx.get(u + "/").status_code == 200
+        for method, path in (
+            ("POST", "/offer"),
+            ("GET", "/v1/cameras"),
+            ("POST", "/v1/analyze"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/cameras/x/events"),
+        ):
+            r = httpx.request(method, u + path)
+            assert r.status_code == 401 and r.json()["error"] == "missing or wrong bearer token"
+            assert r.headers["www-authenticate"] == "Bearer"
+        bad = {"authorization": "Bearer wrong-token-0123456789"}
+        assert httpx.get(u + "/v1/cameras", headers=bad).status_code == 401
+        assert (
+            httpx.get(u + "/v1/cameras", headers={"authorization": f"Basic {TOKEN}"}).status_code
+            == 401
+        )
+        good = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(u + "/v1/cameras", headers=good).json() == {"cameras": []}
+        assert httpx.get(u + "/metrics", headers=good).status_code == 200
+        assert httpx.get(u + f"/v1/cameras?token={TOKEN}").status_code == 200
+
+        async def run() -> list[dict[str, Any]]:
+            peer = ClientPeer(u, face_frames(30), fps=15)
+            peer.headers = good
+            await peer.connect()
+            s = await peer.wait_scores(2, within=10)
+            await peer.close()
+            return s
+
+        assert asyncio.run(run())
+
+
+def test_offer_rate_limit_per_client(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, offer_burst=3, offer_rate_per_minute=6) as srv:
+        codes = [
+            httpx.post(srv.url + "/offer", json={"sdp": "x", "type": "offer"}).status_code
+            for _ in range(5)
+        ]
+        assert codes[:3] == [400, 400, 400]
+        r = httpx.post(srv.url + "/offer", json={"sdp": "x", "type": "offer"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "too many offers" in r.json()["error"]
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=200),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(st.sampled_from(["sdp", "type", "camera", "x"]), inner, max_size=4)
+        ),
+        max_leaves=10,
+    )
+)
+def test_fuzz_offer_validation_only_raises_offer_errors(body: Any) -> None:
+    from stream_server.webrtc import OfferError, check_offer
+
+    try:
+        desc = check_offer(body, 65536)
+    except OfferError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert desc.type == "offer" and desc.sdp.lstrip().startswith("v=0")
+
+
+@settings(max_examples=150, deadline=None)
+@given(sdp_tail=st.text(alphabet=st.characters(codec="ascii"), max_size=400))
+def test_fuzz_sdp_answering_never_crashes(sdp_tail: str) -> None:
+    """Random SDP bodies through aiortc's parser: a clean OfferError or a valid answer."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from stream_server.webrtc import OfferError, check_offer
+
+    async def run() -> None:
+        try:
+            desc = check_offer(
+                {
+                    "sdp": GOOD_SDP_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + sdp_tail,
+                    "type": "offer",
+                },
+                65536,
+            )
+        except OfferError:
+            return
+        pc = RTCPeerConnection()
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(desc.sdp, "offer"))
+        except Exception as exc:  # what PeerSession.answer turns into a 400
+            assert isinstance(exc, Exception)
+        finally:
+            await pc.close()
+
+    asyncio.run(run())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    patch=st.dictionaries(
+        st.sampled_from(
+            [
+                "format",
+                "window",
+                "feature_dim",
+                "analysis_fps",
+                "threshold",
+                "encoder",
+                "head",
+                "detector",
+                "crop",
+                "files",
+                "name",
+                "version",
+                "backbone",
+                "warmup_frames",
+            ]
+        ),
+        st.none()
+        | st.booleans()
+        | st.integers(-5, 10**6)
+        | st.floats(allow_nan=True)
+        | st.text(max_size=20)
+        | st.lists(st.integers(), max_size=3)
+        | st.dictionaries(st.text(max_size=8), st.integers(), max_size=3),
+        max_size=4,
+    )
+)
+def test_fuzz_manifest_loader_only_raises_bundle_errors(
+    tiny_bundle: Path, patch: dict[str, Any]
+) -> None:
+    from stream_server.bundle import BundleError, parse_manifest
+
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    m.update(patch)
+    try:
+        b = parse_manifest(tiny_bundle, m)
+    except BundleError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert b.window >= 1 and 0 < b.threshold < 1 and 0 < b.analysis_fps <= 60
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_short_soak_leaves_no_streams_tasks_threads_or_fds(tiny_bundle: Path) -> None:
+    """30 connect/disconnect cycles of real peers (the 300-cycle version is `python -m bench.soak`)."""
+    with LiveServer(bundle=tiny_bundle, offer_burst=500, offer_rate_per_minute=60000) as srv:
+        _soak(srv)
+
+
+def _soak(live_server: LiveServer) -> None:
+    async def cycle() -> None:
+        peer = ClientPeer(live_server.url, face_frames(10), fps=15)
+        await peer.connect()
+        await peer.wait_scores(1, within=5)
+        await peer.close()
+
+    def settle() -> tuple[int, int, int]:
+        deadline = time.monotonic() + 10
+        while (
+            httpx.get(live_server.url + "/healthz").json()["streams"]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        return (
+            httpx.get(live_server.url + "/healthz").json()["streams"],
+            threading.active_count(),
+            _fds(os.getpid()),
+        )
+
+    for _ in range(3):
+        asyncio.run(cycle())
+    streams0, threads0, fds0 = settle()
+    for _ in range(30):
+        asyncio.run(cycle())
+    streams1, threads1, fds1 = settle()
+    assert streams0 == streams1 == 0
+    assert threads1 <= threads0 + 1
+    assert fds1 <= fds0 + 4
+    assert not live_server.service.streams and not live_server.service.owners
