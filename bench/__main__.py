@@ -3,8 +3,6 @@ bench/results/bench-<time>.json, bench/results/latest.json, latest.md and latest
 
 from __future__ import annotations
 
-import aiortc  # noqa: F401  (load libsrtp before anything loads TensorFlow)
-
 import argparse
 import datetime as dt
 import json
@@ -12,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiortc  # noqa: F401  isort: skip  (libsrtp must load before TensorFlow ever does)
 
 from bench import capacity, stages
 from bench.common import machine

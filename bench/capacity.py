@@ -67,7 +67,8 @@ def start_server(bundle: Path, port: int, extra: list[str]) -> subprocess.Popen[
             return p
         except httpx.TransportError:
             if p.poll() is not None:
-                raise RuntimeError(p.stderr.read().decode() if p.stderr else "server exited")
+                msg = p.stderr.read().decode() if p.stderr else "server exited"
+                raise RuntimeError(msg) from None
             time.sleep(0.2)
     p.kill()
     raise RuntimeError("server did not start")

@@ -11,11 +11,11 @@ import json
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import aioice.ice
 import av
 import httpx
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -75,22 +75,14 @@ async def peer(
     }
 
 
-async def main() -> None:
-    url, peers, seconds, fps, out = (
-        sys.argv[1],
-        int(sys.argv[2]),
-        float(sys.argv[3]),
-        int(sys.argv[4]),
-        sys.argv[5],
-    )
+async def run_peers() -> list[dict[str, object]]:
+    url, peers, seconds, fps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     sys.path.insert(0, ".")
     from tests.media import face_frames
 
     frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(60, (640, 480))]
-    results = await asyncio.gather(*(peer(url, frames, fps, seconds) for _ in range(peers)))
-    with open(out, "w") as f:
-        json.dump(results, f)
+    return list(await asyncio.gather(*(peer(url, frames, fps, seconds) for _ in range(peers))))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    Path(sys.argv[5]).write_text(json.dumps(asyncio.run(run_peers())))

@@ -81,9 +81,8 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
         sess = open_sessions(b, "cpu").encoder
         row = {}
         for n in (1, 4, 8, 16):
-            t = time_it(
-                lambda n=n: sess.run(None, {b.encoder.input_name: crops[:n]}), max(3, reps // n)
-            )
+            feed = {b.encoder.input_name: crops[:n]}
+            t = time_it(lambda sess=sess, feed=feed: sess.run(None, feed), max(3, reps // n))
             st = stats_ms(t)
             st["per_crop_ms"] = round(st["median_ms"] / n, 3)
             row[f"batch_{n}"] = st
