@@ -65,7 +65,19 @@ def evaluate_bundle(bundle_dir: Path, videos: list[Video], out: Path) -> dict[st
     return result
 
 
-def write_model_card(bundle_dir: Path, out: Path) -> Path:
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: float = 0.0) -> Path:
+    import os
+
     m = json.loads((bundle_dir / "manifest.json").read_text())
     t = m.get("training") or {}
     ev = t.get("evaluation") or {}
@@ -105,6 +117,11 @@ def write_model_card(bundle_dir: Path, out: Path) -> Path:
         f"- Trained on {t.get('date')} in {t.get('seconds')} s (training only; see README for the "
         "command and machine).",
         "",
+        "## Reproduce",
+        f"`{command}` (from the repository root, after `scripts/test.sh` set up `.venv`) took "
+        f"{seconds / 60:.1f} minutes end to end (face crops, training, export, held-out evaluation) "
+        f"on {_cpu()} with {os.cpu_count()} cores and no GPU.",
+        "",
         "## Held-out results (video level, through the serving code path)",
     ]
     if ev:
@@ -113,6 +130,16 @@ def write_model_card(bundle_dir: Path, out: Path) -> Path:
             f"at threshold {ev['threshold']}, EER {ev['eer']:.3f} on {ev['scored']} of "
             f"{ev['held_out_videos']} held-out videos.",
             "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output.",
+            *(
+                [
+                    "",
+                    f"**Warning: AUC {ev['auc']:.2f} on held-out identities is weak. This model is a "
+                    "working default for trying the service end to end, not a reliable detector: "
+                    "treat its scores as a weak signal and train on more data for real use.**",
+                ]
+                if ev["auc"] < 0.9
+                else []
+            ),
             f"- Held-out files: {', '.join(ev.get('held_out_files', []))}",
         ]
     else:

@@ -464,7 +464,8 @@ def export_and_evaluate(
     if val:
         metrics = evaluate_bundle(args.bundle, val, out)
         say("held-out evaluation: " + json.dumps(metrics["metrics"]))
-    write_model_card(args.bundle, out)
+    command = "deepfake-train " + " ".join(sys.argv[1:])
+    write_model_card(args.bundle, out, command, time.monotonic() - T0)
 
 
 def main(argv: list[str] | None = None) -> int:
