@@ -49,12 +49,14 @@ async def peer(
     pc.addTrack(track)
     ch = pc.createDataChannel("scores")
     lat: list[float] = []
+    server_lat: list[float] = []
     last: dict[str, object] = {}
 
     def on_message(data: str) -> None:
         m = json.loads(data)
         if m.get("type") == "score" and track.start is not None:
             lat.append(time.monotonic() - (track.start + float(m["t"])))
+            server_lat.append(float(m["latency_ms"]) / 1000.0)
             last.update(m)
 
     ch.on("message", on_message)
@@ -69,6 +71,7 @@ async def peer(
     await pc.close()
     return {
         "latencies_s": lat,
+        "server_latencies_s": server_lat,
         "scores": len(lat),
         "dropped": last.get("dropped", 0),
         "seconds": seconds,

@@ -6,6 +6,8 @@ rolling window of cached embeddings. `build_sequence_model` joins them for end-t
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import layers
 
@@ -62,7 +64,7 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     return keras.Model([emb, mask], out, name="head")
 
 
-def set_embedding_norm(head: keras.Model, mean, variance) -> None:
+def set_embedding_norm(head: keras.Model, mean: Any, variance: Any) -> None:
     """Store the training embeddings' per-dimension mean and variance in the head."""
     import numpy as np
 

@@ -41,3 +41,28 @@ def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> No
     assert "Largest stream count within budget" in md and "faster" in md
     assert (out / "quick.png").stat().st_size > 1000
     assert list(out.glob("bench-*-quick.json"))
+
+
+def test_quick_soak_and_overload_write_results(tiny_bundle: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--quick",
+            "--bundle",
+            str(tiny_bundle),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((tmp_path / "soak-quick.json").read_text())
+    assert data["soak"]["cycles"] == 20 and data["soak"]["scored_cycles"] >= 18
+    assert data["soak"]["streams_after"] == 0
+    assert data["soak"]["after"]["threads"] <= data["soak"]["before"]["threads"] + 2
+    assert data["overload"]["scores"] > 0 and data["healthy_after"]

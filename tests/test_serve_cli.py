@@ -156,3 +156,47 @@ def test_wrong_content_type_and_bad_json(live_server: LiveServer) -> None:
     )
     assert r.status_code == 413
     assert httpx.get(live_server.url + "/healthz").status_code == 200
+
+
+def test_sigterm_with_a_live_peer_closes_it_and_exits_fast(tiny_bundle: Path) -> None:
+    import asyncio
+
+    from tests.media import face_frames
+    from tests.rtc_client import ClientPeer
+
+    port = free_port()
+    p = serve(
+        "--port",
+        str(port),
+        "--ice-addresses",
+        "127.0.0.1",
+        env={"DEEPFAKE_BUNDLE": str(tiny_bundle)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert p.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+
+        async def run() -> float:
+            peer = ClientPeer(f"http://127.0.0.1:{port}", face_frames(30), fps=15)
+            await peer.connect()
+            assert await peer.wait_scores(2, within=10)
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(p.wait, 10)
+            await peer.close()
+            return time.monotonic() - t0
+
+        took = asyncio.run(run())
+        _, err = p.communicate(timeout=10)
+        assert took < 5, took
+        assert "service stopped: 1 stream(s) closed" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

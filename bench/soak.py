@@ -1,0 +1,203 @@
+"""Soak and overload against a real `deepfake-serve` process.
+
+    python -m bench.soak [--cycles 300] [--overload-seconds 600] [--overload-streams 24] [--quick]
+
+1. Soak: connect/disconnect cycles of real aiortc peers; server RSS, threads and open files are
+   read from /proc after a warm-up and at the end (growth must stay under 5%).
+2. Overload: more streams than the machine can analyse for a long time; frame-to-score latency per
+   interval stays bounded because frames are dropped (and counted), not queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.capacity import free_port, proc_rss_mb, start_server
+from bench.common import machine
+from stream_server.settings import DEFAULT_BUNDLE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def proc_counts(pid: int) -> dict[str, float]:
+    threads = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("Threads:")
+        )
+    )
+    return {
+        "rss_mb": round(proc_rss_mb(pid), 1),
+        "threads": threads,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+async def cycles(url: str, n: int) -> int:
+    sys.path.insert(0, str(ROOT))
+    from tests.media import face_frames
+    from tests.rtc_client import ClientPeer
+
+    frames = face_frames(10, (320, 240))
+    ok = 0
+    for _ in range(n):
+        peer = ClientPeer(url, frames, fps=15)
+        try:
+            await peer.connect()
+            ok += bool(await peer.wait_scores(1, within=5))
+        finally:
+            await peer.close()
+    return ok
+
+
+def settle(url: str) -> None:
+    deadline = time.monotonic() + 15
+    while httpx.get(url + "/healthz").json()["streams"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+def soak(url: str, pid: int, n: int, warmup: int) -> dict[str, Any]:
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    asyncio.run(cycles(url, warmup))
+    settle(url)
+    before = proc_counts(pid)
+    t0 = time.monotonic()
+    ok = asyncio.run(cycles(url, n))
+    settle(url)
+    after = proc_counts(pid)
+    growth = (after["rss_mb"] - before["rss_mb"]) / before["rss_mb"]
+    return {
+        "cycles": n,
+        "scored_cycles": ok,
+        "seconds": round(time.monotonic() - t0, 1),
+        "before": before,
+        "after": after,
+        "rss_growth": round(growth, 4),
+        "within_5_percent": growth <= 0.05,
+        "streams_after": httpx.get(url + "/healthz").json()["streams"],
+    }
+
+
+def overload(url: str, streams: int, seconds: float) -> dict[str, Any]:
+    out = Path(f"/tmp/overload-{os.getpid()}.json")
+    procs = []
+    per = 4
+    for k in range(0, streams, per):
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.client",
+                    url,
+                    str(min(per, streams - k)),
+                    str(seconds),
+                    "30",
+                    f"{out}.{k}",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    for p in procs:
+        p.wait()
+    lat: list[float] = []
+    scores = dropped = 0
+    for k in range(0, streams, per):
+        f = Path(f"{out}.{k}")
+        if f.exists():
+            for r in json.loads(f.read_text()):
+                lat.extend(r.get("latencies_s", [])[15:])
+                scores += r.get("scores", 0)
+                dropped += int(r.get("dropped", 0))
+            f.unlink()
+    import numpy as np
+
+    a = np.asarray(lat) * 1000 if lat else np.zeros(1)
+    # Latency over time: split each run into quarters to show it does not grow.
+    quarters = [round(float(np.percentile(q, 95)), 1) for q in np.array_split(a, 4) if len(q)]
+    return {
+        "streams": streams,
+        "seconds": seconds,
+        "scores": scores,
+        "dropped": dropped,
+        "drop_fraction": round(dropped / max(1, dropped + scores), 4),
+        "latency_p50_ms": round(float(np.percentile(a, 50)), 1),
+        "latency_p95_ms": round(float(np.percentile(a, 95)), 1),
+        "latency_p95_by_quarter_ms": quarters,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    p.add_argument("--cycles", type=int, default=300)
+    p.add_argument("--overload-seconds", type=float, default=600)
+    p.add_argument("--overload-streams", type=int, default=24)
+    p.add_argument("--quick", action="store_true", help="20 cycles and 10 s of overload")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cycles, args.overload_seconds, args.overload_streams = 20, 10, 6
+    port = free_port()
+    server = start_server(args.bundle, port, [])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        print(f"[soak] {args.cycles} connect/disconnect cycles", file=sys.stderr, flush=True)
+        s = soak(url, server.pid, args.cycles, warmup=5 if args.quick else 20)
+        print(
+            f"[soak] RSS {s['before']['rss_mb']} -> {s['after']['rss_mb']} MB ({s['rss_growth']:.1%}), "
+            f"threads {s['before']['threads']} -> {s['after']['threads']}, fds {s['before']['fds']} -> "
+            f"{s['after']['fds']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        print(
+            f"[soak] overload: {args.overload_streams} streams for {args.overload_seconds:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        o = overload(url, args.overload_streams, args.overload_seconds)
+        print(
+            f"[soak] overload p95 {o['latency_p95_ms']} ms (by quarter {o['latency_p95_by_quarter_ms']}), "
+            f"drops {o['drop_fraction']:.1%}",
+            file=sys.stderr,
+            flush=True,
+        )
+        health = httpx.get(url + "/healthz").json()
+    finally:
+        server.terminate()
+        server.wait(15)
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": args.quick,
+        "soak": s,
+        "overload": o,
+        "healthy_after": health["status"] == "ok",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "soak-quick.json" if args.quick else "soak-latest.json"
+    (args.out / name).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

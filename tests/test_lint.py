@@ -1,0 +1,28 @@
+"""The code style gates run with the suite: ruff (lint + format) everywhere, mypy strict on the
+serving and export packages."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_ruff_lint_and_format() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    r = _run(ruff, "check", ".")
+    assert r.returncode == 0, r.stdout[-3000:]
+    r = _run(ruff, "format", "--check", ".")
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_mypy_strict_on_serving_and_export() -> None:
+    r = _run(sys.executable, "-m", "mypy", "stream_server", "export")
+    assert r.returncode == 0, r.stdout[-3000:]
