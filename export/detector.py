@@ -11,7 +11,7 @@ from typing import Any
 import onnxruntime as ort
 
 from export.convert import ExportError, tflite_to_onnx
-from stream_server.bundle import DetectorSpec
+from stream_server.bundle import parse_detector
 from stream_server.faces import FaceDetector
 
 # MediaPipe's SSD anchor options (face_detection_{short,full}_range_common.pbtxt).
@@ -78,19 +78,7 @@ def export_detector(out_dir: Path, variant: str = "full_range") -> dict[str, Any
 
 def detector_from_section(section: dict[str, Any], root: Path) -> FaceDetector:
     """A FaceDetector from a manifest `detector` section and the folder holding its file."""
-    spec = DetectorSpec(
-        file=section["file"],
-        kind=section["kind"],
-        input_name=section["input"],
-        boxes_name=section["boxes"],
-        scores_name=section["scores"],
-        input_size=section["input_size"],
-        strides=tuple(section["anchors"]["strides"]),
-        anchors_per_cell=section["anchors"]["per_cell"],
-        min_score=section["min_score"],
-        nms_iou=section["nms_iou"],
-        retry_pad=float(section.get("retry_pad", 0.5)),
-    )
+    spec = parse_detector(section)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1

@@ -135,6 +135,24 @@ def _strides(values: list[Any]) -> tuple[int, ...]:
     return tuple(values)
 
 
+def parse_detector(det: dict[str, Any]) -> DetectorSpec:
+    """The manifest's `detector` section (BlazeFace ONNX and how to decode its anchors)."""
+    anchors = _get(det, "anchors", dict, "detector.")
+    return DetectorSpec(
+        file=_get(det, "file", str, "detector."),
+        kind=_get(det, "kind", str, "detector."),
+        input_name=_get(det, "input", str, "detector."),
+        boxes_name=_get(det, "boxes", str, "detector."),
+        scores_name=_get(det, "scores", str, "detector."),
+        input_size=_get(det, "input_size", int, "detector."),
+        strides=_strides(_get(anchors, "strides", list, "detector.anchors.")),
+        anchors_per_cell=_get(anchors, "per_cell", int, "detector.anchors."),
+        min_score=_get(det, "min_score", float, "detector."),
+        nms_iou=_get(det, "nms_iou", float, "detector."),
+        retry_pad=_get({"retry_pad": det.get("retry_pad", 0.5)}, "retry_pad", float, "detector."),
+    )
+
+
 def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle:
     """Turn manifest JSON into a `Bundle`; raises `BundleError` on anything missing or malformed."""
     if not isinstance(manifest, dict):
@@ -170,21 +188,7 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         mask_name=_get(head_d, "mask", str, "head."),
         output_name=_get(head_d, "output", str, "head."),
     )
-    det = _get(manifest, "detector", dict, "")
-    anchors = _get(det, "anchors", dict, "detector.")
-    detector = DetectorSpec(
-        file=_get(det, "file", str, "detector."),
-        kind=_get(det, "kind", str, "detector."),
-        input_name=_get(det, "input", str, "detector."),
-        boxes_name=_get(det, "boxes", str, "detector."),
-        scores_name=_get(det, "scores", str, "detector."),
-        input_size=_get(det, "input_size", int, "detector."),
-        strides=_strides(_get(anchors, "strides", list, "detector.anchors.")),
-        anchors_per_cell=_get(anchors, "per_cell", int, "detector.anchors."),
-        min_score=_get(det, "min_score", float, "detector."),
-        nms_iou=_get(det, "nms_iou", float, "detector."),
-        retry_pad=_get({"retry_pad": det.get("retry_pad", 0.5)}, "retry_pad", float, "detector."),
-    )
+    detector = parse_detector(_get(manifest, "detector", dict, ""))
     crop = CropSpec(margin=_get(_get(manifest, "crop", dict, ""), "margin", float, "crop."))
     window = _get(manifest, "window", int, "")
     fps = _get(manifest, "analysis_fps", float, "")

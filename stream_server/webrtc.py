@@ -68,6 +68,15 @@ def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+async def set_remote_offer(pc: RTCPeerConnection, offer: RTCSessionDescription) -> None:
+    """Apply a client's offer; anything aiortc rejects becomes an OfferError (HTTP 400)."""
+    try:
+        await pc.setRemoteDescription(offer)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OfferError(f"malformed offer: {reason}") from exc
+
+
 class PeerSession:
     """One browser (or any WebRTC client) sending video and receiving scores."""
 
@@ -144,12 +153,7 @@ class PeerSession:
                 return
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        try:
-            await self.pc.setRemoteDescription(offer)
-        except Exception as exc:
-            raise OfferError(
-                f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from exc
+        await set_remote_offer(self.pc, offer)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription
@@ -222,12 +226,7 @@ class ViewerSession:
                 ch.send(msg.to_json())
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        try:
-            await self.pc.setRemoteDescription(offer)
-        except Exception as exc:
-            raise OfferError(
-                f"malformed offer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from exc
+        await set_remote_offer(self.pc, offer)
         self.pc.addTrack(CameraTrack(self.camera))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._pump = asyncio.get_running_loop().create_task(
