@@ -24,6 +24,13 @@ if [ "$mode" = full ]; then
   fi
 fi
 
+# Debian's python3 needs python3-venv (ensurepip) to create virtual environments.
+if [ ! -x "$venv/bin/python" ] && ! "$py" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "[setup] apt-get install python3-venv"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating $venv"
   "$py" -m venv "$venv"
