@@ -141,3 +141,63 @@ def test_page_loads_nothing_from_other_origins(live_server: LiveServer) -> None:
         page.goto(live_server.url + "/")
         page.wait_for_load_state("networkidle")
         assert urls and all(u.startswith(live_server.url) for u in urls), urls
+
+
+def test_analyze_a_file_view_shows_verdict_and_timeline(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    from tests.media import write_video
+
+    clip = write_video(tmp_path / "interview.mp4", face_frames(45, size=(320, 240)), fps=15)
+    with chromium(None) as ctx:
+        page = ctx.new_page()
+        page.goto(live_server.url + "/#analyze")
+        page.set_input_files("#file-input", str(clip))
+        page.wait_for_function("!document.querySelector('#analyze-result').hidden", timeout=20000)
+        assert page.locator("#file-verdict").get_attribute("data-label") in ("real", "fake")
+        assert "Fake probability" in page.locator("#file-verdict").inner_text()
+        assert (
+            "interview.mp4: 3.0 s, 15 frames analysed."
+            == page.locator("#analyze-status").inner_text()
+        )
+        screenshot(page, "analyze-file")
+        # A file that is not a video gets a plain message, not a verdict.
+        notes = tmp_path / "notes.mp4"
+        notes.write_text("not a video\n" * 50)
+        page.set_input_files("#file-input", str(notes))
+        alert = page.locator("#analyze-error")
+        alert.wait_for(state="visible", timeout=10000)
+        assert "is not a readable video" in alert.inner_text()
+
+
+@pytest.mark.rtsp
+def test_camera_monitor_view_plays_a_camera_with_scores(tiny_bundle: Path, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+    from tests.media import write_video
+    from tests.rtsp import RtspServer
+
+    clip = write_video(
+        tmp_path / "cam.mp4",
+        face_frames(90, size=(320, 240)) * 4,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+    with (
+        RtspServer(clip, free_port()) as cam,
+        LiveServer(bundle=tiny_bundle) as srv,
+        chromium(None) as ctx,
+    ):
+        r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": "Front door"})
+        assert r.status_code == 201
+        page = ctx.new_page()
+        page.goto(srv.url + "/#cameras")
+        page.get_by_role("button", name="Watch Front door").click()
+        page.wait_for_function(
+            "['real','fake','warming_up'].includes(document.querySelector('#camera-verdict').dataset.label)",
+            timeout=15000,
+        )
+        page.wait_for_function(
+            "document.querySelector('#camera-video').videoWidth === 320", timeout=10000
+        )
+        assert "Front door" in page.locator("#camera-list").inner_text()
+        screenshot(page, "camera-monitor")
