@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,13 @@ from stream_server.faces import FaceDetector
 from stream_server.pipeline import FramePipeline
 from stream_server.runtime import open_sessions, warm_up
 from stream_server.window import FrameWindow
+from tests.media import write_video
 
 
 def decode_cost(frames: list[np.ndarray], codec: str) -> dict[str, float]:
-    buf = io.BytesIO()
-    fmt = "webm" if codec == "libvpx" else "mp4"
-    with av.open(buf, "w", format=fmt) as out:
-        s = out.add_stream(codec, rate=30)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.time_base = Fraction(1, 30)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            for p in s.encode(vf):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    buf = write_video(
+        io.BytesIO(), frames, 30, codec, format="webm" if codec == "libvpx" else "mp4"
+    )
     samples = []
     buf.seek(0)
     with av.open(buf) as c:

@@ -7,13 +7,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
+
+from tests.media import write_video
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,19 +32,8 @@ def require_chromium() -> str:
 
 
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
-    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
-        s = out.add_stream("rawvideo", rate=fps)
-        s.width, s.height = frames[0].shape[1], frames[0].shape[0]
-        s.pix_fmt = "yuv420p"
-        s.time_base = Fraction(1, fps)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
-            vf.pts = i
-            for pkt in s.encode(vf):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
+    """A raw y4m clip, which Chromium's fake camera plays (--use-file-for-fake-video-capture)."""
+    return write_video(path, frames, fps, codec="rawvideo", format="yuv4mpegpipe")  # type: ignore[no-any-return]
 
 
 @contextmanager

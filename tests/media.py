@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -64,22 +65,26 @@ def faceless_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarr
 
 
 def write_video(
-    path: Path,
+    target: Any,
     frames: list[np.ndarray],
     fps: int = 25,
     codec: str = "libx264",
     options: dict[str, str] | None = None,
-) -> Path:
-    with av.open(str(path), "w") as out:
+    format: str | None = None,
+) -> Any:
+    """Encode RGB frames as yuv420p video into a path or a binary file object; returns `target`."""
+    with av.open(
+        target if not isinstance(target, Path) else str(target), "w", format=format
+    ) as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
         for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
             vf.pts = i
             for pkt in stream.encode(vf):
                 out.mux(pkt)
         for pkt in stream.encode():
             out.mux(pkt)
-    return path
+    return target
