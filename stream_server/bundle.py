@@ -225,7 +225,7 @@ def load_bundle(path: str | Path, precision: str = "auto", verify_hashes: bool =
     """Read and check a bundle directory: manifest, every named file present, sha256 equal.
 
     The ONNX graphs' real input/output shapes are checked against the manifest by
-    `stream_server.engine.open_sessions` when the sessions are created.
+    `stream_server.runtime.open_sessions` when the sessions are created.
     """
     root = Path(path)
     if not root.is_dir():

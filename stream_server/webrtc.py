@@ -68,6 +68,15 @@ def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+def send_message(channel: RTCDataChannel | None, msg: ScoreMessage | StatusMessage) -> None:
+    """Send on the `scores` channel if it is open; a send on a closing transport is dropped."""
+    if channel is not None and channel.readyState == "open":
+        try:
+            channel.send(msg.to_json())
+        except Exception:  # the session is being torn down
+            log.debug("send failed on channel %s", channel.label, exc_info=True)
+
+
 async def set_remote_offer(pc: RTCPeerConnection, offer: RTCSessionDescription) -> None:
     """Apply a client's offer; anything aiortc rejects becomes an OfferError (HTTP 400)."""
     try:
@@ -126,12 +135,7 @@ class PeerSession:
         task.add_done_callback(self.tasks.discard)
 
     def send(self, msg: ScoreMessage | StatusMessage) -> None:
-        ch = self.channel
-        if ch is not None and ch.readyState == "open":
-            try:
-                ch.send(msg.to_json())
-            except Exception:  # a closing transport; the session is being torn down
-                log.debug("send failed on %s", self.id, exc_info=True)
+        send_message(self.channel, msg)
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
         # aiortc decodes in its own thread; draining recv() promptly keeps its queue short.
@@ -221,9 +225,7 @@ class ViewerSession:
     async def _forward(self) -> None:
         while True:
             msg = await self.queue.get()
-            ch = self.channel
-            if ch is not None and ch.readyState == "open":
-                ch.send(msg.to_json())
+            send_message(self.channel, msg)
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         await set_remote_offer(self.pc, offer)
