@@ -18,7 +18,7 @@ import numpy as np
 from bench.common import face_frames, stats_ms, time_it
 from stream_server.bundle import load_bundle
 from stream_server.engine import FaceJob, InferenceEngine
-from stream_server.faces import FaceDetector
+from stream_server.faces import Detectors
 from stream_server.pipeline import FramePipeline
 from stream_server.runtime import open_sessions, warm_up
 from stream_server.window import FrameWindow
@@ -54,9 +54,14 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     s = open_sessions(bundle, "cpu")
     warm_up(bundle, s)
-    det = FaceDetector(s.detector, bundle.detector)
+    det = Detectors.for_bundle(bundle, s)
     out["model"] = bundle.model_id
-    out["face_detection_640x480"] = stats_ms(time_it(lambda: det.detect(frames[3]), reps))
+    out["face_detection_640x480"] = stats_ms(time_it(lambda: det.full.detect(frames[3]), reps))
+    if det.roi is not None:
+        box = det.full.detect(frames[3])[0].box
+        out["face_detection_roi_640x480"] = stats_ms(
+            time_it(lambda: det.near(frames[4], box), reps)
+        )
     size = bundle.encoder.input_size
     crops = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
     enc: dict[str, Any] = {}

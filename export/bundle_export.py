@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from export.convert import ExportError, keras_to_onnx
-from export.detector import detector_from_section, export_detector
+from export.detector import detector_from_section, export_detector, export_roi_detector
 from export.parity import check_parity
 from export.quantize import check_drift, measure_drift, quantize_encoder, session
 from export.reference_faces import astronaut_frames, face_crops
@@ -43,6 +43,7 @@ def export_bundle(
     quantize: str | None = None,
     calibration_crops: np.ndarray | None = None,
     detector: str = "full_range",
+    roi_detector: bool = True,
     threshold: float = 0.5,
     analysis_fps: float = 5.0,
     margin: float = 0.25,
@@ -84,6 +85,10 @@ def export_bundle(
         _say(f"converting face detector (BlazeFace {detector})", t0)
         det_section = export_detector(tmp, detector)
         det = detector_from_section(det_section, tmp)
+        roi_section = None
+        if roi_detector:
+            _say("converting tracked-face detector (BlazeFace short_range) and calibrating it", t0)
+            roi_section = export_roi_detector(tmp, det, astronaut_frames(32, seed=2))
         crop = CropSpec(margin=margin)
 
         _say("checking Keras/onnxruntime parity on random and real face crops", t0)
@@ -171,6 +176,7 @@ def export_bundle(
                 "gru_units": list(cfg.gru_units),
             },
             "detector": det_section,
+            **({"roi_detector": roi_section} if roi_section else {}),
             "crop": {"margin": margin, "shape": "square, max(w, h) * (1 + margin), black outside"},
             "feature_dim": dim,
             "window": cfg.window,

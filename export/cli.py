@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default: crops of scikit-image's astronaut photo)",
     )
     b.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
+    b.add_argument(
+        "--no-roi-detector",
+        dest="roi_detector",
+        action="store_false",
+        help="leave out the tracked-face detector (every analysed frame is searched in full)",
+    )
     b.add_argument("--threshold", type=float, default=0.5)
     b.add_argument("--analysis-fps", type=float, default=5.0)
     b.add_argument(
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             calibration_crops=calib,
             detector=args.detector,
+            roi_detector=args.roi_detector,
             threshold=args.threshold,
             analysis_fps=args.analysis_fps,
             margin=args.margin,

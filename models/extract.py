@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from stream_server.bundle import CropSpec
-from stream_server.faces import FaceDetector, crop_face
+from stream_server.faces import Detectors, FaceDetector, FaceStage, crop_face
 from stream_server.pipeline import FrameSampler
 
 
@@ -35,7 +35,7 @@ def largest(dets: list[Any]) -> Any:
 
 def extract_video(
     path: Path,
-    detector: FaceDetector,
+    detector: Detectors | FaceDetector,
     crop: CropSpec,
     size: int,
     fps: float,
@@ -43,6 +43,7 @@ def extract_video(
 ) -> Crops:
     """Sample `fps` frames per second, keep the largest face of each, crop it as the server does."""
     sampler = FrameSampler(fps)
+    faces = FaceStage(detector)  # detection + tracking exactly as a live stream runs it
     crops, times, sampled = [], [], 0
     t0 = None
     try:
@@ -63,7 +64,7 @@ def extract_video(
                     continue
                 sampled += 1
                 rgb = frame.to_ndarray(format="rgb24")
-                dets = detector.detect(rgb)
+                dets = [d for _, d in faces.step(rgb)[0]]
                 if dets:
                     crops.append(crop_face(rgb, largest(dets).box, crop, size))
                     times.append(t)

@@ -97,8 +97,12 @@ def parser() -> argparse.ArgumentParser:
 # -- face crops ----------------------------------------------------------------------------------
 
 
-def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
-    from export.detector import detector_from_section, export_detector
+def face_stage(cache: Path, detector: str, roi: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The serving face stage (detector, and the tracked-face detector a default export adds)."""
+    from export.detector import detector_from_section, export_detector, export_roi_detector
+    from export.reference_faces import astronaut_frames
+    from stream_server.bundle import parse_roi
+    from stream_server.faces import Detectors
 
     d = cache / f"detector_{detector}"
     section_file = d / "section.json"
@@ -106,7 +110,24 @@ def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
         d.mkdir(parents=True, exist_ok=True)
         section_file.write_text(json.dumps(export_detector(d, detector)))
     section = json.loads(section_file.read_text())
-    return detector_from_section(section, d), section
+    full = detector_from_section(section, d)
+    if not roi:
+        return Detectors(full), section
+    roi_file = d / "roi_section.json"
+    if not roi_file.is_file():
+        roi_file.write_text(json.dumps(export_roi_detector(d, full, astronaut_frames(32, seed=2))))
+    roi_section = json.loads(roi_file.read_text())
+    spec = parse_roi(roi_section)
+    return (
+        Detectors(
+            full,
+            detector_from_section(roi_section, d),
+            spec.scale,
+            spec.calibration,
+            spec.redetect_every,
+        ),
+        {**section, "roi": roi_section},
+    )
 
 
 def all_crops(
@@ -124,6 +145,11 @@ def all_crops(
         {
             "detector": section["kind"],
             "retry_pad": section.get("retry_pad", 0.5),
+            "roi": {
+                k: section["roi"][k] for k in ("kind", "calibration", "roi_scale", "redetect_every")
+            }
+            if "roi" in section
+            else None,
             "margin": args.margin,
             "size": size,
             "fps": args.fps,

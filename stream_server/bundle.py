@@ -54,6 +54,16 @@ class DetectorSpec:
 
 
 @dataclass(frozen=True)
+class RoiSpec:
+    """Optional second detector that only looks around tracked faces (see `faces.FaceStage`)."""
+
+    detector: DetectorSpec
+    scale: float  # region side = scale * the tracked box's longer side
+    calibration: tuple[float, float, float, float]  # scale_w, scale_h, dx, dy -> full's boxes
+    redetect_every: int  # full-frame search at least every N analysed frames
+
+
+@dataclass(frozen=True)
 class CropSpec:
     margin: float  # the square crop is max(w, h) * (1 + margin) around the face box centre
 
@@ -74,6 +84,7 @@ class Bundle:
     detector: DetectorSpec
     crop: CropSpec
     manifest: dict[str, Any]
+    roi: RoiSpec | None = None
 
     @property
     def model_id(self) -> str:
@@ -105,7 +116,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
 
 def _referenced_files(manifest: dict[str, Any]) -> set[str]:
     names = set()
-    for section in ("encoder", "head", "detector"):
+    for section in ("encoder", "head", "detector", "roi_detector"):
         sec = manifest.get(section)
         if isinstance(sec, dict) and isinstance(sec.get("file"), str):
             names.add(sec["file"])
@@ -135,22 +146,41 @@ def _strides(values: list[Any]) -> tuple[int, ...]:
     return tuple(values)
 
 
-def parse_detector(det: dict[str, Any]) -> DetectorSpec:
+def parse_detector(det: dict[str, Any], where: str = "detector.") -> DetectorSpec:
     """The manifest's `detector` section (BlazeFace ONNX and how to decode its anchors)."""
-    anchors = _get(det, "anchors", dict, "detector.")
+    anchors = _get(det, "anchors", dict, where)
     return DetectorSpec(
-        file=_get(det, "file", str, "detector."),
-        kind=_get(det, "kind", str, "detector."),
-        input_name=_get(det, "input", str, "detector."),
-        boxes_name=_get(det, "boxes", str, "detector."),
-        scores_name=_get(det, "scores", str, "detector."),
-        input_size=_get(det, "input_size", int, "detector."),
-        strides=_strides(_get(anchors, "strides", list, "detector.anchors.")),
-        anchors_per_cell=_get(anchors, "per_cell", int, "detector.anchors."),
-        min_score=_get(det, "min_score", float, "detector."),
-        nms_iou=_get(det, "nms_iou", float, "detector."),
-        retry_pad=_get({"retry_pad": det.get("retry_pad", 0.5)}, "retry_pad", float, "detector."),
+        file=_get(det, "file", str, where),
+        kind=_get(det, "kind", str, where),
+        input_name=_get(det, "input", str, where),
+        boxes_name=_get(det, "boxes", str, where),
+        scores_name=_get(det, "scores", str, where),
+        input_size=_get(det, "input_size", int, where),
+        strides=_strides(_get(anchors, "strides", list, where + "anchors.")),
+        anchors_per_cell=_get(anchors, "per_cell", int, where + "anchors."),
+        min_score=_get(det, "min_score", float, where),
+        nms_iou=_get(det, "nms_iou", float, where),
+        retry_pad=_get({"retry_pad": det.get("retry_pad", 0.5)}, "retry_pad", float, where),
     )
+
+
+def parse_roi(sec: Any) -> RoiSpec:
+    """The optional `roi_detector` section: a detector section plus the region and box mapping."""
+    w = "roi_detector."
+    spec = parse_detector(sec, w)
+    scale = _get(sec, "roi_scale", float, w)
+    cal = _get(sec, "calibration", dict, w)
+    values = tuple(
+        _get(cal, k, float, w + "calibration.") for k in ("scale_w", "scale_h", "dx", "dy")
+    )
+    every = _get(sec, "redetect_every", int, w)
+    if not 1.2 <= scale <= 6.0:
+        raise BundleError(f"manifest roi_detector.roi_scale {scale} is outside [1.2, 6]")
+    if not all(0.5 <= v <= 2.0 for v in values[:2]) or not all(abs(v) <= 0.5 for v in values[2:]):
+        raise BundleError("manifest roi_detector.calibration is out of range")
+    if not 1 <= every <= 1000:
+        raise BundleError(f"manifest roi_detector.redetect_every {every} is outside [1, 1000]")
+    return RoiSpec(spec, scale, values, every)
 
 
 def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle:
@@ -189,6 +219,7 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         output_name=_get(head_d, "output", str, "head."),
     )
     detector = parse_detector(_get(manifest, "detector", dict, ""))
+    roi = parse_roi(manifest["roi_detector"]) if manifest.get("roi_detector") is not None else None
     crop = CropSpec(margin=_get(_get(manifest, "crop", dict, ""), "margin", float, "crop."))
     window = _get(manifest, "window", int, "")
     fps = _get(manifest, "analysis_fps", float, "")
@@ -218,6 +249,7 @@ def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle
         detector=detector,
         crop=crop,
         manifest=manifest,
+        roi=roi,
     )
 
 

@@ -102,6 +102,21 @@ class FaceDetector:
 
     def _detect(self, rgb: np.ndarray, pad: float) -> list[Detection]:
         x, (pl, pt, pr, pb) = self.letterbox(rgb, pad)
+        # Undo the letterbox: map square coordinates back to the frame, clip to it.
+        sx, sy = 1.0 - pl - pr, 1.0 - pt - pb
+        out = []
+        for d in self._run(x):
+            x0 = (d.box[0] - pl) / sx
+            y0 = (d.box[1] - pt) / sy
+            x1 = (d.box[0] + d.box[2] - pl) / sx
+            y1 = (d.box[1] + d.box[3] - pt) / sy
+            x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(1.0, x1), min(1.0, y1)
+            if x1 > x0 and y1 > y0:
+                out.append(Detection((x0, y0, x1 - x0, y1 - y0), d.score))
+        return out
+
+    def _run(self, x: np.ndarray) -> list[Detection]:
+        """Decoded faces in the coordinates of the square input tensor `x` (0..1)."""
         raw_boxes, raw_scores = self.session.run(
             [self.spec.boxes_name, self.spec.scores_name], {self.spec.input_name: x}
         )
@@ -117,19 +132,113 @@ class FaceDetector:
         cx, cy, bw, bh = b[:, 0] + a[:, 0], b[:, 1] + a[:, 1], b[:, 2], b[:, 3]
         boxes = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
         valid = (bw > 0) & (bh > 0)
-        dets = weighted_nms(boxes[valid], scores[keep][valid], self.spec.nms_iou)
-        # Undo the letterbox: map square coordinates back to the frame, clip to it.
-        sx, sy = 1.0 - pl - pr, 1.0 - pt - pb
-        out = []
-        for d in dets:
-            x0 = (d.box[0] - pl) / sx
-            y0 = (d.box[1] - pt) / sy
-            x1 = (d.box[0] + d.box[2] - pl) / sx
-            y1 = (d.box[1] + d.box[3] - pt) / sy
-            x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(1.0, x1), min(1.0, y1)
-            if x1 > x0 and y1 > y0:
-                out.append(Detection((x0, y0, x1 - x0, y1 - y0), d.score))
-        return out
+        return weighted_nms(boxes[valid], scores[keep][valid], self.spec.nms_iou)
+
+    def detect_near(
+        self, rgb: np.ndarray, box: tuple[float, float, float, float], scale: float
+    ) -> Detection | None:
+        """The face closest to `box` inside a square region `scale` times the box's longer side
+        around its centre (black outside the frame), or None. Meant for a small detector that
+        follows a face a tracker already knows, instead of searching the whole frame again."""
+        h, w = rgb.shape[:2]
+        side = max(box[2] * w, box[3] * h) * scale
+        n = max(1, round(side))
+        x0 = round((box[0] + box[2] / 2) * w - n / 2)
+        y0 = round((box[1] + box[3] / 2) * h - n / 2)
+        s = self.spec.input_size
+        region = Image.fromarray(rgb).crop((x0, y0, x0 + n, y0 + n))
+        x = np.asarray(region.resize((s, s), Image.Resampling.BILINEAR), np.float32)
+        best: Detection | None = None
+        best_iou = 0.0
+        for d in self._run(x[None] / 127.5 - 1.0):
+            fx0 = max(0.0, (x0 + d.box[0] * n) / w)
+            fy0 = max(0.0, (y0 + d.box[1] * n) / h)
+            fx1 = min(1.0, (x0 + (d.box[0] + d.box[2]) * n) / w)
+            fy1 = min(1.0, (y0 + (d.box[1] + d.box[3]) * n) / h)
+            if fx1 <= fx0 or fy1 <= fy0:
+                continue
+            cand = Detection((fx0, fy0, fx1 - fx0, fy1 - fy0), d.score)
+            overlap = iou(cand.box, box)
+            if overlap > best_iou:
+                best, best_iou = cand, overlap
+        return best
+
+
+@dataclass(frozen=True)
+class Detectors:
+    """A bundle's face detectors: `full` searches whole frames; `roi` (optional, e.g. BlazeFace
+    short-range) only looks around faces that are already tracked, which is several times cheaper.
+    `calibration` (scale_w, scale_h, dx, dy) maps roi boxes to the full detector's box convention
+    (fitted at export time), so crops do not depend on which detector found the face."""
+
+    full: FaceDetector
+    roi: FaceDetector | None = None
+    roi_scale: float = 2.0
+    calibration: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
+    redetect_every: int = 5  # a full-frame search at least every N analysed frames (new faces)
+
+    @classmethod
+    def for_bundle(cls, bundle: Any, sessions: Any) -> Detectors:
+        full = FaceDetector(sessions.detector, bundle.detector)
+        roi = bundle.roi
+        if roi is None or getattr(sessions, "roi_detector", None) is None:
+            return cls(full)
+        return cls(
+            full,
+            FaceDetector(sessions.roi_detector, roi.detector),
+            roi.scale,
+            roi.calibration,
+            roi.redetect_every,
+        )
+
+    def near(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> Detection | None:
+        if self.roi is None:
+            return None
+        d = self.roi.detect_near(rgb, box, self.roi_scale)
+        if d is None:
+            return None
+        sw, sh, dx, dy = self.calibration
+        x, y, bw, bh = d.box
+        cx, cy = x + bw / 2 - dx * bw, y + bh / 2 - dy * bh
+        bw, bh = bw / sw, bh / sh
+        return Detection((cx - bw / 2, cy - bh / 2, bw, bh), d.score)
+
+
+class FaceStage:
+    """Detection plus tracking for one stream. While every tracked face is found again by the
+    region-of-interest detector, the whole frame is not searched; it is searched when a face is
+    lost, when there is none, and every `redetect_every` frames to pick up new faces."""
+
+    def __init__(self, detectors: Detectors | FaceDetector) -> None:
+        self.detectors = detectors if isinstance(detectors, Detectors) else Detectors(detectors)
+        self.tracker = FaceTracker()
+        self.since_full = 0
+        self.full_searches = 0
+        self.frames = 0
+
+    def locate(self, rgb: np.ndarray) -> list[Detection]:
+        d = self.detectors
+        self.frames += 1
+        tracks = list(self.tracker.tracks.values())
+        if (
+            d.roi is not None
+            and tracks
+            and all(t.missed == 0 for t in tracks)
+            and self.since_full < d.redetect_every - 1
+        ):
+            found = [d.near(rgb, t.box) for t in tracks]
+            boxes = [f.box for f in found if f is not None]
+            distinct = all(iou(a, b) < 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+            if len(boxes) == len(tracks) and distinct:
+                self.since_full += 1
+                return [f for f in found if f is not None]
+        self.since_full = 0
+        self.full_searches += 1
+        return d.full.detect(rgb)
+
+    def step(self, rgb: np.ndarray) -> tuple[list[tuple[Track, Detection]], list[int]]:
+        """Faces of this frame matched to tracks, and the ids of tracks that ended."""
+        return self.tracker.update(self.locate(rgb))
 
 
 def crop_face(

@@ -14,7 +14,7 @@ import numpy as np
 
 from stream_server.bundle import Bundle
 from stream_server.engine import FaceJob, InferenceEngine
-from stream_server.faces import FaceDetector, FaceTracker, Track, crop_face
+from stream_server.faces import Detectors, FaceDetector, FaceStage, Track, crop_face
 from stream_server.messages import FaceScore, Label
 from stream_server.window import FrameWindow
 
@@ -51,16 +51,17 @@ class Prepared:
 class FramePipeline:
     """State of one stream: its face tracks and their embedding windows."""
 
-    def __init__(self, bundle: Bundle, detector: FaceDetector, engine: InferenceEngine) -> None:
+    def __init__(
+        self, bundle: Bundle, detectors: Detectors | FaceDetector, engine: InferenceEngine
+    ) -> None:
         self.bundle = bundle
-        self.detector = detector
+        self.faces = FaceStage(detectors)
         self.engine = engine
-        self.tracker = FaceTracker()
         self.windows: dict[int, FrameWindow] = {}
 
     def prepare(self, rgb: np.ndarray) -> Prepared:
         """Detection, tracking and crops (blocking: run it off the event loop)."""
-        matched, ended = self.tracker.update(self.detector.detect(rgb))
+        matched, ended = self.faces.step(rgb)
         for tid in ended:
             self.windows.pop(tid, None)
         size = self.bundle.encoder.input_size

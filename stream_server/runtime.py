@@ -56,6 +56,7 @@ class Sessions:
     head: Any
     detector: Any
     providers: list[str]  # what the encoder session really runs on
+    roi_detector: Any = None  # the bundle's optional tracked-face detector
 
 
 def _session(path: str, providers: list[str], threads: int) -> Any:
@@ -120,14 +121,30 @@ def check_contract(bundle: Bundle, s: Sessions) -> None:
         ms[1:] == [bundle.window], f"head mask shape {ms} does not match [batch, {bundle.window}]"
     )
     _check(h.output_name in hout, f"head graph has no output {h.output_name!r}")
-    din, dout = _io(s.detector, "in"), _io(s.detector, "out")
-    _check(d.input_name in din, f"detector graph has no input {d.input_name!r}")
+    _check_detector(s.detector, d, "detector")
+    if bundle.roi is not None and s.roi_detector is not None:
+        _check_detector(s.roi_detector, bundle.roi.detector, "roi_detector")
+
+
+def _check_detector(sess: Any, d: Any, what: str) -> None:
+    din, dout = _io(sess, "in"), _io(sess, "out")
+    _check(d.input_name in din, f"{what} graph has no input {d.input_name!r}")
     ds = list(din[d.input_name].shape)
     _check(
         ds[1:] == [d.input_size, d.input_size, 3],
-        f"detector input shape {ds} does not match the manifest size {d.input_size}",
+        f"{what} input shape {ds} does not match the manifest size {d.input_size}",
     )
-    _check(d.boxes_name in dout and d.scores_name in dout, "detector outputs do not match manifest")
+    n_anchors = _anchor_count(d.input_size, d.strides, d.anchors_per_cell)
+    _check(d.boxes_name in dout and d.scores_name in dout, f"{what} outputs do not match manifest")
+    bs = list(dout[d.boxes_name].shape)
+    _check(
+        not isinstance(bs[-2], int) or bs[-2] == n_anchors,
+        f"{what} has {bs[-2]} anchors, the manifest's anchor scheme makes {n_anchors}",
+    )
+
+
+def _anchor_count(size: int, strides: tuple[int, ...], per_cell: int) -> int:
+    return sum((size // st) ** 2 * per_cell for st in strides)
 
 
 def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> Sessions:
@@ -135,7 +152,12 @@ def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> 
     enc = _session(str(bundle.file(bundle.encoder.file)), chosen, threads)
     head = _session(str(bundle.file(bundle.head.file)), ["CPUExecutionProvider"], 1)
     det = _session(str(bundle.file(bundle.detector.file)), chosen, 1)
-    s = Sessions(enc, head, det, list(enc.get_providers()))
+    roi = (
+        _session(str(bundle.file(bundle.roi.detector.file)), chosen, 1)
+        if bundle.roi is not None
+        else None
+    )
+    s = Sessions(enc, head, det, list(enc.get_providers()), roi)
     check_contract(bundle, s)
     return s
 
@@ -153,3 +175,8 @@ def warm_up(bundle: Bundle, s: Sessions) -> None:
     s.head.run(None, {bundle.head.embeddings_name: w, bundle.head.mask_name: m})
     ds = bundle.detector.input_size
     s.detector.run(None, {bundle.detector.input_name: np.zeros((1, ds, ds, 3), np.float32)})
+    if bundle.roi is not None and s.roi_detector is not None:
+        r = bundle.roi.detector
+        s.roi_detector.run(
+            None, {r.input_name: np.zeros((1, r.input_size, r.input_size, 3), np.float32)}
+        )

@@ -14,7 +14,7 @@ import numpy as np
 
 from stream_server.bundle import Bundle
 from stream_server.engine import InferenceEngine
-from stream_server.faces import FaceDetector
+from stream_server.faces import Detectors, FaceDetector
 from stream_server.pipeline import FramePipeline, FrameResult, FrameSampler
 from stream_server.stream import frame_to_rgb
 
@@ -95,7 +95,7 @@ def timeline(
 def scan_file(
     path: Path,
     bundle: Bundle,
-    detector: FaceDetector,
+    detector: Detectors | FaceDetector,
     engine: InferenceEngine,
     limits: ScanLimits = ScanLimits(),
     fps: float | None = None,
@@ -160,7 +160,7 @@ def scan_file(
         duration_s=duration,
         frames_analysed=len(results),
         frames_with_face=sum(r.label != "no_face" for r in results),
-        faces=pipeline.tracker.next_id,
+        faces=pipeline.faces.tracker.next_id,
         timeline=timeline(times, results, duration),
         model=bundle.model_id,
     )
@@ -184,7 +184,7 @@ class Scanner:
         self.bundle = load_bundle(bundle_dir, precision=precision)
         self.sessions = open_sessions(self.bundle, providers, threads)
         warm_up(self.bundle, self.sessions)
-        self.detector = FaceDetector(self.sessions.detector, self.bundle.detector)
+        self.detector = Detectors.for_bundle(self.bundle, self.sessions)
         self.engine = InferenceEngine(self.bundle, self.sessions)
         self.limits = limits
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from stream_server.bundle import Bundle, load_bundle
 from stream_server.engine import InferenceEngine
-from stream_server.faces import FaceDetector
+from stream_server.faces import Detectors
 from stream_server.messages import ScoreMessage, StatusMessage
 from stream_server.metrics import Metrics
 from stream_server.pipeline import FramePipeline
@@ -39,7 +39,7 @@ class Service:
         self.bundle: Bundle = load_bundle(settings.bundle, precision=settings.precision)
         self.sessions: Sessions = open_sessions(self.bundle, settings.providers, settings.threads)
         warm_up(self.bundle, self.sessions)
-        self.detector = FaceDetector(self.sessions.detector, self.bundle.detector)
+        self.detector = Detectors.for_bundle(self.bundle, self.sessions)
         self.engine = InferenceEngine(
             self.bundle,
             self.sessions,

@@ -59,8 +59,17 @@ def test_tiny_bundle_manifest_matches_contract(tiny_bundle: Path) -> None:
         "dtype": "uint8",
         "preprocessing": m["encoder"]["input"]["preprocessing"],
     }
-    assert set(m["files"]) == {"encoder.onnx", "head.onnx", "face_detector.onnx"}
+    assert set(m["files"]) == {
+        "encoder.onnx",
+        "head.onnx",
+        "face_detector.onnx",
+        "face_detector_roi.onnx",
+    }
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    # The tracked-face detector's boxes were mapped onto the full detector's on real faces.
+    roi = m["roi_detector"]
+    assert roi["kind"] == "blazeface_short_range" and roi["calibration"]["fitted_on"] >= 8
+    assert 0.8 < roi["calibration"]["scale_w"] < 1.2 and abs(roi["calibration"]["dy"]) < 0.15
     assert m["parity"]["max_prob_diff_masked"] <= 1e-4
 
 

@@ -113,13 +113,13 @@ def test_training_crops_are_the_servers_crops(dfdc_folder: Path, tiny_bundle: Pa
     from models.extract import extract_video
     from stream_server.bundle import load_bundle
     from stream_server.engine import InferenceEngine
-    from stream_server.faces import FaceDetector
+    from stream_server.faces import Detectors
     from stream_server.pipeline import FramePipeline, FrameSampler
     from stream_server.runtime import open_sessions
 
     bundle = load_bundle(tiny_bundle)
     s = open_sessions(bundle, "cpu")
-    det = FaceDetector(s.detector, bundle.detector)
+    det = Detectors.for_bundle(bundle, s)
     video = dfdc_folder / "person0_real.mp4"
     got = extract_video(video, det, bundle.crop, bundle.encoder.input_size, fps=5.0)
     assert got.sampled == 15 and len(got.crops) == 15  # 3 s at 5 analysed frames/s, a face in each
