@@ -1,7 +1,13 @@
 """A load-generating process: K aiortc peers, each sending a 640x480 face clip at `fps` like a
 webcam, recording frame-to-score latency (send time of the scored frame -> score arrival).
 
-    python -m bench.client URL PEERS SECONDS FPS OUT.json
+    python -m bench.client URL PEERS SECONDS FPS OUT.json [h264|vp8]
+
+`h264` (default): the clip is encoded once (H.264 constrained baseline, a key frame every second,
+as a hardware webcam encoder or a browser would send it) and every peer sends those packets on
+its own schedule, so the sending side costs almost no CPU and the server's cores are measured,
+not the load generator's. `vp8`: every peer encodes every frame live with libvpx (aiortc's
+default), which on a small machine competes with the server for the same cores.
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from pathlib import Path
 import aioice.ice
 import av
 import httpx
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
 
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
@@ -41,12 +54,66 @@ class Clip(VideoStreamTrack):
         return frame
 
 
+class EncodedClip(MediaStreamTrack):
+    """Sends pre-encoded H.264 access units (Annex B) at `fps`, looping the clip."""
+
+    kind = "video"
+
+    def __init__(self, units: list[bytes], fps: int) -> None:
+        super().__init__()
+        self.units, self.fps, self.i = units, fps, 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.start is None:
+            self.start = time.monotonic()
+        delay = self.start + self.i / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = av.Packet(self.units[self.i % len(self.units)])
+        packet.pts = int(self.i * 90000 / self.fps)
+        packet.time_base = Fraction(1, 90000)
+        self.i += 1
+        return packet
+
+
+def encode_h264(frames: list[av.VideoFrame], fps: int) -> list[bytes]:
+    """One access unit per frame; the clip length is a whole number of GOPs so it loops cleanly."""
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.width, ctx.height = frames[0].width, frames[0].height
+    ctx.pix_fmt = "yuv420p"
+    ctx.time_base = Fraction(1, fps)
+    ctx.framerate = Fraction(fps, 1)
+    ctx.options = {
+        "profile": "baseline",
+        "tune": "zerolatency",
+        "preset": "veryfast",
+        "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0",
+        "b": "1000000",
+    }
+    units: list[bytes] = []
+    for k, f in enumerate(frames):
+        frame = f.reformat(format="yuv420p")
+        frame.pts = k
+        units.extend(bytes(p) for p in ctx.encode(frame))
+    units.extend(bytes(p) for p in ctx.encode(None))
+    return units
+
+
 async def peer(
-    url: str, frames: list[av.VideoFrame], fps: int, seconds: float
+    url: str, frames: list[av.VideoFrame] | list[bytes], fps: int, seconds: float
 ) -> dict[str, object]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track = Clip(frames, fps)
-    pc.addTrack(track)
+    track: Clip | EncodedClip
+    if frames and isinstance(frames[0], bytes):
+        track = EncodedClip(frames, fps)  # type: ignore[arg-type]
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        )
+    else:
+        track = Clip(frames, fps)  # type: ignore[arg-type]
+        pc.addTrack(track)
     ch = pc.createDataChannel("scores")
     lat: list[float] = []
     server_lat: list[float] = []
@@ -80,11 +147,15 @@ async def peer(
 
 async def run_peers() -> list[dict[str, object]]:
     url, peers, seconds, fps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    codec = sys.argv[6] if len(sys.argv) > 6 else "h264"
     sys.path.insert(0, ".")
     from tests.media import face_frames
 
     frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(60, (640, 480))]
-    return list(await asyncio.gather(*(peer(url, frames, fps, seconds) for _ in range(peers))))
+    media: list[av.VideoFrame] | list[bytes] = (
+        encode_h264(frames, fps) if codec == "h264" else frames
+    )
+    return list(await asyncio.gather(*(peer(url, media, fps, seconds) for _ in range(peers))))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,14 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         f"{m['encoder']['input']['size']}x{m['encoder']['input']['size']} uint8 RGB) and a masked GRU "
         f"head {m['head'].get('gru_units')} over a window of {m['window']} embeddings "
         f"({m['window'] / m['analysis_fps']:.0f} s at {m['analysis_fps']:g} analysed frames/s).",
-        f"- Face stage: {m['detector']['source']}; square crops with margin {m['crop']['margin']}.",
+        f"- Face stage: {m['detector']['source']}"
+        + (
+            f", with {m['roi_detector']['source']} following tracked faces between full-frame "
+            f"searches (every {m['roi_detector']['redetect_every']} analysed frames)"
+            if m.get("roi_detector")
+            else ""
+        )
+        + f"; square crops with margin {m['crop']['margin']}.",
         f"- Encoder precision served by default: {m['encoder']['precision']}."
         + (
             f" INT8 drift vs fp32: min cosine {q['min_cosine']:.4f}, mean {q['mean_cosine']:.4f}, "

@@ -1,6 +1,10 @@
 """The inference engine: ONE worker thread owns the encoder and head sessions and micro-batches
 face crops from all streams (bounded batch size and wait), encodes each crop once, appends the
-embedding to its track's window and reruns the head over the windows of the whole micro-batch."""
+embedding to its track's window and reruns the head over the windows of the whole micro-batch.
+
+By default it never waits for a batch to fill: it takes whatever is queued when it becomes free
+(continuous batching). Under load, jobs queue while a batch runs, so batches grow by themselves;
+a lone stream pays no batching delay. `max_wait_ms` > 0 adds a fixed wait for more jobs."""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class InferenceEngine:
         sessions: Sessions,
         *,
         max_batch: int = 16,
-        max_wait_ms: float = 4.0,
+        max_wait_ms: float = 0.0,
         queue_size: int = 256,
         metrics: Metrics | None = None,
     ) -> None:

@@ -146,7 +146,7 @@ class FaceDetector:
         x0 = round((box[0] + box[2] / 2) * w - n / 2)
         y0 = round((box[1] + box[3] / 2) * h - n / 2)
         s = self.spec.input_size
-        region = Image.fromarray(rgb).crop((x0, y0, x0 + n, y0 + n))
+        region = Image.fromarray(square_region(rgb, x0, y0, n))
         x = np.asarray(region.resize((s, s), Image.Resampling.BILINEAR), np.float32)
         best: Detection | None = None
         best_iou = 0.0
@@ -241,6 +241,18 @@ class FaceStage:
         return self.tracker.update(self.locate(rgb))
 
 
+def square_region(rgb: np.ndarray, x0: int, y0: int, n: int) -> np.ndarray:
+    """rgb[y0:y0+n, x0:x0+n] with black where the square leaves the frame (no full-frame copy)."""
+    h, w = rgb.shape[:2]
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + n), min(h, y0 + n)
+    if sx0 == x0 and sy0 == y0 and sx1 == x0 + n and sy1 == y0 + n:
+        return rgb[sy0:sy1, sx0:sx1]
+    out = np.zeros((n, n, 3), dtype=np.uint8)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return out
+
+
 def crop_face(
     rgb: np.ndarray, box: tuple[float, float, float, float], crop: CropSpec, size: int
 ) -> np.ndarray:
@@ -253,8 +265,7 @@ def crop_face(
     side = max(bw, bh) * (1.0 + crop.margin)
     cx, cy = bx + bw / 2, by + bh / 2
     x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    x1, y1 = x0 + max(1, round(side)), y0 + max(1, round(side))
-    img = Image.fromarray(rgb).crop((x0, y0, x1, y1))
+    img = Image.fromarray(square_region(rgb, x0, y0, max(1, round(side))))
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 

@@ -39,7 +39,7 @@ class Settings:
     analysis_fps: float | None = None  # None: the bundle's
     max_streams: int = 16
     max_batch: int = 16
-    max_wait_ms: float = 4.0
+    max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
     max_sdp_bytes: int = 64 * 1024
     max_body_bytes: int = 1024 * 1024  # any request body except uploads
@@ -135,7 +135,11 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("analysis_fps", float, "analysed frames per second per stream (default: the bundle's)"),
     ("max_streams", int, "concurrent streams; the next offer gets 503"),
     ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
-    ("max_wait_ms", float, "longest wait to fill a micro-batch"),
+    (
+        "max_wait_ms",
+        float,
+        "extra wait to fill a micro-batch (0: take what is queued; batches still form under load)",
+    ),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
     ("token", str, "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...)"),
     ("metrics_public", str, "true/false: serve /metrics without the token"),

@@ -25,6 +25,7 @@ def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> No
     for key in (
         "decode_640x480",
         "face_detection_640x480",
+        "face_detection_roi_640x480",
         "encoder",
         "head",
         "full_per_frame_path",
@@ -35,6 +36,7 @@ def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> No
     assert data["baseline"]["speedup"] > 0
     levels = data["capacity"]["levels"]
     assert [x["streams"] for x in levels] == [1, 2]
+    assert data["capacity"]["client_codec"] == "h264"  # pre-encoded clip, real H.264 decode
     assert all(x["connected"] == x["streams"] and x["analysed_fps_per_stream"] > 0 for x in levels)
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["machine"]["versions"]
     md = (out / "quick.md").read_text()
