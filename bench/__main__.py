@@ -123,7 +123,8 @@ def summary(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Largest stream count within budget (p95 <= 250 ms, drops <= 5%, >= 4.75 analysed fps per stream): **{c['max_streams_within_budget']}**.",
+        f"Largest stream count within budget (p95 <= 250 ms, drops <= 5%, >= 4.75 analysed fps per stream): **{c['max_streams_within_budget']}** "
+        f"by server-side latency, **{c.get('max_streams_within_budget_client_side', 'n/a')}** by client-side latency.",
         f"Latency: {c['latency']}.",
         f"Cores: {c['core_sharing']}.",
         f"Total benchmark time: {r['seconds']} s.",
