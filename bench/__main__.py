@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="a tiny run (seconds) to check the benchmarks work"
     )
-    p.add_argument("--levels", default="1,2,4,8,12,16", help="concurrent streams to try")
+    p.add_argument("--levels", default="1,2,4,8,12,16,20", help="concurrent streams to try")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per capacity level")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
