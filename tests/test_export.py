@@ -75,9 +75,22 @@ def test_tiny_bundle_manifest_matches_contract(tiny_bundle: Path) -> None:
 
 def test_cli_build_and_validate(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    r = run_cli("build", str(tiny_model_dir), "--out", str(out), "--name", "cli", "--version", "2")
+    r = run_cli(
+        "build",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--name",
+        "cli",
+        "--version",
+        "2",
+        "--no-roi-detector",
+    )
     assert r.returncode == 0, r.stderr
     assert "parity ok" in r.stderr  # progress is shown
+    # Without the tracked-face detector the bundle is still complete (full search every frame).
+    assert "roi_detector" not in json.loads((out / "manifest.json").read_text())
+    assert not (out / "face_detector_roi.onnx").exists()
     r = run_cli("validate", str(out))
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -140,6 +153,22 @@ def test_validate_wrong_window(tiny_bundle: Path, tmp_path: Path) -> None:
     m["window"] = 8
     write_manifest(b, m)
     _one_line_failure(b, "head input shape")
+
+
+def test_validate_roi_detector_tampered_or_mismatched(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The tracked-face detector is held to the same contract as the other graphs."""
+    from stream_server.bundle import write_manifest
+
+    b = _copy(tiny_bundle, tmp_path)
+    with (b / "face_detector_roi.onnx").open("ab") as f:
+        f.write(b"\0")
+    _one_line_failure(b, "face_detector_roi.onnx does not match its sha256")
+    b2 = tmp_path / "b2"
+    shutil.copytree(tiny_bundle, b2)
+    m = json.loads((b2 / "manifest.json").read_text())
+    m["roi_detector"]["input_size"] = 192  # the short-range graph takes 128x128
+    write_manifest(b2, m)
+    _one_line_failure(b2, "roi_detector input shape")
 
 
 def test_validate_not_json_and_bad_format(tiny_bundle: Path, tmp_path: Path) -> None:

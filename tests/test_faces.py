@@ -73,3 +73,16 @@ def test_bad_roi_section_is_refused(tiny_bundle: Path, change: dict, message: st
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     with pytest.raises(BundleError, match=message):
         parse_roi({**m["roi_detector"], **change})
+
+
+def test_two_faces_are_followed_separately(detectors: Detectors) -> None:
+    """Each tracked face gets its own region; two faces never merge into one track."""
+    frames = [np.concatenate([f[:, 80:400], f[:, 240:560]], axis=1) for f in face_frames(12)]
+    stage = FaceStage(detectors)
+    for f in frames:
+        matched, _ = stage.step(f)
+        assert sorted(t.id for t, _ in matched) == [0, 1]
+        left, right = sorted((d.box for _, d in matched), key=lambda b: b[0])
+        assert left[0] + left[2] / 2 < 0.5 < right[0] + right[2] / 2  # one face per half
+        assert iou(left, right) < 0.1
+    assert stage.full_searches == int(np.ceil(len(frames) / detectors.redetect_every))
