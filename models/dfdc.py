@@ -162,3 +162,44 @@ def split_by_identity(
     train = [v for v in videos if groups[v.name] not in val_groups]
     val = [v for v in videos if groups[v.name] in val_groups]
     return train, val
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: int  # 1 = FAKE, 0 = REAL
+    group: str  # top-level folder under the image root (e.g. the source dataset)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def read_image_folder(folder: Path) -> list[LabelledImage]:
+    """A folder of labelled face images: `labels.csv` with at least `path` (relative to the
+    folder) and `label` (REAL/FAKE) columns, like `../shared/data/faces`."""
+    import csv
+
+    folder = Path(folder)
+    table = folder / "labels.csv"
+    if not table.is_file():
+        raise DatasetError(
+            f"{folder} is not a labelled image folder: no labels.csv (columns path,label)"
+        )
+    out: list[LabelledImage] = []
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{table} needs the columns path and label")
+        for k, row in enumerate(reader, start=2):
+            label = (row.get("label") or "").strip().upper()
+            if label not in ("REAL", "FAKE"):
+                raise DatasetError(f"{table} line {k}: label must be REAL or FAKE, got {label!r}")
+            rel = Path(row["path"])
+            if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DatasetError(f"{table} line {k}: {row['path']!r} is not an image path")
+            p = folder / rel
+            if p.is_file():
+                out.append(LabelledImage(p, 1 if label == "FAKE" else 0, rel.parts[0]))
+    if not out:
+        raise DatasetError(f"{table} names no image files that exist")
+    return out

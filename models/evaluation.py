@@ -118,6 +118,16 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         f"- Training videos: {vids.get('train')} ({vids.get('train_real')} real, {vids.get('train_fake')} "
         f"fake) plus {t.get('synthetic_fakes')} self-blended synthetic fake clips made from the real "
         f"training clips; {t.get('face_crops')} face crops in all.",
+        *(
+            [
+                f"- Face images (training side only): {t['images']['face_crops']} face crops "
+                f"({t['images']['real']} real, {t['images']['fake']} fake) from "
+                f"{', '.join(t['images']['folders'])}, in runs of {t.get('settings', {}).get('window')} "
+                "different faces as extra training clips for the head."
+            ]
+            if t.get("images")
+            else []
+        ),
         f"- Held out (whole identities, never trained on): {vids.get('val')} videos "
         f"({vids.get('val_real')} real, {vids.get('val_fake')} fake).",
         f"- Settings: `{json.dumps(t.get('settings', {}), sort_keys=True)}`",
@@ -164,7 +174,14 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "",
         "## Data terms",
         "Trained on research-use media (DFDC terms, VoxCeleb2, GRID, DeepFaceLive demo clips, "
-        "LivePortrait examples). Use this model for research and evaluation.",
+        "LivePortrait examples"
+        + (
+            "; face images: Kaggle hardfakevsrealfaces (StyleGAN2 fakes and photographs, no "
+            "license given) and GenConViT's DFDC sample crops (DFDC terms)"
+            if t.get("images")
+            else ""
+        )
+        + "). Use this model for research and evaluation.",
         "",
     ]
     path = bundle_dir / "MODEL_CARD.md"

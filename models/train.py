@@ -39,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
         "are held out for validation; with --bundle the model is exported and evaluated too.",
     )
     p.add_argument("--data", type=Path, nargs="+", required=True, help="DFDC-format folder(s)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="labelled face-image folder(s) (labels.csv: path,label) added to the training side",
+    )
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--bundle", type=Path, help="also export a bundle here and evaluate it")
     p.add_argument("--groups", type=Path, help="identity rules JSON (see models/data/)")
@@ -163,6 +170,60 @@ def all_crops(
             c = extract_video(v.path, detector, crop, size, args.fps, args.max_seconds)
             cache.put(v.path, c)
         out[v.name] = c
+    return out
+
+
+def image_crops(
+    images: list[Any], args: argparse.Namespace, size: int, cache_dir: Path
+) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Face crops of still images with the serving face stage (a first frame: full search),
+    cached; returns (crops, labels, groups, images without a face)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from stream_server.bundle import CropSpec
+    from stream_server.faces import FaceStage, crop_face
+
+    detector, section = face_stage(cache_dir, args.detector)
+    ident = json.dumps(
+        [[str(i.path), i.label, i.path.stat().st_size] for i in images]
+        + [section["kind"], args.margin, size],
+        sort_keys=True,
+    )
+    f = cache_dir / f"images-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npz"
+    if f.is_file():
+        with np.load(f, allow_pickle=False) as z:
+            return z["crops"], z["labels"], [str(g) for g in z["groups"]], int(z["faceless"])
+    crops, labels, groups, faceless = [], [], [], 0
+    for im in tqdm(images, desc="image crops", unit="image", file=sys.stderr):
+        rgb = np.asarray(Image.open(im.path).convert("RGB"))
+        dets = [d for _, d in FaceStage(detector).step(rgb)[0]]
+        if not dets:
+            faceless += 1
+            continue
+        box = max(dets, key=lambda d: d.box[2] * d.box[3]).box
+        crops.append(crop_face(rgb, box, CropSpec(margin=args.margin), size))
+        labels.append(im.label)
+        groups.append(im.group)
+    arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    lab = np.asarray(labels, np.int64)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(f, crops=arr, labels=lab, groups=np.asarray(groups), faceless=faceless)
+    return arr, lab, groups, faceless
+
+
+def image_sequences(
+    feats: np.ndarray, labels: np.ndarray, groups: list[str], length: int, seed: int
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Still images as pseudo-clips for the GRU head: images of one folder and label, shuffled,
+    in runs of `length` (different faces in a row: they teach frame content, not motion)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    for key in sorted({(g, int(y)) for g, y in zip(groups, labels, strict=True)}):
+        idx = [i for i, (g, y) in enumerate(zip(groups, labels, strict=True)) if (g, int(y)) == key]
+        idx = list(rng.permutation(idx))
+        for k in range(0, len(idx), length):
+            out[f"img:{key[0]}:{key[1]}:{k // length}"] = (feats[idx[k : k + length]], key[1])
     return out
 
 
@@ -388,6 +449,29 @@ def run(args: argparse.Namespace) -> Path:
             labels[f"sbi:{n}"] = 1
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
 
+    image_info: dict[str, Any] = {}
+    if args.images:
+        from models.dfdc import read_image_folder
+
+        imgs = [i for folder in args.images for i in read_image_folder(folder)]
+        crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir)
+        clips = image_sequences(crops_i, labs_i, groups_i, args.window, args.seed)
+        for n, (c, y) in clips.items():
+            seqs[n], labels[n] = c, y
+        image_info = {
+            "folders": [str(f) for f in args.images],
+            "images": len(imgs),
+            "face_crops": len(labs_i),
+            "fake": int(labs_i.sum()),
+            "real": int(len(labs_i) - labs_i.sum()),
+            "without_face": faceless,
+            "pseudo_clips": len(clips),
+        }
+        say(
+            f"images: {len(labs_i)} face crops from {len(imgs)} images ({image_info['real']} real, "
+            f"{image_info['fake']} fake; {faceless} without a face) as {len(clips)} training clips"
+        )
+
     weights = None if args.weights == "none" else args.weights
     cfg = ModelConfig(
         backbone=args.backbone,
@@ -427,11 +511,12 @@ def run(args: argparse.Namespace) -> Path:
             "val_fake": sum(1 for v in val if v.label == 1),
         },
         "synthetic_fakes": sum(1 for n in seqs if n.startswith("sbi:")),
+        "images": image_info or None,
         "face_crops": n_faces,
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
-            if k not in ("data", "out", "bundle", "cache", "groups")
+            if k not in ("data", "out", "bundle", "cache", "groups", "images")
         },
         "head_loss": losses[-1] if losses else None,
         "seconds": round(time.monotonic() - T0, 1),

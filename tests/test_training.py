@@ -216,3 +216,69 @@ def test_tiny_training_lowers_loss_and_resumes(dfdc_folder: Path, tmp_path: Path
     assert np.mean(rest[-3:]) < first[0]
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["stage"] == "done"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled face-image folder in the layout of ../shared/data/faces (labels.csv)."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("faces")
+    rows = ["path,label,source"]
+    frames = face_frames(12, size=(320, 240))
+    for k, f in enumerate(frames):
+        label = "FAKE" if k % 2 else "REAL"
+        img = tinted([f])[0] if label == "FAKE" else f
+        rel = f"set{k % 3}/{label.lower()}/{k}.jpg"
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / rel, quality=90)
+        rows.append(f"{rel},{label},test")
+    (d / "set0" / "blank.png").parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(faceless_frames(1, size=(200, 200))[0]).save(d / "set0" / "blank.png")
+    rows.append("set0/blank.png,REAL,test")
+    (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+def test_image_folder_reading_and_errors(image_folder: Path, tmp_path: Path) -> None:
+    from models.dfdc import read_image_folder
+
+    imgs = read_image_folder(image_folder)
+    assert len(imgs) == 13 and sum(i.label for i in imgs) == 6
+    assert {i.group for i in imgs} == {"set0", "set1", "set2"}
+    with pytest.raises(DatasetError, match="no labels.csv"):
+        read_image_folder(tmp_path)
+    for body, error in [
+        ("name,kind\nx.jpg,REAL\n", "needs the columns path and label"),
+        ("path,label\nx.jpg,MAYBE\n", "line 2: label must be REAL or FAKE"),
+        ("path,label\n../x.jpg,REAL\n", "is not an image path"),
+        ("path,label\nx.txt,REAL\n", "is not an image path"),
+        ("path,label\nnothere.jpg,REAL\n", "names no image files that exist"),
+    ]:
+        (tmp_path / "labels.csv").write_text(body)
+        with pytest.raises(DatasetError, match=error):
+            read_image_folder(tmp_path)
+
+
+def test_training_with_face_images(dfdc_folder: Path, image_folder: Path, tmp_path: Path) -> None:
+    """Face images join the training side as clips of different faces; counts are recorded."""
+    out = tmp_path / "model"
+    r = _train(
+        dfdc_folder,
+        out,
+        "--images",
+        str(image_folder),
+        "--no-sbi",
+        "--finetune-blocks",
+        "0",
+        "--head-epochs",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    # 13 images, one without a face; 3 folders x 2 labels, 2 faces each -> 6 clips.
+    assert "images: 12 face crops from 13 images (6 real, 6 fake; 1 without a face)" in r.stderr
+    assert "as 6 training clips" in r.stderr
+    info = json.loads((out / "training.json").read_text())["images"]
+    assert info["face_crops"] == 12 and info["pseudo_clips"] == 6 and info["without_face"] == 1
