@@ -34,23 +34,35 @@ from aiortc import (
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-class Clip(VideoStreamTrack):
-    def __init__(self, frames: list[av.VideoFrame], fps: int) -> None:
-        super().__init__()
-        self.frames, self.fps, self.i = frames, fps, 0
+class Pacer:
+    """A webcam's schedule: frame i is due at start + i / fps (start: the first request)."""
+
+    def __init__(self, fps: int) -> None:
+        self.fps, self.i = fps, 0
         self.start: float | None = None
 
-    async def recv(self) -> av.VideoFrame:
+    async def next(self) -> tuple[int, int]:
+        """Waits for the next frame's time; returns (frame index, its 90 kHz timestamp)."""
         if self.start is None:
             self.start = time.monotonic()
         delay = self.start + self.i / self.fps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        src = self.frames[self.i % len(self.frames)]
-        frame = src.reformat(format="yuv420p")
-        frame.pts = int(self.i * 90000 / self.fps)
-        frame.time_base = Fraction(1, 90000)
-        self.i += 1
+        i, self.i = self.i, self.i + 1
+        return i, int(i * 90000 / self.fps)
+
+
+class Clip(VideoStreamTrack):
+    """Raw frames; aiortc encodes each one (VP8 by default) as it is sent."""
+
+    def __init__(self, frames: list[av.VideoFrame], fps: int) -> None:
+        super().__init__()
+        self.frames, self.pacer = frames, Pacer(fps)
+
+    async def recv(self) -> av.VideoFrame:
+        i, pts = await self.pacer.next()
+        frame = self.frames[i % len(self.frames)].reformat(format="yuv420p")
+        frame.pts, frame.time_base = pts, Fraction(1, 90000)
         return frame
 
 
@@ -61,19 +73,12 @@ class EncodedClip(MediaStreamTrack):
 
     def __init__(self, units: list[bytes], fps: int) -> None:
         super().__init__()
-        self.units, self.fps, self.i = units, fps, 0
-        self.start: float | None = None
+        self.units, self.pacer = units, Pacer(fps)
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self.start is None:
-            self.start = time.monotonic()
-        delay = self.start + self.i / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        packet = av.Packet(self.units[self.i % len(self.units)])
-        packet.pts = int(self.i * 90000 / self.fps)
-        packet.time_base = Fraction(1, 90000)
-        self.i += 1
+        i, pts = await self.pacer.next()
+        packet = av.Packet(self.units[i % len(self.units)])
+        packet.pts, packet.time_base = pts, Fraction(1, 90000)
         return packet
 
 
@@ -100,20 +105,16 @@ def encode_h264(frames: list[av.VideoFrame], fps: int) -> list[bytes]:
     return units
 
 
-async def peer(
-    url: str, frames: list[av.VideoFrame] | list[bytes], fps: int, seconds: float
-) -> dict[str, object]:
+async def peer(url: str, track: Clip | EncodedClip, seconds: float) -> dict[str, object]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track: Clip | EncodedClip
-    if frames and isinstance(frames[0], bytes):
-        track = EncodedClip(frames, fps)  # type: ignore[arg-type]
+    if isinstance(track, EncodedClip):
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(
             [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
         )
     else:
-        track = Clip(frames, fps)  # type: ignore[arg-type]
         pc.addTrack(track)
+    pacer = track.pacer
     ch = pc.createDataChannel("scores")
     lat: list[float] = []
     server_lat: list[float] = []
@@ -121,8 +122,8 @@ async def peer(
 
     def on_message(data: str) -> None:
         m = json.loads(data)
-        if m.get("type") == "score" and track.start is not None:
-            lat.append(time.monotonic() - (track.start + float(m["t"])))
+        if m.get("type") == "score" and pacer.start is not None:
+            lat.append(time.monotonic() - (pacer.start + float(m["t"])))
             server_lat.append(float(m["latency_ms"]) / 1000.0)
             last.update(m)
 
@@ -152,10 +153,11 @@ async def run_peers() -> list[dict[str, object]]:
     from tests.media import face_frames
 
     frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(60, (640, 480))]
-    media: list[av.VideoFrame] | list[bytes] = (
-        encode_h264(frames, fps) if codec == "h264" else frames
-    )
-    return list(await asyncio.gather(*(peer(url, media, fps, seconds) for _ in range(peers))))
+    units = encode_h264(frames, fps) if codec == "h264" else []
+    tracks = [
+        EncodedClip(units, fps) if codec == "h264" else Clip(frames, fps) for _ in range(peers)
+    ]
+    return list(await asyncio.gather(*(peer(url, t, seconds) for t in tracks)))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def export_bundle(
         roi_section = None
         if roi_detector:
             _say("converting tracked-face detector (BlazeFace short_range) and calibrating it", t0)
-            roi_section = export_roi_detector(tmp, det, astronaut_frames(32, seed=2))
+            roi_section = export_roi_detector(tmp, det)
         crop = CropSpec(margin=margin)
 
         _say("checking Keras/onnxruntime parity on random and real face crops", t0)

@@ -92,13 +92,19 @@ def detector_from_section(section: dict[str, Any], root: Path) -> FaceDetector:
 
 
 def export_roi_detector(
-    out_dir: Path, full: FaceDetector, frames: list[Any], variant: str = "short_range"
+    out_dir: Path, full: FaceDetector, frames: list[Any] | None = None, variant: str = "short_range"
 ) -> dict[str, Any]:
     """The tracked-face detector (BlazeFace short-range by default) and the mapping of its boxes
-    onto the full detector's, fitted on `frames` (real faces): for each face the full detector
+    onto the full detector's, fitted on `frames` (real faces; default: the reference photo panned
+    and zoomed, the same for every export and training run): for each face the full detector
     finds, the roi detector looks around it; the median size ratio and centre offset become the
     section's `calibration`, so crops come out the same whichever detector found the face."""
     import numpy as np
+
+    from export.reference_faces import astronaut_frames
+
+    if frames is None:
+        frames = astronaut_frames(32, seed=2)
 
     section = export_detector(out_dir, variant, ROI_FILE)
     roi = detector_from_section(section, out_dir)

@@ -104,10 +104,9 @@ def parser() -> argparse.ArgumentParser:
 # -- face crops ----------------------------------------------------------------------------------
 
 
-def face_stage(cache: Path, detector: str, roi: bool = True) -> tuple[Any, dict[str, Any]]:
+def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
     """The serving face stage (detector, and the tracked-face detector a default export adds)."""
     from export.detector import detector_from_section, export_detector, export_roi_detector
-    from export.reference_faces import astronaut_frames
     from stream_server.bundle import parse_roi
     from stream_server.faces import Detectors
 
@@ -118,34 +117,28 @@ def face_stage(cache: Path, detector: str, roi: bool = True) -> tuple[Any, dict[
         section_file.write_text(json.dumps(export_detector(d, detector)))
     section = json.loads(section_file.read_text())
     full = detector_from_section(section, d)
-    if not roi:
-        return Detectors(full), section
     roi_file = d / "roi_section.json"
     if not roi_file.is_file():
-        roi_file.write_text(json.dumps(export_roi_detector(d, full, astronaut_frames(32, seed=2))))
+        roi_file.write_text(json.dumps(export_roi_detector(d, full)))
     roi_section = json.loads(roi_file.read_text())
-    spec = parse_roi(roi_section)
-    return (
-        Detectors(
-            full,
-            detector_from_section(roi_section, d),
-            spec.scale,
-            spec.calibration,
-            spec.redetect_every,
-        ),
-        {**section, "roi": roi_section},
-    )
+    roi_detector = detector_from_section(roi_section, d)
+    return Detectors(full, roi_detector, parse_roi(roi_section)), {**section, "roi": roi_section}
 
 
 def all_crops(
-    videos: list[Video], args: argparse.Namespace, size: int, cache_dir: Path
+    videos: list[Video],
+    args: argparse.Namespace,
+    size: int,
+    cache_dir: Path,
+    stage: tuple[Any, dict[str, Any]],
 ) -> dict[str, Any]:
+    """Face crops of every video; `stage` is `face_stage(...)`'s (detectors, section)."""
     from tqdm import tqdm
 
     from models.extract import CropCache, extract_video
     from stream_server.bundle import CropSpec
 
-    detector, section = face_stage(cache_dir, args.detector)
+    detector, section = stage
     crop = CropSpec(margin=args.margin)
     cache = CropCache(
         cache_dir / "crops",
@@ -174,17 +167,22 @@ def all_crops(
 
 
 def image_crops(
-    images: list[Any], args: argparse.Namespace, size: int, cache_dir: Path
+    images: list[Any],
+    args: argparse.Namespace,
+    size: int,
+    cache_dir: Path,
+    stage: tuple[Any, dict[str, Any]],
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Face crops of still images with the serving face stage (a first frame: full search),
     cached; returns (crops, labels, groups, images without a face)."""
     from PIL import Image
     from tqdm import tqdm
 
+    from models.extract import largest
     from stream_server.bundle import CropSpec
     from stream_server.faces import FaceStage, crop_face
 
-    detector, section = face_stage(cache_dir, args.detector)
+    detector, section = stage
     ident = json.dumps(
         [[str(i.path), i.label, i.path.stat().st_size] for i in images]
         + [section["kind"], args.margin, size],
@@ -201,8 +199,7 @@ def image_crops(
         if not dets:
             faceless += 1
             continue
-        box = max(dets, key=lambda d: d.box[2] * d.box[3]).box
-        crops.append(crop_face(rgb, box, CropSpec(margin=args.margin), size))
+        crops.append(crop_face(rgb, largest(dets).box, CropSpec(margin=args.margin), size))
         labels.append(im.label)
         groups.append(im.group)
     arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
@@ -427,7 +424,8 @@ def run(args: argparse.Namespace) -> Path:
         )
     )
 
-    crops = all_crops(ds.videos, args, size, cache_dir)
+    stage = face_stage(cache_dir, args.detector)
+    crops = all_crops(ds.videos, args, size, cache_dir, stage)
     labels = {v.name: v.label for v in ds.videos}
     no_face = [n for n, c in crops.items() if len(c.crops) == 0]
     errors = {n: c.error for n, c in crops.items() if c.error}
@@ -454,7 +452,7 @@ def run(args: argparse.Namespace) -> Path:
         from models.dfdc import read_image_folder
 
         imgs = [i for folder in args.images for i in read_image_folder(folder)]
-        crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir)
+        crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir, stage)
         clips = image_sequences(crops_i, labs_i, groups_i, args.window, args.seed)
         for n, (c, y) in clips.items():
             seqs[n], labels[n] = c, y

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stream_server.bundle import CropSpec, DetectorSpec
+from stream_server.bundle import CropSpec, DetectorSpec, RoiSpec
 
 RAW_SCORE_LIMIT = 80.0
 
@@ -168,14 +168,13 @@ class FaceDetector:
 class Detectors:
     """A bundle's face detectors: `full` searches whole frames; `roi` (optional, e.g. BlazeFace
     short-range) only looks around faces that are already tracked, which is several times cheaper.
-    `calibration` (scale_w, scale_h, dx, dy) maps roi boxes to the full detector's box convention
-    (fitted at export time), so crops do not depend on which detector found the face."""
+    `roi_spec` says how: the region's size, how often to search in full anyway, and the
+    calibration (scale_w, scale_h, dx, dy) that maps roi boxes to the full detector's box
+    convention (fitted at export time), so crops do not depend on which detector found the face."""
 
     full: FaceDetector
     roi: FaceDetector | None = None
-    roi_scale: float = 2.0
-    calibration: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
-    redetect_every: int = 5  # a full-frame search at least every N analysed frames (new faces)
+    roi_spec: RoiSpec | None = None
 
     @classmethod
     def for_bundle(cls, bundle: Any, sessions: Any) -> Detectors:
@@ -183,21 +182,20 @@ class Detectors:
         roi = bundle.roi
         if roi is None or getattr(sessions, "roi_detector", None) is None:
             return cls(full)
-        return cls(
-            full,
-            FaceDetector(sessions.roi_detector, roi.detector),
-            roi.scale,
-            roi.calibration,
-            roi.redetect_every,
-        )
+        return cls(full, FaceDetector(sessions.roi_detector, roi.detector), roi)
+
+    @property
+    def redetect_every(self) -> int:
+        """A full-frame search at least every N analysed frames (1: every frame)."""
+        return self.roi_spec.redetect_every if self.roi is not None and self.roi_spec else 1
 
     def near(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> Detection | None:
-        if self.roi is None:
+        if self.roi is None or self.roi_spec is None:
             return None
-        d = self.roi.detect_near(rgb, box, self.roi_scale)
+        d = self.roi.detect_near(rgb, box, self.roi_spec.scale)
         if d is None:
             return None
-        sw, sh, dx, dy = self.calibration
+        sw, sh, dx, dy = self.roi_spec.calibration
         x, y, bw, bh = d.box
         cx, cy = x + bw / 2 - dx * bw, y + bh / 2 - dy * bh
         bw, bh = bw / sw, bh / sh
@@ -214,24 +212,18 @@ class FaceStage:
         self.tracker = FaceTracker()
         self.since_full = 0
         self.full_searches = 0
-        self.frames = 0
 
     def locate(self, rgb: np.ndarray) -> list[Detection]:
         d = self.detectors
-        self.frames += 1
         tracks = list(self.tracker.tracks.values())
-        if (
-            d.roi is not None
-            and tracks
-            and all(t.missed == 0 for t in tracks)
-            and self.since_full < d.redetect_every - 1
-        ):
-            found = [d.near(rgb, t.box) for t in tracks]
-            boxes = [f.box for f in found if f is not None]
-            distinct = all(iou(a, b) < 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
-            if len(boxes) == len(tracks) and distinct:
+        if tracks and all(t.missed == 0 for t in tracks) and self.since_full < d.redetect_every - 1:
+            found = [f for f in (d.near(rgb, t.box) for t in tracks) if f is not None]
+            distinct = all(
+                iou(a.box, b.box) < 0.5 for i, a in enumerate(found) for b in found[i + 1 :]
+            )
+            if len(found) == len(tracks) and distinct:
                 self.since_full += 1
-                return [f for f in found if f is not None]
+                return found
         self.since_full = 0
         self.full_searches += 1
         return d.full.detect(rgb)

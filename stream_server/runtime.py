@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from stream_server.bundle import Bundle, BundleError
+from stream_server.faces import ssd_anchors
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -134,17 +135,13 @@ def _check_detector(sess: Any, d: Any, what: str) -> None:
         ds[1:] == [d.input_size, d.input_size, 3],
         f"{what} input shape {ds} does not match the manifest size {d.input_size}",
     )
-    n_anchors = _anchor_count(d.input_size, d.strides, d.anchors_per_cell)
+    n_anchors = len(ssd_anchors(d.input_size, d.strides, d.anchors_per_cell))
     _check(d.boxes_name in dout and d.scores_name in dout, f"{what} outputs do not match manifest")
     bs = list(dout[d.boxes_name].shape)
     _check(
         not isinstance(bs[-2], int) or bs[-2] == n_anchors,
         f"{what} has {bs[-2]} anchors, the manifest's anchor scheme makes {n_anchors}",
     )
-
-
-def _anchor_count(size: int, strides: tuple[int, ...], per_cell: int) -> int:
-    return sum((size // st) ** 2 * per_cell for st in strides)
 
 
 def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> Sessions:
