@@ -203,3 +203,45 @@ def read_image_folder(folder: Path) -> list[LabelledImage]:
     if not out:
         raise DatasetError(f"{table} names no image files that exist")
     return out
+
+
+@dataclass(frozen=True)
+class StillPair:
+    real: LabelledImage
+    fake: LabelledImage
+    pair: int
+    original: str
+
+
+def read_pair_folder(folder: Path) -> list[StillPair]:
+    """A folder of real/fake still pairs (`labels.csv` with `path,label,...,original,pair`, like
+    `../shared/data/dfdc_faces`): each pair is one REAL and one FAKE image of the same scene.
+    Pairs with a missing image, or with other than one REAL and one FAKE row, are skipped."""
+    import csv
+
+    folder = Path(folder)
+    table = folder / "labels.csv"
+    images = read_image_folder(folder)
+    by_path = {i.path: i for i in images}
+    rows: dict[int, list[tuple[LabelledImage, str]]] = {}
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"pair", "original"} <= set(reader.fieldnames):
+            raise DatasetError(f"{table} needs the columns pair and original for paired images")
+        for k, row in enumerate(reader, start=2):
+            try:
+                pid = int(row["pair"])
+            except (TypeError, ValueError):
+                raise DatasetError(f"{table} line {k}: pair must be an integer") from None
+            img = by_path.get(folder / row["path"])
+            if img is not None:
+                rows.setdefault(pid, []).append((img, row.get("original") or ""))
+    out = []
+    for pid, members in sorted(rows.items()):
+        reals = [m for m in members if m[0].label == 0]
+        fakes = [m for m in members if m[0].label == 1]
+        if len(reals) == 1 and len(fakes) == 1:
+            out.append(StillPair(reals[0][0], fakes[0][0], pid, reals[0][1]))
+    if not out:
+        raise DatasetError(f"{table} has no complete REAL/FAKE pair")
+    return out

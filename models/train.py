@@ -88,6 +88,46 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="last backbone blocks fine-tuned on frames (0 = frozen backbone)",
     )
+    p.add_argument(
+        "--encoder-steps",
+        type=int,
+        default=0,
+        help="batches of end-to-end encoder fine-tuning on video face crops with paired units, "
+        "synthetic fakes and stream degradations (0 = frozen ImageNet encoder)",
+    )
+    p.add_argument("--units", type=int, default=16, help="real/fake units per batch (2 crops each)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tune")
+    p.add_argument(
+        "--pairs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="real/fake still-pair folder(s) (labels.csv: path,label,original,pair) for the fine-tune",
+    )
+    p.add_argument(
+        "--pair-val-fraction",
+        type=float,
+        default=0.1,
+        help="share of still pairs held out for a frame-level AUC",
+    )
+    p.add_argument(
+        "--synth",
+        default="sbi,swap,warp,rerender",
+        help="synthetic fake kinds made online from real crops (comma list, or none)",
+    )
+    p.add_argument(
+        "--exclude-family",
+        action="append",
+        default=[],
+        choices=["deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment"],
+        help="train without this generator family's fakes and report their AUC (leave-one-out)",
+    )
+    p.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="stop after the encoder fine-tune and its held-out measurement (frame_eval.json); "
+        "for leave-one-family-out runs",
+    )
     p.add_argument("--encoder-epochs", type=int, default=3)
     p.add_argument("--head-epochs", type=int, default=5)
     p.add_argument("--head-steps", type=int, default=40, help="batches per head epoch")
@@ -175,6 +215,19 @@ def image_crops(
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Face crops of still images with the serving face stage (a first frame: full search),
     cached; returns (crops, labels, groups, images without a face)."""
+    crops, labels, groups, faceless, _ = image_crops_kept(images, args, size, cache_dir, stage)
+    return crops, labels, groups, faceless
+
+
+def image_crops_kept(
+    images: list[Any],
+    args: argparse.Namespace,
+    size: int,
+    cache_dir: Path,
+    stage: tuple[Any, dict[str, Any]],
+) -> tuple[np.ndarray, np.ndarray, list[str], int, np.ndarray]:
+    """`image_crops` plus the index into `images` of every crop (images without a face have
+    none), so paired images can be matched up."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -191,9 +244,16 @@ def image_crops(
     f = cache_dir / f"images-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npz"
     if f.is_file():
         with np.load(f, allow_pickle=False) as z:
-            return z["crops"], z["labels"], [str(g) for g in z["groups"]], int(z["faceless"])
-    crops, labels, groups, faceless = [], [], [], 0
-    for im in tqdm(images, desc="image crops", unit="image", file=sys.stderr):
+            if "kept" in z.files:
+                return (
+                    z["crops"],
+                    z["labels"],
+                    [str(g) for g in z["groups"]],
+                    int(z["faceless"]),
+                    z["kept"],
+                )
+    crops, labels, groups, kept, faceless = [], [], [], [], 0
+    for k, im in enumerate(tqdm(images, desc="image crops", unit="image", file=sys.stderr)):
         rgb = np.asarray(Image.open(im.path).convert("RGB"))
         dets = [d for _, d in FaceStage(detector).step(rgb)[0]]
         if not dets:
@@ -202,11 +262,13 @@ def image_crops(
         crops.append(crop_face(rgb, largest(dets).box, CropSpec(margin=args.margin), size))
         labels.append(im.label)
         groups.append(im.group)
+        kept.append(k)
     arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
     lab = np.asarray(labels, np.int64)
+    idx = np.asarray(kept, np.int64)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(f, crops=arr, labels=lab, groups=np.asarray(groups), faceless=faceless)
-    return arr, lab, groups, faceless
+    np.savez(f, crops=arr, labels=lab, groups=np.asarray(groups), faceless=faceless, kept=idx)
+    return arr, lab, groups, faceless, idx
 
 
 def image_sequences(
@@ -408,6 +470,16 @@ def run(args: argparse.Namespace) -> Path:
         train, val = split_by_identity(ds.videos, groups, args.val_fraction, args.seed)
     else:
         train, val = ds.videos, []
+    excluded: list[Video] = []
+    if args.exclude_family:
+        from models.finetune import family_of
+
+        excluded = [v for v in train if family_of(v.generator, v.label) in args.exclude_family]
+        train = [v for v in train if v not in excluded]
+        say(
+            f"leave-family-out: {len(excluded)} training fakes of {', '.join(args.exclude_family)} "
+            "not trained on"
+        )
     say(
         f"split by identity: {len(train)} training videos, {len(val)} held out "
         f"({len({groups[v.name] for v in val})} of {len(set(groups.values()))} identity groups)"
@@ -437,7 +509,7 @@ def run(args: argparse.Namespace) -> Path:
     )
     seqs = {n: c.crops for n, c in crops.items() if len(c.crops)}
     val_names = {v.name for v in val}
-    if args.sbi:
+    if args.sbi and args.encoder_steps <= 0:
         reals = [v.name for v in train if v.label == 0 and v.name in seqs]
         for n in reals:
             rng = np.random.default_rng(
@@ -448,11 +520,17 @@ def run(args: argparse.Namespace) -> Path:
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
 
     image_info: dict[str, Any] = {}
+    stills: tuple[np.ndarray, np.ndarray] | None = None
     if args.images:
         from models.dfdc import read_image_folder
 
         imgs = [i for folder in args.images for i in read_image_folder(folder)]
         crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir, stage)
+        if "dfdc" in args.exclude_family:  # DFDC fakes among the stills (e.g. genconvit_dfdc)
+            keep = np.array([not (y == 1 and "dfdc" in g.lower()) for g, y in zip(groups_i, labs_i, strict=True)], bool)
+            crops_i, labs_i = crops_i[keep], labs_i[keep]
+            groups_i = [g for g, k in zip(groups_i, keep, strict=True) if k]
+        stills = (crops_i, labs_i)
         clips = image_sequences(crops_i, labs_i, groups_i, args.window, args.seed)
         for n, (c, y) in clips.items():
             seqs[n], labels[n] = c, y
@@ -481,8 +559,25 @@ def run(args: argparse.Namespace) -> Path:
         l2=args.head_l2,
     )
     model = new_model(cfg)
-    trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
-    feats = {n: predict(trunk, s) for n, s in _progress(seqs, "backbone features")}
+    e2e_info: dict[str, Any] | None = None
+    if args.encoder_steps > 0:
+        from models.finetune_run import end_to_end
+
+        e2e_info = end_to_end(
+            model.encoder, args, ds.videos, train, val, excluded, crops, stills, size, cache_dir,
+            stage, ckpt, say,
+        )
+        (out / "frame_eval.json").write_text(json.dumps(e2e_info, indent=1))
+        e2e_info = {k: v for k, v in e2e_info.items() if k != "rows"}
+        if args.encoder_only:
+            say(f"encoder-only run: held-out measurements in {out / 'frame_eval.json'}")
+            return out
+        for v in excluded:  # left-out families train nothing, the head included
+            seqs.pop(v.name, None)
+        trunk, top = model.encoder, None
+    else:
+        trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
+    feats = {n: predict(trunk, s) for n, s in _progress(seqs, "embeddings")}
     if top is not None:
         start = (
             state["epoch"]
@@ -509,12 +604,14 @@ def run(args: argparse.Namespace) -> Path:
             "val_fake": sum(1 for v in val if v.label == 1),
         },
         "synthetic_fakes": sum(1 for n in seqs if n.startswith("sbi:")),
+        "encoder_finetune": e2e_info,
         "images": image_info or None,
+        "pairs": [str(p) for p in args.pairs] or None,
         "face_crops": n_faces,
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
-            if k not in ("data", "out", "bundle", "cache", "groups", "images")
+            if k not in ("data", "out", "bundle", "cache", "groups", "images", "pairs")
         },
         "head_loss": losses[-1] if losses else None,
         "seconds": round(time.monotonic() - T0, 1),

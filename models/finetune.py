@@ -1,0 +1,311 @@
+"""End-to-end fine-tuning of the frame encoder on face crops cut from video by the serving face
+stage, with paired batches, online synthetic fakes and stream-like degradations.
+
+A batch is made of *units*; each unit is one real crop and one fake crop, degraded together with
+the same random parameters (`models.augment.degrade`):
+
+- ``pair``: a fake clip's frame and its real `original` clip's frame at the nearest time (the
+  same person and scene; DeepFaceLive halves, GHOST/roop/DFD/Wav2Lip sources, reenactment
+  driving clips);
+- ``clip``: a frame of a random real clip and a frame of a random fake clip (fakes drawn with
+  equal weight per generator family, so one family's volume cannot dominate);
+- ``still_pair``: a real/fake still pair of the same scene (`dfdc_faces`-style pair folders);
+- ``synth``: a real crop and a synthetic fake made from it online (`models.synth`: self-blend,
+  graphics face swap, landmark warp, re-render);
+- ``still``: a real and a fake still face image (labelled image folders).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.augment import degrade
+
+FAMILIES: dict[str, str] = {
+    "DeepFaceLive": "deepfacelive",
+    "DFDC": "dfdc",
+    **{
+        g: "faceswap"
+        for g in (
+            "GHOST",
+            "roop(inswapper)",
+            "DeeperForensics",
+            "DFD(FF++)",
+            "Celeb-DF",
+            "Deep-Live-Cam",
+            "Deepfakes(FF++)",
+            "unknown",
+        )
+    },
+    **{
+        g: "talking_head"
+        for g in ("AniTalker", "MuseV", "DreamTalk", "SyncTalk", "DINet", "Wav2Lip+GFPGAN")
+    },
+    **{
+        g: "reenactment"
+        for g in ("MegActor", "LivePortrait", "DaGAN", "face-vid2vid", "FADM", "FOMM", "MCNet", "TPSMM")
+    },
+}
+FAMILY_NAMES = ("deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment")
+
+
+def family_of(generator: str | None, label: int) -> str | None:
+    """The generator family of a fake (None for a real); generators not in the table: 'other'."""
+    if label == 0:
+        return None
+    return FAMILIES.get(generator or "", "other")
+
+
+@dataclass
+class Clip:
+    name: str
+    label: int
+    family: str | None
+    crops: np.ndarray  # (n, S, S, 3) uint8
+    times: np.ndarray  # (n,)
+    original: str | None = None
+
+
+@dataclass
+class Pool:
+    """Everything the batch maker draws from (training side only)."""
+
+    clips: list[Clip]
+    still_pairs: tuple[np.ndarray, np.ndarray] | None = None  # (real (n,S,S,3), fake (n,S,S,3))
+    stills: tuple[np.ndarray, np.ndarray] | None = None  # (crops, labels)
+    synth_kinds: tuple[str, ...] = ("sbi", "swap", "warp", "rerender")
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"pair": 0.25, "clip": 0.25, "still_pair": 0.15, "synth": 0.25, "still": 0.1}
+    )
+
+
+class BatchMaker:
+    """Draws units (real, fake) from a `Pool`; `batch(rng, units)` -> (x uint8, y float32)."""
+
+    def __init__(self, pool: Pool, landmarks: Callable[[np.ndarray], np.ndarray] | None, margin: float):
+        self.pool = pool
+        self.landmarks = landmarks
+        self.margin = margin
+        clips = [c for c in pool.clips if len(c.crops)]
+        self.reals = [c for c in clips if c.label == 0]
+        by_name = {c.name: c for c in self.reals}
+        self.fakes_by_family: dict[str, list[Clip]] = {}
+        for c in clips:
+            if c.label == 1:
+                self.fakes_by_family.setdefault(c.family or "other", []).append(c)
+        self.pairs = [(c, by_name[c.original]) for c in clips if c.label == 1 and c.original in by_name]
+        avail = {
+            "pair": bool(self.pairs),
+            "clip": bool(self.reals) and bool(self.fakes_by_family),
+            "still_pair": pool.still_pairs is not None and len(pool.still_pairs[0]) > 0,
+            "synth": bool(pool.synth_kinds) and landmarks is not None and self._has_real_source(),
+            "still": pool.stills is not None
+            and 0 < int(pool.stills[1].sum()) < len(pool.stills[1]),
+        }
+        w = {k: v for k, v in pool.weights.items() if avail.get(k) and v > 0}
+        if not w:
+            raise ValueError("nothing to train the encoder on: no real/fake clips, pairs or stills")
+        total = sum(w.values())
+        self.kinds = list(w)
+        self.probs = np.array([w[k] / total for k in self.kinds])
+
+    def _has_real_source(self) -> bool:
+        p = self.pool
+        return bool(self.reals) or (p.still_pairs is not None and len(p.still_pairs[0]) > 0)
+
+    def describe(self) -> str:
+        fam = ", ".join(f"{k} {len(v)}" for k, v in sorted(self.fakes_by_family.items()))
+        mix = ", ".join(f"{k} {p:.2f}" for k, p in zip(self.kinds, self.probs, strict=True))
+        return (
+            f"{len(self.reals)} real clips, fake clips by family: {fam or 'none'}; "
+            f"{len(self.pairs)} real/fake clip pairs; units: {mix}"
+        )
+
+    # -- one unit each ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _frame(c: Clip, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        i = int(rng.integers(len(c.crops)))
+        return c.crops[i], float(c.times[i])
+
+    def _real_crop(self, rng: np.random.Generator) -> np.ndarray:
+        sp = self.pool.still_pairs
+        if self.reals and (sp is None or rng.random() < 0.75):
+            return self._frame(self.reals[int(rng.integers(len(self.reals)))], rng)[0]
+        assert sp is not None
+        return sp[0][int(rng.integers(len(sp[0])))]
+
+    def _fake_clip(self, rng: np.random.Generator) -> Clip:
+        fams = sorted(self.fakes_by_family)
+        pool = self.fakes_by_family[fams[int(rng.integers(len(fams)))]]
+        return pool[int(rng.integers(len(pool)))]
+
+    def unit(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if kind == "pair":
+            fake, real = self.pairs[int(rng.integers(len(self.pairs)))]
+            f, t = self._frame(fake, rng)
+            j = int(np.argmin(np.abs(real.times - t)))
+            return real.crops[j], f
+        if kind == "clip":
+            real = self.reals[int(rng.integers(len(self.reals)))]
+            return self._frame(real, rng)[0], self._frame(self._fake_clip(rng), rng)[0]
+        if kind == "still_pair":
+            assert self.pool.still_pairs is not None
+            r, f = self.pool.still_pairs
+            k = int(rng.integers(len(r)))
+            return r[k], f[k]
+        if kind == "still":
+            assert self.pool.stills is not None
+            crops, labels = self.pool.stills
+            ri, fi = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+            return crops[int(rng.choice(ri))], crops[int(rng.choice(fi))]
+        if kind == "synth":
+            from models.synth import make_fake
+
+            assert self.landmarks is not None
+            target = self._real_crop(rng)
+            pts = self.landmarks(target)
+            which = self.pool.synth_kinds[int(rng.integers(len(self.pool.synth_kinds)))]
+            donor = None
+            if which == "swap":
+                d = self._real_crop(rng)
+                donor = (d, self.landmarks(d))
+            fake, _ = make_fake(which, target, pts, rng, donor, self.margin)
+            return target, fake
+        raise ValueError(f"unknown unit kind {kind!r}")
+
+    def batch(self, rng: np.random.Generator, units: int) -> tuple[np.ndarray, np.ndarray]:
+        """`units` (real, fake) units: 2 * units crops, each unit's two crops side by side and
+        degraded together."""
+        xs: list[np.ndarray] = []
+        for kind in rng.choice(self.kinds, size=units, p=self.probs):
+            real, fake = self.unit(str(kind), rng)
+            xs.extend(degrade([real, fake], rng))
+        y = np.tile(np.array([0.0, 1.0], np.float32), units)
+        return np.stack(xs), y
+
+
+# -- training loop -------------------------------------------------------------------------------
+
+
+def frame_classifier(encoder: Any, dropout: float = 0.2) -> Any:
+    """encoder -> dropout -> Dense(1, sigmoid): the frame-level fake probability used to
+    fine-tune the encoder. Batch-norm layers keep their statistics (inference mode)."""
+    import keras
+
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif layer.weights:
+            layer.trainable = True
+    h = keras.layers.Dropout(dropout, name="frame_dropout")(encoder.output)
+    out = keras.layers.Dense(1, activation="sigmoid", name="frame_fake")(h)
+    return keras.Model(encoder.input, out, name="frame_classifier")
+
+
+def clip_scores(clf: Any, clips: list[Clip], per_clip: int = 16, batch: int = 64) -> np.ndarray:
+    """Mean frame probability per clip over up to `per_clip` evenly spaced frames."""
+    picks = [
+        c.crops[np.linspace(0, len(c.crops) - 1, min(per_clip, len(c.crops))).round().astype(int)]
+        for c in clips
+    ]
+    if not picks:
+        return np.zeros(0)
+    x = np.concatenate(picks)
+    p = np.concatenate(
+        [np.asarray(clf(x[i : i + batch], training=False)).reshape(-1) for i in range(0, len(x), batch)]
+    )
+    out, k = [], 0
+    for q in picks:
+        out.append(float(p[k : k + len(q)].mean()))
+        k += len(q)
+    return np.asarray(out)
+
+
+@dataclass
+class FinetuneResult:
+    steps: int
+    losses: list[float]
+    val_auc: list[tuple[int, float]]
+    seconds: float
+
+
+def finetune(
+    clf: Any,
+    maker: BatchMaker,
+    steps: int,
+    ckpt: Path,
+    *,
+    units: int = 16,
+    lr: float = 2e-4,
+    seed: int = 0,
+    resume: bool = False,
+    val: list[Clip] | None = None,
+    eval_every: int = 250,
+    save_every: int = 100,
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> FinetuneResult:
+    """Fine-tune `clf` (a `frame_classifier`) for `steps` batches, checkpointing its weights and
+    the step to `ckpt` every `save_every` steps; `resume` continues from the checkpoint (the
+    learning-rate schedule continues; the batches are a function of (seed, step), so a resumed
+    run draws the same batches as an uninterrupted one)."""
+    import keras
+    from tqdm import tqdm
+
+    from stream_server.evaluate import auc
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    wfile, sfile = ckpt / "finetune.weights.h5", ckpt / "finetune.json"
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, steps - min(100, steps // 10)), alpha=0.05,
+        warmup_target=lr, warmup_steps=min(100, steps // 10),
+    )
+    clf.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+    start, losses, val_auc = 0, [], []
+    if resume and wfile.is_file() and sfile.is_file():
+        state = json.loads(sfile.read_text())
+        clf.load_weights(wfile)
+        start, losses = int(state["step"]), list(state.get("losses", []))
+        val_auc = [tuple(v) for v in state.get("val_auc", [])]
+        clf.optimizer.build(clf.trainable_variables)
+        clf.optimizer.iterations.assign(start)
+        say(f"resumed encoder fine-tuning at step {start}/{steps}")
+    t0 = time.monotonic()
+
+    def save(step: int) -> None:
+        clf.save_weights(wfile)
+        sfile.write_text(json.dumps({"step": step, "losses": losses, "val_auc": val_auc}))
+
+    def evaluate(step: int) -> None:
+        if not val:
+            return
+        y = np.array([c.label for c in val])
+        if 0 < y.sum() < len(y):
+            a = auc(y, clip_scores(clf, val))
+            val_auc.append((step, float(a)))
+            say(f"step {step}: held-out clip AUC (frame mean) {a:.3f}")
+
+    bar = tqdm(range(start, steps), desc="encoder fine-tune", unit="step", file=sys.stderr,
+               initial=start, total=steps)
+    run_loss = None
+    for step in bar:
+        x, y = maker.batch(np.random.default_rng([seed, step]), units)
+        loss = float(np.asarray(clf.train_on_batch(x, y)).reshape(-1)[0])
+        losses.append(loss)
+        run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
+        bar.set_postfix(loss=f"{run_loss:.3f}")
+        done = step + 1
+        if done % save_every == 0 or done == steps:
+            save(done)
+        if eval_every and (done % eval_every == 0 or done == steps):
+            evaluate(done)
+            save(done)
+    return FinetuneResult(steps, losses, val_auc, time.monotonic() - t0)
