@@ -1,5 +1,6 @@
-"""Face crops from videos with the server's own face stage (same detector, sampling and crops),
-cached on disk so repeated training runs decode and detect each video once."""
+"""Face crops from videos with the server's own frame source and face stage (same decoding,
+sampling, downscale, detector and crops), cached on disk so repeated training runs decode and
+detect each video once."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from stream_server.bundle import CropSpec
 from stream_server.faces import Detectors, FaceDetector, FaceStage, crop_face
-from stream_server.pipeline import FrameSampler
+from stream_server.frames import MAX_FRAME_SIDE, FrameSource, decode_video
 
 
 @dataclass
@@ -40,40 +41,34 @@ def extract_video(
     size: int,
     fps: float,
     max_seconds: float | None = None,
+    max_side: int = MAX_FRAME_SIDE,
 ) -> Crops:
-    """Sample `fps` frames per second, keep the largest face of each, crop it as the server does."""
-    sampler = FrameSampler(fps)
+    """Sample `fps` frames per second, keep the largest face of each, crop it as the server does
+    (frames larger than `max_side` are downscaled first, as serving does)."""
     faces = FaceStage(detector)  # detection + tracking exactly as a live stream runs it
-    crops, times, sampled = [], [], 0
-    t0 = None
+    crops, times = [], []
+    source = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return Crops(
                     np.zeros((0, size, size, 3), np.uint8), np.zeros(0), 0, "no video stream"
                 )
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else 0.0
-                t0 = t if t0 is None else t0
-                t -= t0
-                if max_seconds is not None and t > max_seconds:
-                    break
-                if not sampler.due(t):
-                    continue
-                sampled += 1
-                rgb = frame.to_ndarray(format="rgb24")
+            source = FrameSource(
+                decode_video(container), fps, max_side=max_side, max_seconds=max_seconds
+            )
+            for t, rgb in source:
                 dets = [d for _, d in faces.step(rgb)[0]]
                 if dets:
                     crops.append(crop_face(rgb, largest(dets).box, crop, size))
                     times.append(t)
     except av.FFmpegError as exc:
+        sampled = source.sampled if source is not None else 0
         return Crops(
             np.zeros((0, size, size, 3), np.uint8), np.zeros(0), sampled, f"decode error: {exc}"
         )
     arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-    return Crops(arr, np.asarray(times, np.float32), sampled)
+    return Crops(arr, np.asarray(times, np.float32), source.sampled if source else 0)
 
 
 class CropCache:

@@ -177,6 +177,7 @@ def all_crops(
 
     from models.extract import CropCache, extract_video
     from stream_server.bundle import CropSpec
+    from stream_server.frames import MAX_FRAME_SIDE
 
     detector, section = stage
     crop = CropSpec(margin=args.margin)
@@ -194,6 +195,7 @@ def all_crops(
             "size": size,
             "fps": args.fps,
             "max_s": args.max_seconds,
+            "max_side": MAX_FRAME_SIDE,  # frames are downscaled as serving does
         },
     )
     out = {}

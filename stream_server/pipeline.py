@@ -1,5 +1,5 @@
-"""Per-stream analysis: sample frames at the analysis rate, find and track faces, crop them, get
-each track's p_fake from the shared engine, and label the frame.
+"""Per-stream analysis of the frames sampled by `stream_server.frames`: find and track faces, crop
+them, get each track's p_fake from the shared engine, and label the frame.
 
 Every source (WebRTC, RTSP, files) goes through `FramePipeline`; there is no second implementation.
 """
@@ -7,7 +7,6 @@ Every source (WebRTC, RTSP, files) goes through `FramePipeline`; there is no sec
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,23 +14,9 @@ import numpy as np
 from stream_server.bundle import Bundle
 from stream_server.engine import FaceJob, InferenceEngine
 from stream_server.faces import Detectors, FaceDetector, FaceStage, Track, crop_face
+from stream_server.frames import FrameSampler as FrameSampler  # re-exported: it moved to frames
 from stream_server.messages import FaceScore, Label
 from stream_server.window import FrameWindow
-
-
-class FrameSampler:
-    """Picks the first frame of each 1/fps interval of stream time (t in seconds)."""
-
-    def __init__(self, fps: float) -> None:
-        self.fps = fps
-        self.last_bucket: int | None = None
-
-    def due(self, t: float) -> bool:
-        bucket = math.floor(t * self.fps + 1e-6)
-        if self.last_bucket is not None and bucket <= self.last_bucket:
-            return False
-        self.last_bucket = bucket
-        return True
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import numpy as np
 from stream_server.bundle import Bundle
 from stream_server.engine import InferenceEngine
 from stream_server.faces import Detectors, FaceDetector
-from stream_server.pipeline import FramePipeline, FrameResult, FrameSampler
-from stream_server.stream import frame_to_rgb
+from stream_server.frames import MAX_FRAME_SIDE, FrameSource, decode_video
+from stream_server.pipeline import FramePipeline, FrameResult
 
 
 class ScanError(Exception):
@@ -30,7 +30,7 @@ class ScanError(Exception):
 @dataclass(frozen=True)
 class ScanLimits:
     max_seconds: float = 600.0
-    max_frame_side: int = 1280
+    max_frame_side: int = MAX_FRAME_SIDE
 
 
 @dataclass
@@ -105,11 +105,8 @@ def scan_file(
     """Analyse a video file; `name` is what error messages call it (default: its file name)."""
     name = name or Path(path).name
     pipeline = FramePipeline(bundle, detector, engine)
-    sampler = FrameSampler(fps or bundle.analysis_fps)
     times: list[float] = []
     results: list[FrameResult] = []
-    t0: float | None = None
-    last_t = 0.0
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
@@ -128,31 +125,29 @@ def scan_file(
                 f"{name} is {declared:.0f} s long; the limit of {limits.max_seconds:.0f} s is exceeded",
                 too_long=True,
             )
-        stream.thread_type = "AUTO"
+        source = FrameSource(
+            decode_video(container),
+            fps or bundle.analysis_fps,
+            max_side=limits.max_frame_side,
+            max_seconds=limits.max_seconds,
+        )
         try:
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else last_t
-                t0 = t if t0 is None else t0
-                t -= t0
-                last_t = t
-                if t > limits.max_seconds:
-                    raise ScanError(
-                        f"{name} is longer than the limit of {limits.max_seconds:.0f} s",
-                        too_long=True,
-                    )
-                if not sampler.due(t):
-                    continue
-                results.append(pipeline.analyze(frame_to_rgb(frame, limits.max_frame_side)))
+            for t, rgb in source:
+                results.append(pipeline.analyze(rgb))
                 times.append(t)
                 if progress is not None and declared:
                     progress(min(1.0, t / declared))
         except av.FFmpegError as exc:
             if not results:
                 raise ScanError(f"{name} could not be decoded ({type(exc).__name__})") from None
+        if source.too_long:
+            raise ScanError(
+                f"{name} is longer than the limit of {limits.max_seconds:.0f} s", too_long=True
+            )
     if not results:
         raise ScanError(f"{name} has no decodable video frames")
     verdict, p = video_verdict(results, bundle.threshold)
-    duration = max(last_t, declared or 0.0)
+    duration = max(source.last_t, declared or 0.0)
     return ScanResult(
         path=str(path),
         verdict=verdict,

@@ -15,9 +15,10 @@ import av
 import numpy as np
 
 from stream_server.engine import EngineBusy
+from stream_server.frames import MAX_FRAME_SIDE, FrameSampler, StreamClock, to_rgb
 from stream_server.messages import ScoreMessage, StatusMessage
 from stream_server.metrics import Metrics
-from stream_server.pipeline import FramePipeline, FrameResult, FrameSampler
+from stream_server.pipeline import FramePipeline, FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,9 @@ Emit = Callable[[ScoreMessage | StatusMessage], None]
 Tap = Callable[[np.ndarray, FrameResult, ScoreMessage], None]
 
 
-def frame_to_rgb(frame: av.VideoFrame, max_side: int) -> np.ndarray:
-    """Decode-side conversion to RGB, downscaling frames larger than `max_side`."""
-    w, h = frame.width, frame.height
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        frame = frame.reformat(width=max(2, round(w * scale)), height=max(2, round(h * scale)))
-    return frame.to_ndarray(format="rgb24")
+# Decode-side conversion to RGB with the downscale rule: the one frame source's (kept under the
+# name this module used to define).
+frame_to_rgb = to_rgb
 
 
 @dataclass
@@ -52,7 +49,7 @@ class StreamAnalyzer:
         metrics: Metrics,
         executor: Executor,
         emit: Emit,
-        max_frame_side: int = 1280,
+        max_frame_side: int = MAX_FRAME_SIDE,
     ) -> None:
         self.id = stream_id
         self.pipeline = pipeline
@@ -67,7 +64,7 @@ class StreamAnalyzer:
         self.analysed = 0
         self.seq = 0
         self.last: ScoreMessage | None = None
-        self._t0: float | None = None
+        self.clock = StreamClock()
         self._slot: _Due | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,9 +84,7 @@ class StreamAnalyzer:
         if t is None:
             ft = getattr(frame, "time", None)
             t = float(ft) if ft is not None else now
-        if self._t0 is None:
-            self._t0 = t
-        t -= self._t0
+        t = self.clock(t)
         if not self.sampler.due(t):
             return False
         if self._slot is not None:
@@ -121,7 +116,7 @@ class StreamAnalyzer:
         rgb = (
             due.frame
             if isinstance(due.frame, np.ndarray)
-            else frame_to_rgb(due.frame, self.max_frame_side)
+            else to_rgb(due.frame, self.max_frame_side)
         )
         return rgb, self.pipeline.prepare(rgb)
 

@@ -1,0 +1,138 @@
+"""The one frame source: decoded PyAV frames -> stream time -> sampling at the analysis rate ->
+downscale -> RGB. Live streams, offline scans and training crops all convert frames here, so a
+training crop is cut from exactly the pixels the server analyses (see DESIGN.md, "Data flow").
+
+No TensorFlow here: serving imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+from av.container import InputContainer
+
+# Frames whose larger side exceeds this are downscaled before analysis (the serving default;
+# `Settings.max_frame_side` / `ScanLimits.max_frame_side` override it).
+MAX_FRAME_SIDE = 1280
+
+
+class FrameSampler:
+    """Picks the first frame of each 1/fps interval of stream time (t in seconds)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.last_bucket: int | None = None
+
+    def due(self, t: float) -> bool:
+        bucket = math.floor(t * self.fps + 1e-6)
+        if self.last_bucket is not None and bucket <= self.last_bucket:
+            return False
+        self.last_bucket = bucket
+        return True
+
+
+class StreamClock:
+    """Stream time in seconds relative to the first timestamped frame. A frame without a
+    timestamp gets the previous frame's time (0.0 before any)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.last = 0.0
+
+    def __call__(self, t: float | None) -> float:
+        if t is None:
+            return self.last
+        if self.t0 is None:
+            self.t0 = t
+        self.last = t - self.t0
+        return self.last
+
+
+def analysis_size(width: int, height: int, max_side: int = MAX_FRAME_SIDE) -> tuple[int, int]:
+    """(width, height) a frame is analysed at: unchanged up to `max_side`, else scaled so its
+    larger side is `max_side` (aspect kept, rounded, at least 2 px)."""
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(2, round(width * scale)), max(2, round(height * scale))
+
+
+def to_rgb(frame: av.VideoFrame, max_side: int = MAX_FRAME_SIDE) -> np.ndarray:
+    """A decoded frame as (h, w, 3) uint8 RGB at its analysis size: scaled in the decoder's pixel
+    format first (only when larger than `max_side`), then converted to rgb24."""
+    w, h = analysis_size(frame.width, frame.height, max_side)
+    if (w, h) != (frame.width, frame.height):
+        frame = frame.reformat(width=w, height=h)
+    return frame.to_ndarray(format="rgb24")
+
+
+def decode_video(container: InputContainer) -> Iterator[av.VideoFrame]:
+    """Decoded frames of the container's first video stream (threaded decoding)."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container.decode(stream)
+
+
+class FrameSource:
+    """Iterating yields (t, rgb) for the frames due at `fps`: t is stream seconds relative to the
+    first frame, rgb the frame via `to_rgb(frame, max_side)`. Frames not due are never converted.
+
+    With `max_seconds`, iteration stops at the first frame later than that and `too_long` is set.
+    After (or during) iteration: `last_t` is the time of the last frame decoded within the limit,
+    `decoded` the frames decoded, `sampled` the frames yielded. Decode errors propagate.
+    """
+
+    def __init__(
+        self,
+        frames: Iterable[av.VideoFrame],
+        fps: float,
+        *,
+        max_side: int = MAX_FRAME_SIDE,
+        max_seconds: float | None = None,
+    ) -> None:
+        self.frames = frames
+        self.fps = fps
+        self.max_side = max_side
+        self.max_seconds = max_seconds
+        self.decoded = 0
+        self.sampled = 0
+        self.last_t = 0.0
+        self.too_long = False
+
+    def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
+        clock = StreamClock()
+        sampler = FrameSampler(self.fps)
+        for frame in self.frames:
+            self.decoded += 1
+            t = clock(None if frame.time is None else float(frame.time))
+            if self.max_seconds is not None and t > self.max_seconds:
+                self.too_long = True
+                return
+            self.last_t = t
+            if not sampler.due(t):
+                continue
+            self.sampled += 1
+            yield t, to_rgb(frame, self.max_side)
+
+
+def sample_frames(
+    source: Iterable[av.VideoFrame] | InputContainer | Path | str,
+    fps: float,
+    *,
+    max_side: int = MAX_FRAME_SIDE,
+    max_seconds: float | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """`FrameSource` over PyAV frames, an open container (its first video stream) or a video file
+    path (opened and closed here); yields (t, rgb) for the frames due at `fps`."""
+    if isinstance(source, str | Path):
+        with av.open(str(source)) as container:
+            yield from FrameSource(
+                decode_video(container), fps, max_side=max_side, max_seconds=max_seconds
+            )
+        return
+    frames = decode_video(source) if isinstance(source, InputContainer) else source
+    yield from FrameSource(frames, fps, max_side=max_side, max_seconds=max_seconds)
