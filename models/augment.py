@@ -26,7 +26,7 @@ def _affine(img: Image.Image, scale: float, dx: float, dy: float) -> Image.Image
 
 
 def degrade(crops: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """The same random flip, crop jitter, colour shift, down/up-scaling, blur, noise level and
+    """The same random flip, crop jitter, colour shift, down/up-scaling, blur, noise and
     JPEG re-compression for every crop in `crops` (uint8 HxWx3, equal sizes)."""
     flip = rng.random() < 0.5
     jitter = (
@@ -43,6 +43,7 @@ def degrade(crops: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarra
     blur = rng.uniform(0.3, 1.2) if rng.random() < 0.2 else None
     noise = rng.uniform(1.0, 6.0) if rng.random() < 0.25 else None
     quality = int(rng.integers(35, 96)) if rng.random() < 0.6 else None
+    field = rng.normal(0, noise, crops[0].shape) if noise is not None else None
     out = []
     for c in crops:
         img = Image.fromarray(c)
@@ -63,8 +64,8 @@ def degrade(crops: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarra
         if blur is not None:
             img = img.filter(ImageFilter.GaussianBlur(blur))
         arr = np.asarray(img)
-        if noise is not None:
-            arr = np.clip(arr + rng.normal(0, noise, arr.shape), 0, 255).astype(np.uint8)
+        if field is not None:
+            arr = np.clip(arr + field, 0, 255).astype(np.uint8)
         if quality is not None:
             buf = io.BytesIO()
             Image.fromarray(arr).save(buf, format="JPEG", quality=quality)

@@ -51,7 +51,16 @@ FAMILIES: dict[str, str] = {
     },
     **{
         g: "reenactment"
-        for g in ("MegActor", "LivePortrait", "DaGAN", "face-vid2vid", "FADM", "FOMM", "MCNet", "TPSMM")
+        for g in (
+            "MegActor",
+            "LivePortrait",
+            "DaGAN",
+            "face-vid2vid",
+            "FADM",
+            "FOMM",
+            "MCNet",
+            "TPSMM",
+        )
     },
 }
 FAMILY_NAMES = ("deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment")
@@ -83,14 +92,22 @@ class Pool:
     stills: tuple[np.ndarray, np.ndarray] | None = None  # (crops, labels)
     synth_kinds: tuple[str, ...] = ("sbi", "swap", "warp", "rerender")
     weights: dict[str, float] = field(
-        default_factory=lambda: {"pair": 0.25, "clip": 0.25, "still_pair": 0.15, "synth": 0.25, "still": 0.1}
+        default_factory=lambda: {
+            "pair": 0.25,
+            "clip": 0.25,
+            "still_pair": 0.15,
+            "synth": 0.25,
+            "still": 0.1,
+        }
     )
 
 
 class BatchMaker:
     """Draws units (real, fake) from a `Pool`; `batch(rng, units)` -> (x uint8, y float32)."""
 
-    def __init__(self, pool: Pool, landmarks: Callable[[np.ndarray], np.ndarray] | None, margin: float):
+    def __init__(
+        self, pool: Pool, landmarks: Callable[[np.ndarray], np.ndarray] | None, margin: float
+    ):
         self.pool = pool
         self.landmarks = landmarks
         self.margin = margin
@@ -101,7 +118,9 @@ class BatchMaker:
         for c in clips:
             if c.label == 1:
                 self.fakes_by_family.setdefault(c.family or "other", []).append(c)
-        self.pairs = [(c, by_name[c.original]) for c in clips if c.label == 1 and c.original in by_name]
+        self.pairs = [
+            (c, by_name[c.original]) for c in clips if c.label == 1 and c.original in by_name
+        ]
         avail = {
             "pair": bool(self.pairs),
             "clip": bool(self.reals) and bool(self.fakes_by_family),
@@ -196,16 +215,23 @@ class BatchMaker:
 # -- training loop -------------------------------------------------------------------------------
 
 
-def frame_classifier(encoder: Any, dropout: float = 0.2) -> Any:
+def frame_classifier(encoder: Any, dropout: float = 0.2, train_from_block: int = 0) -> Any:
     """encoder -> dropout -> Dense(1, sigmoid): the frame-level fake probability used to
-    fine-tune the encoder. Batch-norm layers keep their statistics (inference mode)."""
+    fine-tune the encoder. Batch-norm layers keep their statistics (inference mode); with
+    `train_from_block` K, the stem and blocks before K keep their weights too."""
+    import re
+
     import keras
 
+    frozen = train_from_block > 0  # layers come in graph order: stem, block0, block1, ...
     for layer in encoder.layers:
+        m = re.match(r"block(\d+)", layer.name)
+        if frozen and m and int(m.group(1)) >= train_from_block:
+            frozen = False
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
         elif layer.weights:
-            layer.trainable = True
+            layer.trainable = not frozen
     h = keras.layers.Dropout(dropout, name="frame_dropout")(encoder.output)
     out = keras.layers.Dense(1, activation="sigmoid", name="frame_fake")(h)
     return keras.Model(encoder.input, out, name="frame_classifier")
@@ -221,7 +247,10 @@ def clip_scores(clf: Any, clips: list[Clip], per_clip: int = 16, batch: int = 64
         return np.zeros(0)
     x = np.concatenate(picks)
     p = np.concatenate(
-        [np.asarray(clf(x[i : i + batch], training=False)).reshape(-1) for i in range(0, len(x), batch)]
+        [
+            np.asarray(clf(x[i : i + batch], training=False)).reshape(-1)
+            for i in range(0, len(x), batch)
+        ]
     )
     out, k = [], 0
     for q in picks:
@@ -265,8 +294,11 @@ def finetune(
     ckpt.mkdir(parents=True, exist_ok=True)
     wfile, sfile = ckpt / "finetune.weights.h5", ckpt / "finetune.json"
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, steps - min(100, steps // 10)), alpha=0.05,
-        warmup_target=lr, warmup_steps=min(100, steps // 10),
+        0.0,
+        max(1, steps - min(100, steps // 10)),
+        alpha=0.05,
+        warmup_target=lr,
+        warmup_steps=min(100, steps // 10),
     )
     clf.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
     start, losses, val_auc = 0, [], []
@@ -293,8 +325,14 @@ def finetune(
             val_auc.append((step, float(a)))
             say(f"step {step}: held-out clip AUC (frame mean) {a:.3f}")
 
-    bar = tqdm(range(start, steps), desc="encoder fine-tune", unit="step", file=sys.stderr,
-               initial=start, total=steps)
+    bar = tqdm(
+        range(start, steps),
+        desc="encoder fine-tune",
+        unit="step",
+        file=sys.stderr,
+        initial=start,
+        total=steps,
+    )
     run_loss = None
     for step in bar:
         x, y = maker.batch(np.random.default_rng([seed, step]), units)

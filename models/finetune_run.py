@@ -32,7 +32,9 @@ def still_pairs(
     cache_dir: Path,
     stage: Any,
     say: Callable[[str], None],
-) -> tuple[tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+) -> tuple[
+    tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]
+]:
     """(training pairs, held-out pairs, info) from `--pairs` folders. Pairs are split by a hash of
     the pair id; pairs whose original video also gave a clip in the DFDC folders are dropped, so
     no person is on both sides through them."""
@@ -44,7 +46,9 @@ def still_pairs(
     from models.dfdc import read_image_folder as _images
 
     # DFDC ids in clip names and face-image paths (e.g. genconvit's <fake>_<original>_<frame>).
-    names = " ".join([v.name for v in videos] + [str(i.path) for f in args.images for i in _images(f)])
+    names = " ".join(
+        [v.name for v in videos] + [str(i.path) for f in args.images for i in _images(f)]
+    )
     tr_r, tr_f, va_r, va_f = [], [], [], []
     info: dict[str, Any] = {"folders": [str(p) for p in args.pairs]}
     dropped = faceless = 0
@@ -60,7 +64,9 @@ def still_pairs(
             if a is None or b is None:
                 faceless += 1
                 continue
-            h = int(hashlib.sha256(f"{args.seed}:{folder.name}:{p.pair}".encode()).hexdigest()[:8], 16)
+            h = int(
+                hashlib.sha256(f"{args.seed}:{folder.name}:{p.pair}".encode()).hexdigest()[:8], 16
+            )
             held = (h % 1000) < args.pair_val_fraction * 1000
             (va_r if held else tr_r).append(crops[a])
             (va_f if held else tr_f).append(crops[b])
@@ -114,10 +120,10 @@ def end_to_end(
         from models.synth import Landmarks
 
         landmarks = Landmarks(args.margin)
-    pool = Pool(train_clips, pairs_train, stills, kinds)
+    pool = Pool(train_clips, pairs_train, stills, kinds, parse_weights(args.unit_weights))
     maker = BatchMaker(pool, landmarks, args.margin)
     say("encoder fine-tune pool: " + maker.describe())
-    clf = frame_classifier(encoder)
+    clf = frame_classifier(encoder, train_from_block=args.train_from_block)
     result = finetune(
         clf,
         maker,
@@ -135,8 +141,13 @@ def end_to_end(
     scored = val_clips + [clip(v) for v in excluded if len(crops[v.name].crops)]
     p = clip_scores(clf, scored)
     rows = [
-        {"video": c.name, "label": c.label, "family": c.family, "p_fake": float(s),
-         "excluded_family": c in scored[len(val_clips):]}
+        {
+            "video": c.name,
+            "label": c.label,
+            "family": c.family,
+            "p_fake": float(s),
+            "excluded_family": c in scored[len(val_clips) :],
+        }
         for c, s in zip(scored, p, strict=True)
     ]
     reals = [r["p_fake"] for r in rows if r["label"] == 0]
@@ -160,7 +171,9 @@ def end_to_end(
 
         xs = np.concatenate(pairs_val)
         y = np.r_[np.zeros(len(pairs_val[0])), np.ones(len(pairs_val[1]))]
-        s = np.asarray(keras.ops.convert_to_numpy(clf.predict(xs, batch_size=64, verbose=0))).reshape(-1)
+        s = np.asarray(
+            keras.ops.convert_to_numpy(clf.predict(xs, batch_size=64, verbose=0))
+        ).reshape(-1)
         ev["still_pairs"] = {**pair_info, "frame_auc": float(auc(y, s))}
     ev["rows"] = rows
     ev["fine_tune"] = {
@@ -177,9 +190,30 @@ def end_to_end(
         + (f"{ev['held_out_auc']:.3f}" if ev["held_out_auc"] is not None else "n/a")
         + "; "
         + ", ".join(f"{k} {v['auc']:.3f}" for k, v in fam.items())
-        + (f"; held-out still pairs frame AUC {ev['still_pairs']['frame_auc']:.3f}" if "still_pairs" in ev else "")
+        + (
+            f"; held-out still pairs frame AUC {ev['still_pairs']['frame_auc']:.3f}"
+            if "still_pairs" in ev
+            else ""
+        )
     )
     return ev
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'pair=0.3,synth=0.7' -> {'pair': 0.3, 'synth': 0.7}, with clear errors."""
+    kinds = ("pair", "clip", "still_pair", "synth", "still")
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, _, v = part.partition("=")
+        if k not in kinds:
+            raise ValueError(f"--unit-weights: unknown unit {k!r}; choose from {', '.join(kinds)}")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise ValueError(f"--unit-weights: {part!r} is not unit=number") from None
+        if out[k] < 0:
+            raise ValueError(f"--unit-weights: {k} must be >= 0")
+    return out
 
 
 def _auc(rows: list[dict[str, Any]]) -> float | None:

@@ -196,7 +196,10 @@ def displacement_warp(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator
     dy = (w * v[:, 1]).sum(-1) / w_sum
     coords = [yy - dy, xx - dx]
     out = np.stack(
-        [map_coordinates(img[..., ch].astype(np.float32), coords, order=1, mode="nearest") for ch in range(3)],
+        [
+            map_coordinates(img[..., ch].astype(np.float32), coords, order=1, mode="nearest")
+            for ch in range(3)
+        ],
         -1,
     )
     return np.clip(out, 0, 255)
@@ -210,7 +213,9 @@ def rerender(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pil = pil.resize((s, s), Image.Resampling.BICUBIC)
     r = rng.random()
     if r < 0.4:
-        pil = pil.filter(ImageFilter.UnsharpMask(radius=2, percent=int(rng.uniform(60, 160)), threshold=1))
+        pil = pil.filter(
+            ImageFilter.UnsharpMask(radius=2, percent=int(rng.uniform(60, 160)), threshold=1)
+        )
     elif r < 0.7:
         pil = pil.filter(ImageFilter.MedianFilter(3))
     out = np.asarray(pil, np.float32)

@@ -96,6 +96,17 @@ def parser() -> argparse.ArgumentParser:
         "synthetic fakes and stream degradations (0 = frozen ImageNet encoder)",
     )
     p.add_argument("--units", type=int, default=16, help="real/fake units per batch (2 crops each)")
+    p.add_argument(
+        "--unit-weights",
+        default="pair=0.25,clip=0.25,still_pair=0.15,synth=0.25,still=0.1",
+        help="share of each unit kind in a batch (pair, clip, still_pair, synth, still)",
+    )
+    p.add_argument(
+        "--train-from-block",
+        type=int,
+        default=0,
+        help="fine-tune from this backbone block on (the stem and earlier blocks stay ImageNet)",
+    )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tune")
     p.add_argument(
         "--pairs",
@@ -529,7 +540,13 @@ def run(args: argparse.Namespace) -> Path:
         imgs = [i for folder in args.images for i in read_image_folder(folder)]
         crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir, stage)
         if "dfdc" in args.exclude_family:  # DFDC fakes among the stills (e.g. genconvit_dfdc)
-            keep = np.array([not (y == 1 and "dfdc" in g.lower()) for g, y in zip(groups_i, labs_i, strict=True)], bool)
+            keep = np.array(
+                [
+                    not (y == 1 and "dfdc" in g.lower())
+                    for g, y in zip(groups_i, labs_i, strict=True)
+                ],
+                bool,
+            )
             crops_i, labs_i = crops_i[keep], labs_i[keep]
             groups_i = [g for g, k in zip(groups_i, keep, strict=True) if k]
         stills = (crops_i, labs_i)
@@ -566,8 +583,19 @@ def run(args: argparse.Namespace) -> Path:
         from models.finetune_run import end_to_end
 
         e2e_info = end_to_end(
-            model.encoder, args, ds.videos, train, val, excluded, crops, stills, size, cache_dir,
-            stage, ckpt, say,
+            model.encoder,
+            args,
+            ds.videos,
+            train,
+            val,
+            excluded,
+            crops,
+            stills,
+            size,
+            cache_dir,
+            stage,
+            ckpt,
+            say,
         )
         (out / "frame_eval.json").write_text(json.dumps(e2e_info, indent=1))
         e2e_info = {k: v for k, v in e2e_info.items() if k != "rows"}

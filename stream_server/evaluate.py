@@ -54,6 +54,24 @@ def eer(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((fpr[i] + fnr[i]) / 2)
 
 
+def eer_threshold(labels: Any, scores: Any) -> float:
+    """The score threshold where the false-positive and false-negative rates are closest (the
+    equal-error point), midway between the two scores that bracket it."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    cands = np.unique(s)
+    if len(cands) == 0 or y.sum() in (0, len(y)):
+        return 0.5
+    best, best_gap = 0.5, np.inf
+    for k, t in enumerate(cands):
+        fpr = float(np.mean(s[y == 0] >= t))
+        fnr = float(np.mean(s[y == 1] < t))
+        if abs(fpr - fnr) < best_gap:
+            lo = cands[k - 1] if k > 0 else t
+            best, best_gap = float((lo + t) / 2), abs(fpr - fnr)
+    return best
+
+
 def compute(labels: Any, scores: Any, threshold: float = 0.5) -> Metrics:
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -7,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # aiortc's libsrtp binding must load before TensorFlow: importing pylibsrtp after TensorFlow's
@@ -93,3 +95,39 @@ class LiveServer:
 def live_server(tiny_bundle: Path) -> Iterator[LiveServer]:
     with LiveServer(bundle=tiny_bundle) as srv:
         yield srv
+
+
+def tinted(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """A crude 'manipulated' clip: the centre of the picture (where the face is) recoloured."""
+    out = []
+    for f in frames:
+        g = f.astype(np.int16).copy()
+        h, w = g.shape[:2]
+        g[h // 8 : h // 2, w // 3 : 2 * w // 3] += np.array([60, -30, -30], np.int16)
+        out.append(np.clip(g, 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.media import face_frames, faceless_frames, write_video
+
+    d = tmp_path_factory.mktemp("dfdc")
+    meta = {}
+    for i in range(3):
+        frames = (
+            face_frames(30, size=(320, 240))[i * 3 :] + face_frames(30, size=(320, 240))[: i * 3]
+        )
+        write_video(d / f"person{i}_real.mp4", frames, fps=10)
+        write_video(d / f"person{i}_fake.mp4", tinted(frames), fps=10)
+        meta[f"person{i}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+        meta[f"person{i}_fake.mp4"] = {
+            "label": "FAKE",
+            "original": f"person{i}_real.mp4",
+            "split": "train",
+        }
+    write_video(d / "empty_room.mp4", faceless_frames(20, size=(320, 240)), fps=10)
+    meta["empty_room.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+    meta["missing.mp4"] = {"label": "FAKE", "original": None, "split": "train"}
+    (d / "metadata.json").write_text(json.dumps(meta))
+    return d

@@ -11,43 +11,10 @@ import numpy as np
 import pytest
 
 from models.dfdc import DatasetError, identity_groups, read_folder, split_by_identity
-from tests.media import face_frames, faceless_frames, write_video
+from tests.conftest import tinted
+from tests.media import face_frames, faceless_frames
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tinted(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """A crude 'manipulated' clip: the centre of the picture (where the face is) recoloured."""
-    out = []
-    for f in frames:
-        g = f.astype(np.int16).copy()
-        h, w = g.shape[:2]
-        g[h // 8 : h // 2, w // 3 : 2 * w // 3] += np.array([60, -30, -30], np.int16)
-        out.append(np.clip(g, 0, 255).astype(np.uint8))
-    return out
-
-
-@pytest.fixture(scope="module")
-def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("dfdc")
-    meta = {}
-    for i in range(3):
-        frames = (
-            face_frames(30, size=(320, 240))[i * 3 :] + face_frames(30, size=(320, 240))[: i * 3]
-        )
-        write_video(d / f"person{i}_real.mp4", frames, fps=10)
-        write_video(d / f"person{i}_fake.mp4", tinted(frames), fps=10)
-        meta[f"person{i}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
-        meta[f"person{i}_fake.mp4"] = {
-            "label": "FAKE",
-            "original": f"person{i}_real.mp4",
-            "split": "train",
-        }
-    write_video(d / "empty_room.mp4", faceless_frames(20, size=(320, 240)), fps=10)
-    meta["empty_room.mp4"] = {"label": "REAL", "original": None, "split": "train"}
-    meta["missing.mp4"] = {"label": "FAKE", "original": None, "split": "train"}
-    (d / "metadata.json").write_text(json.dumps(meta))
-    return d
 
 
 def test_metadata_parsing(dfdc_folder: Path) -> None:
@@ -135,7 +102,6 @@ def test_training_crops_are_the_servers_crops(dfdc_folder: Path, tiny_bundle: Pa
 
 def test_self_blended_fake_differs_only_inside_the_mask() -> None:
     from models.sbi import BlendParams, self_blend
-    from tests.media import face_frames
 
     face = np.asarray(face_frames(1, size=(224, 224))[0])
     rng = np.random.default_rng(0)

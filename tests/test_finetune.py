@@ -1,0 +1,304 @@
+"""End-to-end encoder fine-tuning: synthetic fakes with face-hull masks, paired batches,
+family-balanced sampling, stream degradations, and a tiny fine-tune that learns and resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.finetune import BatchMaker, Clip, Pool, family_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def face() -> np.ndarray:
+    """A 160x160 crop as the face stage cuts it (the face's box is the centre 1/1.25)."""
+    from PIL import Image
+
+    from tests.media import face_frames
+
+    img = Image.fromarray(face_frames(1, size=(300, 300))[0])
+    return np.asarray(img.crop((70, 20, 250, 200)).resize((160, 160)))
+
+
+@pytest.fixture(scope="module")
+def landmarks() -> object:
+    from models.synth import Landmarks
+
+    return Landmarks(margin=0.25)
+
+
+def test_landmarks_and_face_hull_mask(face: np.ndarray, landmarks: object) -> None:
+    from models.synth import hull_mask
+
+    pts = landmarks(face)  # type: ignore[operator]
+    assert pts.shape == (68, 2)
+    assert (pts > 0).all() and (pts < 160).all()
+    rng = np.random.default_rng(0)
+    for which in ("face", "lower"):
+        mask = hull_mask(pts, 160, rng, which)
+        assert mask.shape == (160, 160) and mask.min() == 0.0 and mask.max() > 0.9
+        # The hull covers the landmarks' centre and leaves the crop's corners untouched.
+        cx, cy = pts[48:68].mean(0).round().astype(int)
+        assert mask[cy, cx] > 0.5
+        assert mask[:8, :8].max() == 0 and mask[-8:, -8:].max() == 0
+        assert 0.05 < (mask > 0.5).mean() < 0.7
+    lower = hull_mask(pts, 160, np.random.default_rng(1), "lower")
+    eye_y, eye_x = pts[36:42].mean(0)[::-1].round().astype(int)
+    assert lower[eye_y, eye_x] == 0  # a mouth edit leaves the eyes alone
+
+
+@pytest.mark.parametrize("kind", ["sbi", "swap", "warp", "rerender"])
+def test_synthetic_fake_differs_from_the_real_crop_only_inside_the_mask(
+    kind: str, face: np.ndarray, landmarks: object
+) -> None:
+    from models.synth import make_fake
+
+    pts = landmarks(face)  # type: ignore[operator]
+    donor = np.ascontiguousarray(face[:, ::-1])  # a mirrored face as the swap's donor
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        fake, mask = make_fake(kind, face, pts, rng, (donor, landmarks(donor)))  # type: ignore[operator]
+        assert fake.shape == face.shape and fake.dtype == np.uint8
+        outside = mask == 0
+        assert outside.mean() > 0.1 and outside[:8, :8].all()  # the corners are untouched
+        np.testing.assert_array_equal(fake[outside], face[outside])
+        inside = mask > 0.5
+        assert np.abs(fake[inside].astype(int) - face[inside]).mean() > 0.5
+
+
+def test_synthetic_fake_errors(face: np.ndarray) -> None:
+    from models.synth import make_fake
+
+    pts = np.zeros((68, 2), np.float32) + 80
+    with pytest.raises(ValueError, match="donor"):
+        make_fake("swap", face, pts, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown synthetic fake kind"):
+        make_fake("morph", face, pts, np.random.default_rng(0))
+
+
+def _clip(
+    name: str,
+    label: int,
+    base: int,
+    n: int,
+    t0: float,
+    family: str | None = None,
+    original: str | None = None,
+    size: int = 8,
+) -> Clip:
+    crops = np.stack([np.full((size, size, 3), base + i, np.uint8) for i in range(n)])
+    return Clip(name, label, family, crops, t0 + 0.2 * np.arange(n), original)
+
+
+def test_pair_units_put_a_fake_frame_beside_its_original_at_the_same_time() -> None:
+    real = _clip("a_real", 0, 0, 20, 0.0)
+    fake = _clip("a_fake", 1, 100, 20, 0.05, "deepfacelive", "a_real")  # 50 ms later each frame
+    other_real = _clip("b_real", 0, 200, 5, 0.0)
+    maker = BatchMaker(Pool([real, fake, other_real], weights={"pair": 1.0}), None, 0.25)
+    assert maker.kinds == ["pair"] and len(maker.pairs) == 1
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        r, f = maker.unit("pair", rng)
+        assert int(r[0, 0, 0]) == int(f[0, 0, 0]) - 100  # same frame index of the same scene
+    x, y = maker.batch(rng, 6)
+    assert x.shape == (12, 8, 8, 3) and x.dtype == np.uint8
+    np.testing.assert_array_equal(y, np.tile([0.0, 1.0], 6))  # real, fake, real, fake, ...
+
+
+def test_units_of_a_batch_are_degraded_together() -> None:
+    from models.augment import degrade
+
+    rng = np.random.default_rng(5)
+    a = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for _ in range(10):
+        x, y = degrade([a, a.copy()], rng)
+        np.testing.assert_array_equal(x, y)  # the same parameters for both crops of a unit
+
+
+def test_fake_clips_are_drawn_evenly_across_families() -> None:
+    clips = [_clip("r", 0, 0, 3, 0.0), _clip("lone", 1, 50, 3, 0.0, "talking_head")]
+    clips += [_clip(f"s{i}", 1, 60, 3, 0.0, "faceswap") for i in range(10)]
+    maker = BatchMaker(Pool(clips, weights={"clip": 1.0}), None, 0.25)
+    rng = np.random.default_rng(0)
+    draws = [maker._fake_clip(rng).family for _ in range(2000)]
+    assert 0.45 < draws.count("talking_head") / len(draws) < 0.55
+
+
+def test_nothing_to_train_on_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="nothing to train the encoder on"):
+        BatchMaker(Pool([_clip("r", 0, 0, 3, 0.0)]), None, 0.25)
+
+
+def test_family_of() -> None:
+    assert family_of("DeepFaceLive", 1) == "deepfacelive"
+    assert family_of("MegActor", 1) == "reenactment"
+    assert family_of("Wav2Lip+GFPGAN", 1) == "talking_head"
+    assert family_of("something new", 1) == "other"
+    assert family_of("none", 0) is None
+
+
+def _texture_clips(n_clips: int, size: int, rng: np.random.Generator) -> list[Clip]:
+    """Real clips: smooth noise; fake clips: the same kind of noise with a sharp-edged blended
+    patch in the middle (a stand-in for a pasted face)."""
+    from PIL import Image
+
+    out = []
+    for k in range(n_clips):
+        frames = []
+        for _ in range(6):
+            small = rng.integers(0, 255, (size // 4, size // 4, 3), dtype=np.uint8)
+            img = np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR))
+            frames.append(img)
+        crops = np.stack(frames)
+        label = k % 2
+        if label:
+            q = size // 4
+            crops[:, q:-q, q:-q] = np.clip(crops[:, q:-q, q:-q].astype(int) + 60, 0, 255)
+        out.append(Clip(f"c{k}", label, "faceswap" if label else None, crops, np.arange(6) * 0.2))
+    return out
+
+
+def test_tiny_finetune_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from models.cnn_gru import build_encoder
+    from models.config import ModelConfig
+    from models.finetune import finetune, frame_classifier
+
+    rng = np.random.default_rng(0)
+    maker = BatchMaker(Pool(_texture_clips(12, 32, rng), weights={"clip": 1.0}), None, 0.25)
+    cfg = ModelConfig(backbone="tiny_cnn", input_size=32, weights=None)
+    ckpt = tmp_path / "ckpt"
+    msgs: list[str] = []
+    first = finetune(
+        frame_classifier(build_encoder(cfg)),
+        maker,
+        60,
+        ckpt,
+        units=8,
+        lr=3e-3,
+        seed=1,
+        eval_every=0,
+        save_every=10,
+        say=msgs.append,
+    )
+    assert len(first.losses) == 60
+    assert np.mean(first.losses[-10:]) < 0.8 * np.mean(first.losses[:10])
+    # Interrupted at 60 of 90 steps: a new process picks up at step 60 and finishes the schedule.
+    second = finetune(
+        frame_classifier(build_encoder(cfg)),
+        maker,
+        90,
+        ckpt,
+        units=8,
+        lr=3e-3,
+        seed=1,
+        eval_every=0,
+        save_every=10,
+        resume=True,
+        say=msgs.append,
+    )
+    assert "resumed encoder fine-tuning at step 60/90" in msgs
+    assert len(second.losses) == 90 and second.losses[:60] == first.losses
+    assert np.mean(second.losses[60:]) < np.mean(first.losses[:10])
+    assert json.loads((ckpt / "finetune.json").read_text())["step"] == 90
+
+
+def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> None:
+    def train(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "models",
+            "--data",
+            str(dfdc_folder),
+            "--out",
+            str(tmp_path / "m"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--backbone",
+            "tiny_cnn",
+            "--input-size",
+            "64",
+            "--weights",
+            "none",
+            "--window",
+            "8",
+            "--val-fraction",
+            "0",
+            "--units",
+            "4",
+            "--head-epochs",
+            "1",
+            "--head-steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--synth",
+            "sbi,warp,rerender",
+            *extra,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+    r = train("--encoder-steps", "6", "--encoder-only")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "encoder fine-tune pool: 3 real clips" in r.stderr
+    assert "3 real/fake clip pairs" in r.stderr and "synth" in r.stderr
+    ev = json.loads((tmp_path / "m" / "frame_eval.json").read_text())
+    assert ev["fine_tune"]["steps"] == 6 and ev["fine_tune"]["synthetic_kinds"] == [
+        "sbi",
+        "warp",
+        "rerender",
+    ]
+    r = train("--encoder-steps", "10", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed encoder fine-tuning at step 6/10" in r.stderr
+    assert (tmp_path / "m" / "encoder.keras").is_file() and (
+        tmp_path / "m" / "head.keras"
+    ).is_file()
+    training = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert training["encoder_finetune"]["fine_tune"]["steps"] == 10
+
+
+def test_eer_threshold_sits_between_the_classes() -> None:
+    from stream_server.evaluate import eer_threshold
+
+    assert 0.3 < eer_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.7, 0.8]) < 0.6
+    assert eer_threshold([0, 0], [0.1, 0.2]) == 0.5  # one class only: the default
+
+
+@pytest.mark.shared_data
+def test_every_shared_generator_has_a_family_and_identity_rules_hold() -> None:
+    from models.dfdc import identity_groups, read_folders
+
+    ds = read_folders([SHARED / "dev", SHARED / "dev_extra", SHARED / "reenact"])
+    fams = {family_of(v.generator, v.label) for v in ds.videos if v.label}
+    assert fams == {"deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment"}
+    rules = json.loads((ROOT / "models" / "data" / "identity_groups.json").read_text())
+    g = identity_groups(ds.videos, rules)
+    same = [
+        [n for n in g if n.startswith("dreamtalk_M030_front_")],
+        [n for n in g if n.startswith("anitalker_") and "Einstein-" in n],
+        [n for n in g if "news6_00" in n],  # one man in two driving clips and their fakes
+        [
+            n
+            for n in g
+            if n.startswith("ghost_")
+            and n != "ghost_2person.mp4"
+            and n not in ("ghost_dirtydancing.mp4", "ghost_nggyup.mp4", "ghost_video5_mod.mp4")
+        ],
+        [n for n in g if n.startswith("celebdf_")],
+        [n for n in g if n.startswith("lpweb_cross0_")],
+    ]
+    for members in same:
+        assert len(members) >= 2 and len({g[n] for n in members}) == 1, members
+    assert (
+        g["dreamtalk_M030_front_angry_level3_001.mp4"]
+        != g["dreamtalk_W009_front_angry_level3_001.mp4"]
+    )
