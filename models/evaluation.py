@@ -316,6 +316,26 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
                 lines.append(
                     f"| {k} | {v['fakes']} | {a} | {v['mean_p_fake']:.2f} | {v['flagged']:.0%} |"
                 )
+    scored_fams = {
+        k: v for k, v in fam.items() if k != "(real)" and v.get("auc_vs_reals") is not None
+    }
+    good = [
+        FAMILY_TITLES.get(k, k).split(" (")[0]
+        for k, v in scored_fams.items()
+        if v["auc_vs_reals"] >= 0.8
+    ]
+    weak = [
+        FAMILY_TITLES.get(k, k).split(" (")[0]
+        for k, v in scored_fams.items()
+        if v["auc_vs_reals"] < 0.65
+    ]
+    if scored_fams:
+        lines += [
+            "",
+            f"- Good at (held-out AUC >= 0.80): {', '.join(good) or 'none of the families'}; "
+            f"weak at (< 0.65): {', '.join(weak) or 'none'}. Families with one or two held-out "
+            "fakes say little.",
+        ]
     lofo_file = bundle_dir / "lofo.json"
     if lofo_file.is_file():
         lines += ["", *lofo_lines(json.loads(lofo_file.read_text()))]
@@ -325,7 +345,7 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
             f"**Warning: AUC {ev['auc']:.2f} on held-out identities. Treat scores as one signal "
             "among others, and read the tables above for the kinds of fake it is weak on.**",
         ]
-    lines.append(f"- Held-out files: {', '.join(ev.get('held_out_files', []))}")
+    lines += ["", f"- Held-out files: {', '.join(ev.get('held_out_files', []))}"]
     return lines
 
 
