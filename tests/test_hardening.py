@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -249,6 +250,86 @@ def test_bad_input_corpus(tiny_bundle: Path) -> None:
             return s
 
         assert asyncio.run(run())
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# Request targets sent byte for byte (no client-side normalisation), each aiming outside the
+# web client's folder: dot segments, percent-encoded dots and slashes, double encoding,
+# backslashes, absolute paths and a path through a real file.
+TRAVERSALS = [
+    "/static/../pyproject.toml",
+    "/static/./../pyproject.toml",
+    "/static/../../../../../../etc/passwd",
+    "/static/%2e%2e/pyproject.toml",
+    "/static/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
+    "/static/.%2e/pyproject.toml",
+    "/static/..%2fpyproject.toml",
+    "/static/..%2Fstream_server%2Fapi.py",
+    "/static/%2e%2e%2fpyproject.toml",
+    "/static/%252e%252e/pyproject.toml",
+    "/static/%252e%252e%252fpyproject.toml",
+    "/static/..%5cpyproject.toml",
+    "/static/..\\pyproject.toml",
+    "/static/....//pyproject.toml",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/static/%2F..%2F..%2Fpyproject.toml",
+    "/static/index.html/../../pyproject.toml",
+    "/static/index.html/..%2f..%2fpyproject.toml",
+    "/static/..;/pyproject.toml",
+    "/static/%c0%ae%c0%ae/pyproject.toml",
+    "/static/%00/../pyproject.toml",
+    "/static/../client_web/../pyproject.toml",
+    "/static/" + "../" * 40 + "etc/passwd",
+    "/static/../README.md",
+    "/static/../tests/conftest.py",
+    "//static/../pyproject.toml",
+    "/%2e%2e/pyproject.toml",
+    "/../pyproject.toml",
+]
+
+
+def _raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """GET `target` exactly as given over a plain socket; (status, body); status 0 when the
+    server closes without answering."""
+    req = (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").encode(
+        "latin-1"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(req)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        return 0, b""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_raw_traversal_paths_serve_nothing_outside_the_web_client(
+    live_server: LiveServer,
+) -> None:
+    web = live_server.service.settings.static_dir.resolve()
+    served = {p.read_bytes() for p in web.rglob("*") if p.is_file()}
+    outside = [
+        (ROOT / name).read_bytes()
+        for name in ("pyproject.toml", "README.md", "stream_server/api.py", "tests/conftest.py")
+    ]
+    if Path("/etc/passwd").is_file():
+        outside.append(Path("/etc/passwd").read_bytes())
+    # The raw requests do reach the static mount: a real file there is served byte for byte.
+    status, body = _raw_get(live_server.port, "/static/app.js")
+    assert status == 200 and body == (web / "app.js").read_bytes()
+    leaks = []
+    for target in TRAVERSALS:
+        status, body = _raw_get(live_server.port, target)
+        leaked = status == 200 and body not in served
+        leaked |= any(len(secret) > 64 and secret[:64] in body for secret in outside)
+        if leaked or status >= 500:
+            leaks.append((target, status, body[:80]))
+    assert not leaks, leaks
+    assert httpx.get(live_server.url + "/healthz").status_code == 200
 
 
 TOKEN = "s3cret-token-0123456789"
