@@ -131,3 +131,68 @@ def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta["missing.mp4"] = {"label": "FAKE", "original": None, "split": "train"}
     (d / "metadata.json").write_text(json.dumps(meta))
     return d
+
+
+# Components that some tests need and a hand run may lack. A test with one of these markers that
+# skips (its component is missing) FAILS instead when $CI is set (CI runs .ci/run with CI=true);
+# a hand run lists every skip and its reason at the end (pytest_terminal_summary).
+COMPONENTS = {
+    "shared_data": f"the shared data set ({SHARED_DATA})",
+    "browser": "Chromium (apt-get install chromium)",
+    "rtsp": "GStreamer's RTSP server (apt-get install gir1.2-gst-rtsp-server-1.0)",
+    "torch_reference": "the PyTorch reference model (pip install torch efficientnet_lite_pytorch)",
+    "loopback": "the loopback-only network namespace (scripts/test.sh as root: unshare -n)",
+}
+
+
+def in_ci() -> bool:
+    """The same test as the Chromium and GStreamer guards: $CI set to anything non-empty."""
+    return bool(os.environ.get("CI"))
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _components(keywords: object) -> list[str]:
+    return [name for name in COMPONENTS if name in keywords]  # type: ignore[operator]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.skipped or hasattr(report, "wasxfail") or not in_ci():
+        return
+    needed = _components(item.keywords)
+    if needed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"CI is set, so this test must not skip: it needs "
+            f"{' and '.join(COMPONENTS[n] for n in needed)}, which CI must provide. "
+            f"It skipped with: {_skip_reason(report)}"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+    if not skipped:
+        return
+    groups: dict[tuple[str, str], int] = {}
+    for r in skipped:
+        needed = _components(getattr(r, "keywords", {}))
+        what = " and ".join(COMPONENTS[n] for n in needed) if needed else "-"
+        key = (what, _skip_reason(r))
+        groups[key] = groups.get(key, 0) + 1
+    tr = terminalreporter
+    tr.write_sep("=", f"{len(skipped)} test(s) skipped: what is missing, and why", yellow=True)
+    for (what, reason), n in sorted(groups.items()):
+        if what == "-":
+            tr.write_line(f"{n:4d} skipped: {reason}")
+        else:
+            tr.write_line(f"{n:4d} skipped, missing {what}: {reason}")
+    if any(what != "-" for what, _ in groups) and not in_ci():
+        tr.write_line("     (with CI set, as CI runs them, those with a missing component fail)")

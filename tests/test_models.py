@@ -109,6 +109,7 @@ def test_efficientnet_lite0_port_names_real_photos(
     assert p.max() > min_p
 
 
+@pytest.mark.torch_reference
 @pytest.mark.parametrize("photo", ["chelsea", "coffee", "astronaut"])
 def test_efficientnet_lite0_port_agrees_with_pytorch_reference(lite0_port, photo: str) -> None:
     torch = pytest.importorskip("torch")
