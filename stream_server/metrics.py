@@ -35,6 +35,23 @@ class Metrics:
             registry=r,
         )
         self.active_streams = Gauge("deepfake_active_streams", "Streams being analysed", registry=r)
+        self.peers_closed = Counter(
+            "deepfake_peers_closed",
+            "WebRTC peers closed by the server: setup_timeout (never connected in time) or "
+            "media_timeout (connected but sent no video)",
+            ["reason"],
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "deepfake_requests_refused",
+            "Request bodies refused while being read: too_large, timeout, disconnected, shutdown",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("setup_timeout", "media_timeout"):
+            self.peers_closed.labels(reason)
+        for reason in ("too_large", "timeout", "disconnected", "shutdown"):
+            self.requests_refused.labels(reason)
         self.errors = Counter("deepfake_errors", "Analysis errors reported to clients", registry=r)
 
     def render(self) -> bytes:

@@ -42,6 +42,8 @@ class Settings:
     max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
     max_sdp_bytes: int = 64 * 1024
+    peer_setup_seconds: float = 15.0  # a WebRTC peer not connected by then is closed
+    peer_idle_seconds: float = 30.0  # a connected peer sending no video this long is closed
     max_body_bytes: int = 1024 * 1024  # any request body except uploads
     token: str | None = None  # bearer token for /offer, /v1/* and feeds; none: open
     metrics_public: bool = True  # /metrics without the token
@@ -50,6 +52,9 @@ class Settings:
     max_upload_bytes: int = 200 * 1024 * 1024  # POST /v1/analyze body limit
     max_video_seconds: float = 300.0  # longest uploaded video analysed
     max_analyses: int = 2  # uploads analysed at once; more get 429
+    body_timeout_seconds: float = 120.0  # a request body not fully received by then gets 408
+    keep_alive_seconds: float = 5.0  # idle connections (and ones sending no request) closed
+    max_connections: int = 512  # open HTTP connections; more are closed at once
     upload_dir: Path | None = None  # temporary files (default: the system's temp dir)
     cameras_file: Path | None = None  # JSON list of {"url": "rtsp://...", "name": ...} at start-up
     max_cameras: int = 16
@@ -88,6 +93,16 @@ class Settings:
             bad("token must be at least 16 characters")
         if self.offer_rate_per_minute <= 0 or self.offer_burst < 1:
             bad("offer rate must be > 0 per minute with a burst of at least 1")
+        if not 0 < self.peer_setup_seconds <= 600:
+            bad(f"peer setup seconds must be in (0, 600], got {self.peer_setup_seconds}")
+        if not 0 < self.peer_idle_seconds <= 3600:
+            bad(f"peer idle seconds must be in (0, 3600], got {self.peer_idle_seconds}")
+        if not 0 < self.body_timeout_seconds <= 3600:
+            bad(f"body timeout seconds must be in (0, 3600], got {self.body_timeout_seconds}")
+        if not 0 < self.keep_alive_seconds <= 600:
+            bad(f"keep alive seconds must be in (0, 600], got {self.keep_alive_seconds}")
+        if not 4 <= self.max_connections <= 100_000:
+            bad(f"max connections must be 4..100000, got {self.max_connections}")
         if self.max_upload_bytes < 1024:
             bad("max upload bytes must be >= 1024")
         if not 1 <= self.max_analyses <= 64:
@@ -141,6 +156,8 @@ _FLAGS: list[tuple[str, type, str]] = [
         "extra wait to fill a micro-batch (0: take what is queued; batches still form under load)",
     ),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    ("peer_setup_seconds", float, "a WebRTC peer not connected within this is closed"),
+    ("peer_idle_seconds", float, "a connected WebRTC peer sending no video this long is closed"),
     ("token", str, "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...)"),
     ("metrics_public", str, "true/false: serve /metrics without the token"),
     ("offer_rate_per_minute", float, "POST /offer allowed per client address per minute"),
@@ -149,6 +166,17 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_upload_bytes", int, "largest video upload accepted by POST /v1/analyze"),
     ("max_video_seconds", float, "longest uploaded video analysed"),
     ("max_analyses", int, "uploads analysed at once (more get 429)"),
+    (
+        "body_timeout_seconds",
+        float,
+        "a request body (upload) not fully received within this gets 408",
+    ),
+    (
+        "keep_alive_seconds",
+        float,
+        "idle HTTP connections, and new ones that send no request, are closed after this",
+    ),
+    ("max_connections", int, "most open HTTP connections; more are closed on arrival"),
     ("upload_dir", Path, "directory for temporary upload files"),
     ("cameras_file", Path, "JSON list of cameras to register at start-up"),
     ("max_cameras", int, "most RTSP cameras registered at once"),

@@ -23,6 +23,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from stream_server.messages import ScoreMessage, StatusMessage
+from stream_server.metrics import Metrics
 from stream_server.service import Service
 from stream_server.settings import Settings
 
@@ -63,9 +64,24 @@ def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
         raise OfferError(f"sdp is larger than {max_sdp} bytes")
     if not sdp.lstrip().startswith("v=0"):
         raise OfferError("sdp is not a session description (must start with v=0)")
-    if "\nm=video" not in sdp.replace("\r\n", "\n"):
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    if not any(line.startswith("m=video") for line in lines):
         raise OfferError("offer has no video track to analyse")
+    check_bundle(lines)
     return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def check_bundle(lines: list[str]) -> None:
+    """Every mid a BUNDLE group names must be a media section's mid (aiortc fails later, with
+    an AttributeError, when the first one is missing)."""
+    mids = {line[6:].strip() for line in lines if line.startswith("a=mid:")}
+    for line in lines:
+        if line.startswith("a=group:BUNDLE"):
+            for mid in line[len("a=group:BUNDLE") :].split():
+                if mid not in mids:
+                    raise OfferError(
+                        f"malformed offer: BUNDLE group names mid {mid[:32]!r}, which no media has"
+                    )
 
 
 def send_message(channel: RTCDataChannel | None, msg: ScoreMessage | StatusMessage) -> None:
@@ -77,13 +93,68 @@ def send_message(channel: RTCDataChannel | None, msg: ScoreMessage | StatusMessa
             log.debug("send failed on channel %s", channel.label, exc_info=True)
 
 
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
 async def set_remote_offer(pc: RTCPeerConnection, offer: RTCSessionDescription) -> None:
     """Apply a client's offer; anything aiortc rejects becomes an OfferError (HTTP 400)."""
     try:
         await pc.setRemoteDescription(offer)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OfferError(f"malformed offer: {reason}") from exc
+        raise OfferError(f"malformed offer: {_reason(exc)}") from exc
+
+
+async def make_answer(pc: RTCPeerConnection) -> RTCSessionDescription:
+    """Create and apply the answer to an applied offer. aiortc accepts some offers it cannot
+    answer (it raises ValueError, AttributeError, ... here): those are bad offers too (400)."""
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        raise OfferError(f"malformed offer: {_reason(exc)}") from exc
+    desc: RTCSessionDescription = pc.localDescription
+    return desc
+
+
+async def close_pc(pc: RTCPeerConnection) -> None:
+    """Close a peer connection; one half set up by a bad offer may raise while closing."""
+    try:
+        await pc.close()
+    except Exception:
+        log.debug("closing a half set-up peer connection failed", exc_info=True)
+
+
+async def watch_peer(
+    session: PeerSession | ViewerSession,
+    metrics: Metrics,
+    setup_seconds: float,
+    idle_seconds: float | None,
+) -> None:
+    """Close `session` when its peer has not connected (ICE + DTLS) within `setup_seconds`,
+    or, with `idle_seconds`, when it is connected but has sent no video frame for that long.
+    Either way its slot is freed and the reason counted in deepfake_peers_closed_total."""
+    started = time.monotonic()
+    limits = [setup_seconds] + ([idle_seconds] if idle_seconds is not None else [])
+    step = min(0.5, *(x / 4 for x in limits))
+    while not session.closed:
+        await asyncio.sleep(step)
+        now = time.monotonic()
+        if session.connected_at is None:
+            if now - started >= setup_seconds:
+                log.info("peer %s not connected within %.1f s: closed", session.id, setup_seconds)
+                metrics.peers_closed.labels("setup_timeout").inc()
+                await session.close()
+                return
+        elif idle_seconds is not None:
+            last = max(session.connected_at, session.last_frame_at or 0.0)
+            if now - last >= idle_seconds:
+                log.info("peer %s sent no video for %.1f s: closed", session.id, idle_seconds)
+                metrics.peers_closed.labels("media_timeout").inc()
+                session.send(
+                    StatusMessage("source_lost", session.id, f"no video for {idle_seconds:g} s")
+                )
+                await session.close()
+                return
 
 
 class PeerSession:
@@ -95,8 +166,11 @@ class PeerSession:
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         self.channel: RTCDataChannel | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.settings = settings
         self._closed = False
         self._closer: asyncio.Task[None] | None = None
+        self.connected_at: float | None = None
+        self.last_frame_at: float | None = None
         self.stream = service.new_stream(self.id, self.send, self)
         pc = self.pc
 
@@ -117,8 +191,14 @@ class PeerSession:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
             if pc.connectionState in ("failed", "closed"):
                 await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _on_client_message(self, data: object) -> None:
         """The client says goodbye before closing, so its stream ends at once (not after ICE
@@ -145,6 +225,7 @@ class PeerSession:
             except MediaStreamError:
                 break
             if isinstance(frame, av.VideoFrame):
+                self.last_frame_at = time.monotonic()
                 self.stream.offer_frame(frame)
         if not self._closed:
             self.send(StatusMessage("source_lost", self.id, "video track ended"))
@@ -158,9 +239,12 @@ class PeerSession:
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         await set_remote_offer(self.pc, offer)
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
-        return self.pc.localDescription
+        answer = await make_answer(self.pc)
+        s = self.settings
+        self._spawn(
+            watch_peer(self, self.service.metrics, s.peer_setup_seconds, s.peer_idle_seconds)
+        )
+        return answer
 
     async def close(self) -> None:
         if self._closed:
@@ -172,7 +256,7 @@ class PeerSession:
             if t is not current:
                 t.cancel()
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
-        await self.pc.close()
+        await close_pc(self.pc)
 
 
 class CameraTrack(VideoStreamTrack):
@@ -207,8 +291,12 @@ class ViewerSession:
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         self.channel: RTCDataChannel | None = None
         self.queue = camera.subscribe()
+        self.settings = settings
         self._closed = False
         self._pump: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.connected_at: float | None = None
+        self.last_frame_at: float | None = None  # viewers send no video; not watched for it
         service.owners[f"viewer-{self.id}"] = self
         pc = self.pc
 
@@ -219,8 +307,17 @@ class ViewerSession:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
             if pc.connectionState in ("failed", "closed"):
                 await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, msg: ScoreMessage | StatusMessage) -> None:
+        send_message(self.channel, msg)
 
     async def _forward(self) -> None:
         while True:
@@ -230,11 +327,14 @@ class ViewerSession:
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         await set_remote_offer(self.pc, offer)
         self.pc.addTrack(CameraTrack(self.camera))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._pump = asyncio.get_running_loop().create_task(
-            self._forward(), name=f"viewer-{self.id}"
+        answer = await make_answer(self.pc)
+        loop = asyncio.get_running_loop()
+        self._pump = loop.create_task(self._forward(), name=f"viewer-{self.id}")
+        self._watch = loop.create_task(
+            watch_peer(self, self.service.metrics, self.settings.peer_setup_seconds, None),
+            name=f"viewer-watch-{self.id}",
         )
-        return self.pc.localDescription
+        return answer
 
     async def close(self) -> None:
         if self._closed:
@@ -242,7 +342,9 @@ class ViewerSession:
         self._closed = True
         self.camera.unsubscribe(self.queue)
         self.service.owners.pop(f"viewer-{self.id}", None)
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-        await self.pc.close()
+        current = asyncio.current_task()
+        tasks = [t for t in (self._pump, self._watch) if t is not None and t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_pc(self.pc)

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, event, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import LiveServer
@@ -466,7 +466,7 @@ def _edit_sdp(lines: list[str], edits: list[tuple[str, int, str]]) -> str:
 def _aiortc_fails_to_answer(sdp: str) -> bool:
     """Whether aiortc accepts `sdp` as a remote offer and then raises in createAnswer or
     setLocalDescription: the steps of `PeerSession.answer` after `set_remote_offer`, on a bare
-    peer. Those exceptions are not turned into an OfferError (the bug pinned below)."""
+    peer. `make_answer` turns those exceptions into an OfferError too (they were 500s)."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     async def run() -> bool:
@@ -493,13 +493,6 @@ def _without(lines: list[str], prefix: str) -> str:
     return "\r\n".join(lines[:i] + lines[i + 1 :])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: PeerSession.answer (stream_server/webrtc.py) turns only setRemoteDescription "
-    "errors into an OfferError; when aiortc accepts the offer and then raises in createAnswer "
-    "(ValueError, AttributeError) POST /offer answers 500 and PeerSession.close raises too",
-)
 @pytest.mark.parametrize("drop", ["a=sendrecv", "a=mid:0", "m=application"])
 def test_offer_aiortc_cannot_answer_gets_400_not_500(
     fuzz_server: tuple[LiveServer, list[str]], drop: str
@@ -539,8 +532,6 @@ def test_fuzz_sdp_through_offer_handling_gives_offer_error_or_answer(
         sdp = _edit_sdp(lines, edits)
     else:
         sdp = GOOD_SDP_HEAD + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + tail
-    # The known bug pinned by the strict xfail above; drop this once it is fixed.
-    assume(not _aiortc_fails_to_answer(sdp))
     r = httpx.post(srv.url + "/offer", json={"sdp": sdp, "type": "offer"}, timeout=30)
     assert r.status_code in (200, 400), (r.status_code, r.text[:300])
     event(f"HTTP {r.status_code}")
