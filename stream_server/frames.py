@@ -35,19 +35,28 @@ class FrameSampler:
         return True
 
 
-class StreamClock:
-    """Stream time in seconds relative to the first timestamped frame. A frame without a
-    timestamp gets the previous frame's time (0.0 before any)."""
+# The frame rate assumed for frames without timestamps when the stream names none (FFmpeg's
+# own default for raw streams).
+DEFAULT_RATE = 25.0
 
-    def __init__(self) -> None:
+
+class StreamClock:
+    """Stream time in seconds relative to the first frame. A frame without a timestamp (raw
+    Annex-B H.264, some elementary streams) gets one synthesised from the frame rate: the previous
+    frame's time plus 1/`rate` (0.0 for the first frame), so sampling and duration limits work on
+    such streams as on timestamped ones."""
+
+    def __init__(self, rate: float | None = None) -> None:
+        self.rate = rate if rate is not None and rate > 0 else DEFAULT_RATE
         self.t0: float | None = None
-        self.last = 0.0
+        self.last: float | None = None
 
     def __call__(self, t: float | None) -> float:
         if t is None:
+            self.last = 0.0 if self.last is None else self.last + 1.0 / self.rate
             return self.last
-        if self.t0 is None:
-            self.t0 = t
+        if self.t0 is None:  # untimed frames came first: continue one frame after them
+            self.t0 = t if self.last is None else t - (self.last + 1.0 / self.rate)
         self.last = t - self.t0
         return self.last
 
@@ -70,17 +79,45 @@ def to_rgb(frame: av.VideoFrame, max_side: int = MAX_FRAME_SIDE) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def decode_video(container: InputContainer) -> Iterator[av.VideoFrame]:
-    """Decoded frames of the container's first video stream (threaded decoding)."""
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    return container.decode(stream)
+def stream_rate(stream: av.video.stream.VideoStream) -> float | None:
+    """The stream's frame rate as FFmpeg guesses it (codec header first, then the container's
+    average); None when it names none."""
+    for rate in (stream.guessed_rate, stream.average_rate):
+        if rate:
+            return float(rate)
+    return None
+
+
+class DecodedFrames:
+    """Iterator over a container's decoded video frames that also carries the stream's frame
+    `rate` (what `FrameSource` synthesises missing timestamps from)."""
+
+    def __init__(self, container: InputContainer) -> None:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.rate = stream_rate(stream)
+        self._frames = container.decode(stream)
+
+    def __iter__(self) -> Iterator[av.VideoFrame]:
+        return self
+
+    def __next__(self) -> av.VideoFrame:
+        frame: av.VideoFrame = next(self._frames)
+        return frame
+
+
+def decode_video(container: InputContainer) -> DecodedFrames:
+    """Decoded frames of the container's first video stream (threaded decoding); `.rate` is the
+    stream's frame rate."""
+    return DecodedFrames(container)
 
 
 class FrameSource:
     """Iterating yields (t, rgb) for the frames due at `fps`: t is stream seconds relative to the
     first frame, rgb the frame via `to_rgb(frame, max_side)`. Frames not due are never converted.
 
+    Frames without timestamps are timed from `rate` (default: the `rate` attribute of `frames`,
+    as `decode_video` gives, else `DEFAULT_RATE`), so sampling and `max_seconds` apply to them.
     With `max_seconds`, iteration stops at the first frame later than that and `too_long` is set.
     After (or during) iteration: `last_t` is the time of the last frame decoded within the limit,
     `decoded` the frames decoded, `sampled` the frames yielded. Decode errors propagate.
@@ -93,9 +130,11 @@ class FrameSource:
         *,
         max_side: int = MAX_FRAME_SIDE,
         max_seconds: float | None = None,
+        rate: float | None = None,
     ) -> None:
         self.frames = frames
         self.fps = fps
+        self.rate = rate if rate is not None else getattr(frames, "rate", None)
         self.max_side = max_side
         self.max_seconds = max_seconds
         self.decoded = 0
@@ -104,7 +143,7 @@ class FrameSource:
         self.too_long = False
 
     def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
-        clock = StreamClock()
+        clock = StreamClock(self.rate)
         sampler = FrameSampler(self.fps)
         for frame in self.frames:
             self.decoded += 1

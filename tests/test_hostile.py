@@ -145,3 +145,63 @@ def test_bundle_group_naming_a_missing_mid_is_a_400_with_one_line(live_server: L
         assert msg == "malformed offer: BUNDLE group names mid '7', which no media has", msg
     assert not live_server.service.streams
     assert httpx.get(live_server.url + "/healthz").json()["status"] == "ok"
+
+
+# -- 2. Raw H.264 (no timestamps): timed from the frame rate -----------------------------------
+def test_stream_clock_times_untimed_frames_from_the_rate() -> None:
+    from stream_server.frames import DEFAULT_RATE, StreamClock
+
+    clock = StreamClock(10.0)
+    assert [round(clock(None), 6) for _ in range(3)] == [0.0, 0.1, 0.2]
+    assert round(clock(5.0), 6) == 0.3  # a timestamped frame continues one frame later
+    assert round(clock(5.5), 6) == 0.8
+    assert StreamClock().rate == StreamClock(0).rate == DEFAULT_RATE == 25.0
+    timed = StreamClock()
+    assert [timed(t) for t in (2.0, 2.5)] == [0.0, 0.5]
+
+
+def test_raw_h264_is_analysed_like_the_same_clip_in_mp4(tmp_path: Path) -> None:
+    import av
+
+    from stream_server.frames import sample_frames
+    from tests.media import write_video
+
+    frames = face_frames(45, size=(160, 120))
+    raw = write_video(tmp_path / "clip.h264", frames, fps=15, codec="h264", format="h264")
+    mp4 = write_video(tmp_path / "clip.mp4", frames, fps=15)
+    with av.open(str(raw)) as c:  # the premise: the raw stream carries no timestamps
+        assert all(f.pts is None for f in c.decode(c.streams.video[0]))
+    t_raw = [t for t, _ in sample_frames(raw, 5.0)]
+    t_mp4 = [t for t, _ in sample_frames(mp4, 5.0)]
+    assert len(t_raw) == len(t_mp4) == 15
+    assert [round(t, 3) for t in t_raw] == [round(t, 3) for t in t_mp4]
+
+
+def test_raw_h264_upload_sampling_and_duration_limit(tiny_bundle: Path, tmp_path: Path) -> None:
+    from tests.media import write_video
+
+    frames = face_frames(45, size=(160, 120))
+    raw = write_video(tmp_path / "clip.h264", frames, fps=15, codec="h264", format="h264")
+    mp4 = write_video(tmp_path / "clip.mp4", frames, fps=15)
+    # 300 frames at 15 fps: 20 s of video, over a 10 s limit.
+    long_raw = write_video(
+        tmp_path / "long.h264", (frames * 7)[:300], fps=15, codec="h264", format="h264"
+    )
+    with LiveServer(bundle=tiny_bundle, max_video_seconds=10.0) as srv:
+
+        def upload(path: Path) -> httpx.Response:
+            with path.open("rb") as f:
+                return httpx.post(
+                    srv.url + "/v1/analyze", files={"file": (path.name, f)}, timeout=120
+                )
+
+        a, b = upload(raw), upload(mp4)
+        assert a.status_code == b.status_code == 200, (a.text, b.text)
+        ra, rb = a.json(), b.json()
+        assert ra["frames_analysed"] == rb["frames_analysed"] == 15
+        assert abs(ra["duration_s"] - rb["duration_s"]) < 0.15, (ra, rb)
+        assert ra["verdict"] == rb["verdict"]
+        assert abs(ra["p_fake"] - rb["p_fake"]) < 0.05, (ra["p_fake"], rb["p_fake"])
+        r = upload(long_raw)
+        assert r.status_code == 413, r.text
+        assert "longer than the limit of 10 s" in r.json()["error"]
