@@ -71,6 +71,8 @@ def evaluate_bundle(
     if choose_threshold and scored:
         # The verdict threshold is chosen here, on held-out *video* scores (the equal-error point).
         threshold = round(eer_threshold(ys, ps), 4)
+        for r in scored:  # verdicts at the chosen threshold, as the server will give them
+            r["verdict"] = "fake" if r["p_fake"] >= threshold else "real"
     metrics = compute(ys, ps, threshold)
     result = {
         "metrics": metrics.to_dict(),
