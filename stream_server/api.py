@@ -136,7 +136,7 @@ def create_app(service: Service) -> Starlette:
     if settings.static_dir.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
     app = Starlette(
-        middleware=[Middleware(Guard, settings=settings)],
+        middleware=[Middleware(Guard, settings=settings, service=service)],
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},

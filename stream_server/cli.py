@@ -19,9 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    import uvicorn
-
     from stream_server.api import create_app
+    from stream_server.server import build_server
     from stream_server.service import Service
 
     try:
@@ -30,14 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 1
     app = create_app(service)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=3,
-    )
-    server = uvicorn.Server(config)
+    server = build_server(app, settings, service.begin_shutdown)
     print(
         f"deepfake-serve: {service.bundle.model_id} on {','.join(service.sessions.providers)}; "
         f"open http://{settings.host}:{settings.port}/",

@@ -27,6 +27,10 @@ class ScanError(Exception):
         self.too_long = too_long
 
 
+class ScanCancelled(ScanError):
+    """The scan was stopped from outside (`stop` returned True): shutdown or a cancelled request."""
+
+
 @dataclass(frozen=True)
 class ScanLimits:
     max_seconds: float = 600.0
@@ -101,8 +105,11 @@ def scan_file(
     fps: float | None = None,
     progress: Callable[[float], None] | None = None,
     name: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ScanResult:
-    """Analyse a video file; `name` is what error messages call it (default: its file name)."""
+    """Analyse a video file; `name` is what error messages call it (default: its file name).
+    `stop` is asked before each analysed frame; when it returns True the scan raises
+    ScanCancelled."""
     name = name or Path(path).name
     pipeline = FramePipeline(bundle, detector, engine)
     times: list[float] = []
@@ -133,6 +140,8 @@ def scan_file(
         )
         try:
             for t, rgb in source:
+                if stop is not None and stop():
+                    raise ScanCancelled(f"analysis of {name} was stopped")
                 results.append(pipeline.analyze(rgb))
                 times.append(t)
                 if progress is not None and declared:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -55,6 +56,9 @@ class Service:
         self.streams: dict[str, StreamAnalyzer] = {}
         self.owners: dict[str, Closable] = {}
         self._closing = False
+        # Set when shutdown begins: uploads being received or analysed stop and answer 503.
+        self.stopping = threading.Event()
+        self.stopping_async = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -115,8 +119,14 @@ class Service:
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
 
-    async def close(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Refuse new streams and tell in-flight uploads to stop (on the event loop)."""
         self._closing = True
+        self.stopping.set()
+        self.stopping_async.set()
+
+    async def close(self) -> None:
+        self.begin_shutdown()
         owners = list(self.owners.values())
         if owners:
             await asyncio.gather(*(o.close() for o in owners), return_exceptions=True)

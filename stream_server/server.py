@@ -1,0 +1,112 @@
+"""The uvicorn server as `deepfake-serve` runs it: connection limits, a request-head deadline,
+keep-alive timeout, and a shutdown that tells the service first and exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import HANDLED_SIGNALS
+
+from stream_server.settings import Settings
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol plus two limits it lacks: a connection beyond `limit_concurrency`
+    is closed on arrival (instead of holding a descriptor until it sends a request), and a
+    connection that has not sent a complete request head within `timeout_keep_alive` of opening
+    (or of its last response) is closed. uvicorn arms its keep-alive timer only after a response,
+    so a socket that never sends a request, or sends its head byte by byte, was held forever.
+    `build_server` sets `limit_concurrency` to `max_connections + 1`, so at most
+    `max_connections` stay open."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) >= limit:
+            transport.close()
+            return
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout, cycle)
+
+    def _head_timeout(self, cycle_then: Any) -> None:
+        self._head_timer = None
+        no_new_request = self.cycle is cycle_then and (
+            self.cycle is None or self.cycle.response_complete
+        )
+        if no_new_request and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class Server(uvicorn.Server):
+    """`on_shutdown` runs first when shutdown begins (before uvicorn waits for in-flight
+    requests, and before it cancels them), so uploads can stop and answer 503 instead of being
+    cancelled mid-request. A shutdown asked for by SIGTERM/SIGINT that completes exits 0: the
+    signal is not re-raised as uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def build_server(
+    app: Any,
+    settings: Settings,
+    on_shutdown: Callable[[], None],
+    *,
+    log_level: str | None = None,
+    port: int | None = None,
+) -> Server:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        log_level=log_level or settings.log_level,
+        http=GuardedH11,
+        timeout_keep_alive=int(max(1, round(settings.keep_alive_seconds))),
+        # uvicorn counts the connection asking, so one more lets `max_connections` all serve.
+        limit_concurrency=settings.max_connections + 1,
+        timeout_graceful_shutdown=3,
+    )
+    return Server(config, on_shutdown)
