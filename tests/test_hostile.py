@@ -93,14 +93,16 @@ def test_peers_that_never_connect_free_their_slots(tiny_bundle: Path) -> None:
             await peer.close()
 
         asyncio.run(run())
-        assert metric(srv.url, SETUP) == 2  # the refused third never held a slot
+        # The candidate-less peer always runs into the deadline; the closed one may instead fail
+        # ICE first (its port is gone). The refused third never held a slot.
+        assert 1 <= metric(srv.url, SETUP) <= 2
         assert metric(srv.url, MEDIA) == 0
 
 
 def test_connected_peer_sending_no_video_is_closed_and_a_sending_one_is_not(
     tiny_bundle: Path,
 ) -> None:
-    with LiveServer(bundle=tiny_bundle, max_streams=2, peer_idle_seconds=1.5) as srv:
+    with LiveServer(bundle=tiny_bundle, max_streams=2, peer_idle_seconds=2.0) as srv:
 
         async def run() -> None:
             idle = new_pc()
@@ -113,10 +115,10 @@ def test_connected_peer_sending_no_video_is_closed_and_a_sending_one_is_not(
             await active.connect()
             assert await wait_for(lambda: idle.connectionState == "connected", within=10.0)
             assert idle_id in srv.service.streams
-            assert await wait_for(lambda: idle_id not in srv.service.streams, within=6.0)
+            assert await wait_for(lambda: idle_id not in srv.service.streams, within=8.0)
             # The peer that sends video outlives several idle deadlines and keeps scoring.
             before = len(active.scores())
-            await asyncio.sleep(3.5)
+            await asyncio.sleep(4.5)
             assert active.answer["stream"] in srv.service.streams
             assert len(active.scores()) > before
             await active.close()
@@ -469,8 +471,8 @@ def test_sigterm_with_uploads_in_flight_exits_0_without_tracebacks(
 
     root = Path(__file__).resolve().parent.parent
     long_clip = write_video(
-        tmp_path / "long.mp4", face_frames(40, size=(160, 120)) * 15, fps=10
-    )  # 60 s: several seconds of analysis
+        tmp_path / "long.mp4", face_frames(40, size=(160, 120)) * 30, fps=10
+    )  # 120 s: 600 analysed frames, several seconds of analysis
     port = free_port()
     env = {
         **os.environ,
@@ -528,7 +530,12 @@ def test_sigterm_with_uploads_in_flight_exits_0_without_tracebacks(
         threads = [threading.Thread(target=analysed), threading.Thread(target=trickled)]
         for t in threads:
             t.start()
-        time.sleep(1.5)  # the long clip is being analysed, the trickle is mid-body
+        # Wait until the long clip is being analysed (the engine has run); the trickle is mid-body.
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while metric(url, "deepfake_batch_size_count") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "analysed" not in results, results
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=15)
