@@ -180,6 +180,16 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
             if t.get("synthetic_fakes")
             else ""
         ),
+        *(
+            [
+                f"- Face images (training side only): {t['images']['face_crops']} face crops "
+                f"({t['images']['real']} real, {t['images']['fake']} fake) from "
+                f"{', '.join(t['images']['folders'])}: still units of the encoder fine-tune, and runs "
+                f"of {t.get('settings', {}).get('window')} different faces as extra clips for the head."
+            ]
+            if t.get("images")
+            else []
+        ),
         *(_finetune_lines(t["encoder_finetune"]) if t.get("encoder_finetune") else []),
         f"- Held out (whole identities, never trained on): {vids.get('val')} videos "
         f"({vids.get('val_real')} real, {vids.get('val_fake')} fake).",
@@ -190,7 +200,8 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "## Reproduce",
         f"`{command}` (from the repository root, after `scripts/test.sh` set up `.venv`) took "
         f"{seconds / 60:.1f} minutes end to end (face crops, training, export, held-out evaluation) "
-        f"on {_cpu()} with {os.cpu_count()} cores and no GPU.",
+        f"on {_cpu()} with {os.cpu_count()} cores and no GPU. `scripts/train_default.sh` runs this "
+        "command and then the leave-one-family-out runs (`python -m models.lofo`).",
         "",
         "## Held-out results (video level, through the serving code path)",
     ]
