@@ -294,41 +294,31 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
             f"{ft['still_pairs']['frame_auc']:.3f} on {ft['still_pairs']['held_out_pairs']} pairs."
         )
     fam = ev.get("by_family") or {}
-    if fam:
+    for title, groups, names in (
+        ("generator family (fakes of the family against all held-out reals)", fam, FAMILY_TITLES),
+        ("generator", ev.get("by_generator") or {}, {}),
+    ):
+        if not groups:
+            continue
         lines += [
             "",
-            "### Held-out videos by generator family (fakes of the family against all held-out reals)",
+            f"### Held-out videos by {title}",
             "",
-            "| family | held-out fakes | AUC | mean p_fake | flagged at threshold |",
+            "| group | held-out fakes | AUC vs reals | mean p_fake | flagged at threshold |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for k, v in fam.items():
+        for k, v in groups.items():
             if k == "(real)":
                 lines.append(
                     f"| real videos | {v['reals']} reals | - | {v['mean_p_fake']:.2f} | "
                     f"{v['flagged']:.0%} (false alarms) |"
                 )
-            else:
-                a = "-" if v["auc_vs_reals"] is None else f"{v['auc_vs_reals']:.3f}"
-                lines.append(
-                    f"| {FAMILY_TITLES.get(k, k)} | {v['fakes']} | {a} | {v['mean_p_fake']:.2f} | "
-                    f"{v['flagged']:.0%} |"
-                )
-    gen = ev.get("by_generator") or {}
-    if gen:
-        lines += [
-            "",
-            "### Held-out videos by generator",
-            "",
-            "| generator | fakes | AUC vs reals | mean p_fake | flagged |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for k, v in gen.items():
-            if k != "(real)":
-                a = "-" if v["auc_vs_reals"] is None else f"{v['auc_vs_reals']:.3f}"
-                lines.append(
-                    f"| {k} | {v['fakes']} | {a} | {v['mean_p_fake']:.2f} | {v['flagged']:.0%} |"
-                )
+                continue
+            a = "-" if v["auc_vs_reals"] is None else f"{v['auc_vs_reals']:.3f}"
+            lines.append(
+                f"| {names.get(k, k)} | {v['fakes']} | {a} | {v['mean_p_fake']:.2f} | "
+                f"{v['flagged']:.0%} |"
+            )
     scored_fams = {
         k: v for k, v in fam.items() if k != "(real)" and v.get("auc_vs_reals") is not None
     }
