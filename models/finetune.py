@@ -64,6 +64,8 @@ FAMILIES: dict[str, str] = {
     },
 }
 FAMILY_NAMES = ("deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment")
+# Share of each unit kind in a batch (the recipe of the default bundle).
+DEFAULT_UNIT_WEIGHTS = {"pair": 0.25, "clip": 0.25, "still_pair": 0.15, "synth": 0.25, "still": 0.1}
 
 
 def family_of(generator: str | None, label: int) -> str | None:
@@ -91,15 +93,7 @@ class Pool:
     still_pairs: tuple[np.ndarray, np.ndarray] | None = None  # (real (n,S,S,3), fake (n,S,S,3))
     stills: tuple[np.ndarray, np.ndarray] | None = None  # (crops, labels)
     synth_kinds: tuple[str, ...] = ("sbi", "swap", "warp", "rerender")
-    weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "pair": 0.25,
-            "clip": 0.25,
-            "still_pair": 0.15,
-            "synth": 0.25,
-            "still": 0.1,
-        }
-    )
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_UNIT_WEIGHTS))
 
 
 class BatchMaker:

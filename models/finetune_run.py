@@ -43,11 +43,9 @@ def still_pairs(
 
     if not args.pairs:
         return None, None, {}
-    from models.dfdc import read_image_folder as _images
-
     # DFDC ids in clip names and face-image paths (e.g. genconvit's <fake>_<original>_<frame>).
     names = " ".join(
-        [v.name for v in videos] + [str(i.path) for f in args.images for i in _images(f)]
+        [v.name for v in videos] + [str(i.path) for f in args.images for i in read_image_folder(f)]
     )
     tr_r, tr_f, va_r, va_f = [], [], [], []
     info: dict[str, Any] = {"folders": [str(p) for p in args.pairs]}

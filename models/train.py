@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from models.dfdc import DatasetError, Video, identity_groups, read_folders, split_by_identity  # noqa: E402
+from models.finetune import DEFAULT_UNIT_WEIGHTS, FAMILY_NAMES, family_of  # noqa: E402
 
 T0 = time.monotonic()
 
@@ -98,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--units", type=int, default=16, help="real/fake units per batch (2 crops each)")
     p.add_argument(
         "--unit-weights",
-        default="pair=0.25,clip=0.25,still_pair=0.15,synth=0.25,still=0.1",
+        default=",".join(f"{k}={v:g}" for k, v in DEFAULT_UNIT_WEIGHTS.items()),
         help="share of each unit kind in a batch (pair, clip, still_pair, synth, still)",
     )
     p.add_argument(
@@ -130,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
         "--exclude-family",
         action="append",
         default=[],
-        choices=["deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment"],
+        choices=FAMILY_NAMES,
         help="train without this generator family's fakes and report their AUC (leave-one-out)",
     )
     p.add_argument(
@@ -485,8 +486,6 @@ def run(args: argparse.Namespace) -> Path:
         train, val = ds.videos, []
     excluded: list[Video] = []
     if args.exclude_family:
-        from models.finetune import family_of
-
         excluded = [v for v in train if family_of(v.generator, v.label) in args.exclude_family]
         train = [v for v in train if v not in excluded]
         say(
