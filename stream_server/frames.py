@@ -41,22 +41,52 @@ DEFAULT_RATE = 25.0
 
 
 class StreamClock:
-    """Stream time in seconds relative to the first frame. A frame without a timestamp (raw
-    Annex-B H.264, some elementary streams) gets one synthesised from the frame rate: the previous
-    frame's time plus 1/`rate` (0.0 for the first frame), so sampling and duration limits work on
-    such streams as on timestamped ones."""
+    """Stream time in seconds relative to the first frame, never going back.
 
-    def __init__(self, rate: float | None = None) -> None:
+    A frame without a timestamp (raw Annex-B H.264, some elementary streams) gets one synthesised
+    from the frame rate: the previous frame's time plus 1/`rate` (0.0 for the first frame), so
+    sampling and duration limits work on such streams as on timestamped ones.
+
+    A timestamp that goes back (a looping file, an encoder or camera restart) re-bases the clock:
+    the frame is timed one step after the previous one and later frames continue from there, so
+    sampling goes on and a duration limit cannot be dodged by timestamps that restart. A step
+    back of at most half a frame at `rate` (reordering, rounding) is held at the previous time
+    instead. With `max_jump`, a step forward by more than `max_jump` seconds beyond the wall
+    time that passed (`now`, when the caller passes it; else beyond zero) re-bases the same way:
+    a restarted RTP sender's random timestamp origin, or aiortc reading a step back as a 32-bit
+    wrap (+47,722 s). A real pause is no jump: media and wall time advance together. A re-based
+    frame is timed the wall time since the previous frame later (1/`rate` without `now`).
+    `jumps` counts the re-bases and `last_jump` is the size of the latest one (seconds, signed).
+    """
+
+    def __init__(self, rate: float | None = None, *, max_jump: float | None = None) -> None:
         self.rate = rate if rate is not None and rate > 0 else DEFAULT_RATE
+        self.max_jump = max_jump
         self.t0: float | None = None
         self.last: float | None = None
+        self.last_now: float | None = None
+        self.jumps = 0
+        self.last_jump = 0.0
 
-    def __call__(self, t: float | None) -> float:
+    def __call__(self, t: float | None, now: float | None = None) -> float:
+        wall = None if now is None or self.last_now is None else max(0.0, now - self.last_now)
+        if now is not None:
+            self.last_now = now
         if t is None:
             self.last = 0.0 if self.last is None else self.last + 1.0 / self.rate
             return self.last
         if self.t0 is None:  # untimed frames came first: continue one frame after them
             self.t0 = t if self.last is None else t - (self.last + 1.0 / self.rate)
+        elif self.last is not None:
+            step = (t - self.t0) - self.last
+            forward_limit = None if self.max_jump is None else (wall or 0.0) + self.max_jump
+            if step < -0.5 / self.rate or (forward_limit is not None and step > forward_limit):
+                self.jumps += 1
+                self.last_jump = step
+                advance = wall if wall is not None else 1.0 / self.rate
+                self.t0 = t - (self.last + advance)
+            elif step < 0:
+                return self.last
         self.last = t - self.t0
         return self.last
 

@@ -52,6 +52,12 @@ class Metrics:
             self.peers_closed.labels(reason)
         for reason in ("too_large", "timeout", "disconnected", "shutdown"):
             self.requests_refused.labels(reason)
+        self.clock_jumps = Counter(
+            "deepfake_stream_clock_jumps",
+            "Source timestamps that went back or leapt ahead of the wall clock; the stream "
+            "clock was re-based",
+            registry=r,
+        )
         self.errors = Counter("deepfake_errors", "Analysis errors reported to clients", registry=r)
 
     def render(self) -> bytes:

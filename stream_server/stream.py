@@ -39,6 +39,13 @@ class _Due:
     received: float
 
 
+# A live stream's media time may run ahead of the wall clock by this much (bursts, jitter)
+# before the stream clock counts a forward jump and re-bases (see `StreamClock`).
+CLOCK_MAX_JUMP = 5.0
+# A stream whose clock keeps jumping is told at most this often (every jump is counted).
+CLOCK_NOTICE_SECONDS = 1.0
+
+
 class StreamAnalyzer:
     def __init__(
         self,
@@ -64,7 +71,8 @@ class StreamAnalyzer:
         self.analysed = 0
         self.seq = 0
         self.last: ScoreMessage | None = None
-        self.clock = StreamClock()
+        self.clock = StreamClock(max_jump=CLOCK_MAX_JUMP)
+        self.clock_noticed: float | None = None
         self._slot: _Due | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -76,7 +84,9 @@ class StreamAnalyzer:
 
         `t` is stream time in seconds (default: the frame's own timestamp, else arrival time).
         A due frame replaces one the analyser has not started yet: newest wins, the other is
-        counted as dropped.
+        counted as dropped. Stream time never goes back: when the source's clock jumps (a
+        looping file, an encoder restart) it is re-based, counted in
+        deepfake_stream_clock_jumps_total and the client gets a `reconnected` status message.
         """
         now = time.monotonic()
         self.received += 1
@@ -84,7 +94,10 @@ class StreamAnalyzer:
         if t is None:
             ft = getattr(frame, "time", None)
             t = float(ft) if ft is not None else now
-        t = self.clock(t)
+        jumps = self.clock.jumps
+        t = self.clock(t, now)
+        if self.clock.jumps != jumps:
+            self._clock_jumped(t, now)
         if not self.sampler.due(t):
             return False
         if self._slot is not None:
@@ -93,6 +106,23 @@ class StreamAnalyzer:
         self._slot = _Due(frame, t, now)
         self._wake.set()
         return True
+
+    def _clock_jumped(self, t: float, now: float) -> None:
+        self.metrics.clock_jumps.inc()
+        if self.clock_noticed is not None and now - self.clock_noticed < CLOCK_NOTICE_SECONDS:
+            return
+        self.clock_noticed = now
+        jump = self.clock.last_jump
+        way = "back" if jump < 0 else "forward"
+        log.info("stream %s: source clock jumped %s %.3f s; re-based", self.id, way, abs(jump))
+        self.emit(
+            StatusMessage(
+                "reconnected",
+                self.id,
+                f"source clock jumped {way} {abs(jump):.3f} s (looping source or encoder "
+                f"restart); stream clock re-based, continuing at t={t:.3f} s",
+            )
+        )
 
     # -- analysis loop -----------------------------------------------------------------------
     def start(self) -> None:

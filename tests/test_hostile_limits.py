@@ -1,0 +1,121 @@
+"""Hostile senders and requests against real components on loopback (issue 14, items 4, 8, 13
+and 17): a looping WebRTC sender whose timestamps jump back, the token in the access log, an
+offer with hundreds of remote candidates, the trailing-slash redirect, huge frame headers and
+clear upload errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.conftest import LiveServer
+from tests.media import face_frames
+from tests.rtc_client import ClientPeer, FramesTrack
+from tests.test_hostile import metric, wait_for
+
+
+class LoopingTrack(FramesTrack):
+    """A looping file sent as it is stored (as `ffmpeg -stream_loop -1 -c copy` would): VP8
+    packets encoded once, whose timestamps go back to 0 every `loop` frames. aiortc sends
+    pre-encoded packets with their own pts as RTP timestamps (its encoder would refuse pts that
+    go back, so frames cannot show this)."""
+
+    def __init__(self, frames: list[np.ndarray], fps: int, loop: int) -> None:
+        super().__init__(frames, fps)
+        self.loop = loop
+        h, w = frames[0].shape[:2]
+        self.codec = av.CodecContext.create("libvpx", "w")
+        self.codec.width, self.codec.height = w, h
+        self.codec.pix_fmt = "yuv420p"
+        self.codec.time_base = Fraction(1, fps)
+        self.codec.gop_size = loop  # a key frame where each loop starts
+        self.codec.bit_rate = 500_000
+        self.codec.options = {"deadline": "realtime", "lag-in-frames": "0", "cpu-used": "8"}
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        while True:
+            frame = await super().recv()
+            n = self.i - 1
+            frame.pts, frame.time_base = n, Fraction(1, self.fps)
+            packets = self.codec.encode(frame.reformat(format="yuv420p"))
+            if packets:
+                packet = packets[0]
+                packet.pts = int((n % self.loop) * 90000 / self.fps)
+                packet.time_base = Fraction(1, 90000)
+                return packet
+
+
+# -- 4. RTP clock jumps: a monotonic per-stream clock, a status message -------------------------
+def test_stream_clock_rebases_backward_and_forward_jumps() -> None:
+    from stream_server.frames import StreamClock
+
+    clock = StreamClock(10.0, max_jump=5.0)
+    assert [clock(t, now=t) for t in (100.0, 100.1, 100.2)] == pytest.approx([0.0, 0.1, 0.2])
+    assert clock.jumps == 0
+    # Back to 0: the clock goes on one frame later, never back.
+    assert clock(0.0, now=100.3) == pytest.approx(0.3)
+    assert clock(0.1, now=100.4) == pytest.approx(0.4)
+    assert clock.jumps == 1
+    # A legitimate pause (media and wall clock advance together) is not a jump.
+    assert clock(20.1, now=120.4) == pytest.approx(20.4)
+    assert clock.jumps == 1
+    # A jump of hours in media time with 0.1 s of wall time: re-based on the wall clock.
+    assert clock(50000.0, now=120.5) == pytest.approx(20.5)
+    assert clock.jumps == 2
+    # A tiny step back (reordering) is held, not a jump.
+    assert clock(49999.99, now=120.6) == pytest.approx(20.5)
+    assert clock.jumps == 2
+    # Without max_jump (files), forward gaps are kept; backward steps are still re-based.
+    files = StreamClock(10.0)
+    assert [files(t) for t in (0.0, 60.0, 1.0)] == pytest.approx([0.0, 60.0, 60.1])
+    assert files.jumps == 1
+
+
+def test_looping_sender_keeps_being_scored_and_is_told(tiny_bundle: Path) -> None:
+    """aiortc's receiver reads an RTP timestamp that goes back as a 32-bit wrap, so each loop
+    arrives as a jump of about +47,722 s; other sources see it go back. Either way the stream
+    clock re-bases: scores keep their rate, `t` stays near the wall time and never goes back,
+    and a `reconnected` status message says why."""
+    fps, loop = 10, 15  # the pts go back to 0 every 1.5 s
+    with LiveServer(bundle=tiny_bundle) as srv:
+
+        async def run() -> None:
+            peer = ClientPeer(srv.url, face_frames(20, size=(320, 240)), fps=fps)
+            peer.track = LoopingTrack(peer.track.frames, fps, loop)
+            t0 = time.monotonic()
+            await peer.connect()
+
+            def reconnects() -> list[dict[str, object]]:
+                return [m for m in peer.messages if m.get("type") == "reconnected"]
+
+            def jumps() -> float:
+                return metric(srv.url, "deepfake_stream_clock_jumps_total")
+
+            # Scores in the first loop, then until three more jumps have happened.
+            assert await wait_for(lambda: len(reconnects()) >= 1, within=15.0), peer.messages
+            before = len(peer.scores())
+            first_jump = len(peer.messages)
+            assert await wait_for(lambda: len(reconnects()) >= 4, within=20.0), reconnects()
+            elapsed = time.monotonic() - t0
+            after = [m for m in peer.messages[first_jump:] if m.get("type") == "score"]
+            await peer.close()
+            # Three whole loops (4.5 s of video at 5 analysed fps: ~22 frames) were scored after
+            # the first jump, as the first loop was.
+            per_loop = len(after) / 3
+            expected = loop * srv.service.fps / fps
+            assert before >= 0.6 * expected, (before, expected)
+            assert per_loop >= 0.6 * expected, (per_loop, expected)
+            ts = [float(m["t"]) for m in peer.scores()]  # type: ignore[arg-type]
+            assert ts == sorted(ts), ts  # stream time never goes back
+            assert ts[-1] <= elapsed + 1.0, (ts[-1], elapsed)  # and never runs off
+            detail = str(reconnects()[0]["detail"])
+            assert "source clock jumped" in detail and "re-based" in detail, detail
+            assert jumps() >= 4
+
+        asyncio.run(run())
