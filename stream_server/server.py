@@ -1,21 +1,82 @@
 """The uvicorn server as `deepfake-serve` runs it: connection limits, a request-head deadline,
-keep-alive timeout, and a shutdown that tells the service first and exits 0 on SIGTERM."""
+keep-alive timeout, a shutdown that tells the service first and exits 0 on SIGTERM, and log
+lines with secrets (`?token=`) redacted."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import HANDLED_SIGNALS
 
 from stream_server.settings import Settings
+
+# Query parameters whose values never reach a log line (the bearer token may be passed as
+# ?token=, and the web page is opened as /?token=...). Keys are compared decoded (%74oken is
+# `token` to the guard too) and case-insensitively.
+SECRET_PARAMS = frozenset({"token", "access_token"})
+REDACTED = "[redacted]"
+_PARAM = re.compile(r"([?&;])([^=&;?#\s\"']+)=([^&;#\s\"']*)")
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every secret query parameter replaced by `[redacted]`."""
+    if "=" not in text:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        key = unquote_plus(m.group(2)).strip().lower()
+        return f"{m.group(1)}{m.group(2)}={REDACTED}" if key in SECRET_PARAMS else m.group(0)
+
+    return _PARAM.sub(sub, text)
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites a record's message and string arguments through `redact` (uvicorn's access
+    log passes the request path, query string included, as an argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def install_log_redaction() -> RedactSecrets:
+    """Put one `RedactSecrets` on uvicorn's loggers (records logged there, whatever handler
+    takes them) and on every handler they and the root logger have (records propagated from
+    any other logger). Idempotent; call it after logging is configured."""
+    found = [
+        f
+        for name in LOGGERS
+        for f in logging.getLogger(name).filters
+        if isinstance(f, RedactSecrets)
+    ]
+    redactor = found[0] if found else RedactSecrets()
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if redactor not in target.filters:
+                target.addFilter(redactor)
+    return redactor
 
 
 class GuardedH11(H11Protocol):
@@ -109,4 +170,5 @@ def build_server(
         limit_concurrency=settings.max_connections + 1,
         timeout_graceful_shutdown=3,
     )
+    install_log_redaction()  # uvicorn.Config has just (re)configured logging
     return Server(config, on_shutdown)

@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import httpx
 import numpy as np
 import pytest
 
@@ -119,3 +120,74 @@ def test_looping_sender_keeps_being_scored_and_is_told(tiny_bundle: Path) -> Non
             assert jumps() >= 4
 
         asyncio.run(run())
+
+
+# -- 8. The token never lands in a log line -----------------------------------------------------
+class ServeProcess:
+    """`python -m stream_server` as a user runs it, on a loopback port, stdout and stderr
+    (uvicorn's access log and everything else) captured."""
+
+    def __init__(self, bundle: Path, *args: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT, free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DEEPFAKE_BUNDLE": str(bundle), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_server", "--port", str(self.port), *args],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.output = ""
+
+    def __enter__(self) -> ServeProcess:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(self.url + "/healthz", timeout=1)
+                return self
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"deepfake-serve did not start:\n{self.output}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> str:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.output, _ = self.proc.communicate(timeout=15)
+        except Exception:
+            self.proc.kill()
+            self.output, _ = self.proc.communicate()
+        return self.output
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def test_token_in_the_query_string_never_reaches_the_log(tiny_bundle: Path) -> None:
+    secret = "S3cretTokenValue-0123456789"
+    with ServeProcess(tiny_bundle, "--token", secret, "--log-level", "debug") as srv:
+        c = httpx.Client(base_url=srv.url, timeout=10)
+        assert c.get(f"/v1/cameras?token={secret}").status_code == 200
+        assert c.get(f"/v1/cameras?%74oken={secret}").status_code == 200  # decoded by the guard
+        assert c.get(f"/v1/cameras?x=1&token={secret}x").status_code == 401
+        assert c.get(f"/?token={secret}").status_code in (200, 404)
+        assert c.get(f"/healthz?Token={secret}&other=kept").status_code == 200
+        r = c.post(f"/offer?token={secret}", content=b"{", headers={"content-type": "text/x"})
+        assert r.status_code == 415
+        c.close()
+    out = srv.output
+    assert "/v1/cameras?token=[redacted]" in out, out[-3000:]  # the access log is on
+    assert "other=kept" in out
+    assert secret not in out, [line for line in out.splitlines() if secret in line]
