@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def room_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def forced_server(forced: tuple[str, float, Path]) -> Iterator[LiveServer]:
-    with LiveServer(bundle=forced[2]) as srv:
+    # Loopback cameras (the test's RTSP server) must be allowed explicitly.
+    with LiveServer(bundle=forced[2], camera_allow=("127.0.0.1",)) as srv:
         yield srv
 
 
@@ -167,3 +169,94 @@ def test_live_webrtc_scores_follow_the_rule_once_warm(
         for f in m["faces"]:
             if f["label"] != "warming_up":
                 assert f["label"] == rule(f["p_fake"], thr) == want, f
+
+
+@pytest.fixture(scope="module")
+def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 s of a face at 15 fps, H.264 without B-frames (as IP cameras stream)."""
+    return write_video(
+        tmp_path_factory.mktemp("verdict_cam") / "cam.mp4",
+        face_frames(90, size=(320, 240)) * 2,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+
+
+def check_scores(scores: list[dict[str, Any]], want: str, thr: float) -> None:
+    """At least 5 warm verdicts, each (and each warm face) following the rule."""
+    warm = [m for m in scores if m["label"] in ("real", "fake")]
+    assert len(warm) >= 5, [m["label"] for m in scores]
+    for m in scores:
+        assert m["label"] in ("warming_up", "real", "fake"), m
+        if m["label"] == "warming_up":
+            continue
+        assert m["label"] == rule(m["p_fake"], thr) == want, (m["p_fake"], thr)
+        for f in m["faces"]:
+            if f["label"] != "warming_up":
+                assert f["label"] == rule(f["p_fake"], thr) == want, f
+
+
+@pytest.mark.rtsp
+def test_camera_scores_follow_the_rule_once_warm(
+    forced: tuple[str, float, Path], forced_server: LiveServer, camera_clip: Path
+) -> None:
+    from tests.conftest import free_port
+    from tests.rtsp import RtspServer
+    from tests.test_rtsp import Feed
+
+    want, thr, _ = forced
+    with RtspServer(camera_clip, free_port()) as rtsp:
+        r = httpx.post(forced_server.url + "/v1/cameras", json={"url": rtsp.url, "name": "door"})
+        assert r.status_code == 201, r.text
+        cam = r.json()["id"]
+        feed = Feed(f"{forced_server.url}/v1/cameras/{cam}/events")
+        try:
+            # The camera connected, and 5 warm scores arrived (warm-up is 5 analysed frames).
+            assert feed.wait(lambda e: e[0] == "connected", 20), feed.events
+            warm = lambda e: e[0] == "score" and e[1]["label"] in ("real", "fake")  # noqa: E731
+            deadline = time.monotonic() + 40
+            while sum(map(warm, feed.events)) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            feed.close()
+            assert httpx.delete(f"{forced_server.url}/v1/cameras/{cam}").status_code == 204
+    scores = [e[1] for e in feed.events if e[0] == "score"]
+    assert {m["stream"] for m in scores} == {cam}
+    check_scores(scores, want, thr)
+
+
+@pytest.mark.browser
+def test_page_shows_the_verdict_the_rule_gives(
+    forced: tuple[str, float, Path], forced_server: LiveServer, tmp_path: Path
+) -> None:
+    """The web page's verdict is the server's, and the server's follows the rule."""
+    from tests.browser import chromium, write_y4m
+
+    want, thr, _ = forced
+    shown = {"fake": "Likely fake", "real": "Real"}[want]
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
+    served: list[dict[str, Any]] = []
+    with chromium(clip) as ctx:
+        page = ctx.new_page()
+        page.goto(forced_server.url + "/")
+        page.get_by_role("button", name="Start camera").click()
+        deadline = time.monotonic() + 30
+        while not forced_server.service.streams and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (stream,) = forced_server.service.streams.values()
+        stream.taps.append(lambda rgb, result, msg: served.append(msg.to_dict()))
+        page.wait_for_function(
+            "['real','fake'].includes(document.querySelector('#verdict').dataset.label)",
+            timeout=60_000,
+        )
+        labels = set()
+        for _ in range(5):  # the shown verdict stays the rule's while scores keep coming
+            n = len(served)
+            deadline = time.monotonic() + 10
+            while len(served) == n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            labels.add(page.locator("#verdict-label").inner_text())
+        assert labels == {shown}, labels
+        assert page.locator("#verdict").get_attribute("data-label") == want
+        page.get_by_role("button", name="Stop").click()
+    check_scores(served, want, thr)
