@@ -42,6 +42,7 @@ class Settings:
     max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
     max_sdp_bytes: int = 64 * 1024
+    max_remote_candidates: int = 32  # distinct ICE candidates kept from an offer
     peer_setup_seconds: float = 15.0  # a WebRTC peer not connected by then is closed
     peer_idle_seconds: float = 30.0  # a connected peer sending no video this long is closed
     max_body_bytes: int = 1024 * 1024  # any request body except uploads
@@ -93,6 +94,8 @@ class Settings:
             bad("token must be at least 16 characters")
         if self.offer_rate_per_minute <= 0 or self.offer_burst < 1:
             bad("offer rate must be > 0 per minute with a burst of at least 1")
+        if not 1 <= self.max_remote_candidates <= 1000:
+            bad(f"max remote candidates must be 1..1000, got {self.max_remote_candidates}")
         if not 0 < self.peer_setup_seconds <= 600:
             bad(f"peer setup seconds must be in (0, 600], got {self.peer_setup_seconds}")
         if not 0 < self.peer_idle_seconds <= 3600:
@@ -156,6 +159,11 @@ _FLAGS: list[tuple[str, type, str]] = [
         "extra wait to fill a micro-batch (0: take what is queued; batches still form under load)",
     ),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    (
+        "max_remote_candidates",
+        int,
+        "remote ICE candidates kept from an offer (the highest-priority ones; more are dropped)",
+    ),
     ("peer_setup_seconds", float, "a WebRTC peer not connected within this is closed"),
     ("peer_idle_seconds", float, "a connected WebRTC peer sending no video this long is closed"),
     ("token", str, "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...)"),

@@ -97,8 +97,49 @@ def _reason(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-async def set_remote_offer(pc: RTCPeerConnection, offer: RTCSessionDescription) -> None:
-    """Apply a client's offer; anything aiortc rejects becomes an OfferError (HTTP 400)."""
+def cap_candidates(sdp: str, limit: int) -> tuple[str, int]:
+    """`sdp` keeping at most `limit` distinct remote ICE candidates (component, transport,
+    address, port), the highest-priority ones; every `a=candidate` line of a dropped candidate
+    is removed (so each media section keeps the same set). Returns (sdp, candidates dropped).
+    aiortc sends connectivity checks to every candidate an offer lists (and resolves each mDNS
+    name), so an offer listing hundreds would make the server probe hundreds of addresses."""
+    lines = sdp.split("\n")
+    best: dict[tuple[str, ...], int] = {}
+    keys: list[tuple[str, ...] | None] = []
+    for line in lines:
+        if not line.startswith("a=candidate:"):
+            keys.append(None)
+            continue
+        f = line[len("a=candidate:") :].split()
+        key = (f[1], f[2].lower(), f[4], f[5]) if len(f) >= 6 else (line.strip(),)
+        try:
+            priority = int(f[3])
+        except (IndexError, ValueError):
+            priority = 0
+        best[key] = max(priority, best.get(key, priority))
+        keys.append(key)
+    if len(best) <= limit:
+        return sdp, 0
+    ranked = sorted(best, key=lambda k: -best[k])  # stable: equal priorities keep SDP order
+    kept = set(ranked[:limit])
+    out = [line for line, key in zip(lines, keys, strict=True) if key is None or key in kept]
+    return "\n".join(out), len(best) - limit
+
+
+async def set_remote_offer(
+    pc: RTCPeerConnection, offer: RTCSessionDescription, max_candidates: int | None = None
+) -> None:
+    """Apply a client's offer (with at most `max_candidates` remote ICE candidates, see
+    `cap_candidates`); anything aiortc rejects becomes an OfferError (HTTP 400)."""
+    if max_candidates is not None:
+        sdp, dropped = cap_candidates(offer.sdp, max_candidates)
+        if dropped:
+            log.info(
+                "offer listed %d remote ICE candidates over the limit of %d: dropped",
+                dropped,
+                max_candidates,
+            )
+            offer = RTCSessionDescription(sdp=sdp, type=offer.type)
     try:
         await pc.setRemoteDescription(offer)
     except Exception as exc:
@@ -238,7 +279,7 @@ class PeerSession:
                 return
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        await set_remote_offer(self.pc, offer)
+        await set_remote_offer(self.pc, offer, self.settings.max_remote_candidates)
         answer = await make_answer(self.pc)
         s = self.settings
         self._spawn(
@@ -325,7 +366,7 @@ class ViewerSession:
             send_message(self.channel, msg)
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        await set_remote_offer(self.pc, offer)
+        await set_remote_offer(self.pc, offer, self.settings.max_remote_candidates)
         self.pc.addTrack(CameraTrack(self.camera))
         answer = await make_answer(self.pc)
         loop = asyncio.get_running_loop()

@@ -191,3 +191,81 @@ def test_token_in_the_query_string_never_reaches_the_log(tiny_bundle: Path) -> N
     assert "/v1/cameras?token=[redacted]" in out, out[-3000:]  # the access log is on
     assert "other=kept" in out
     assert secret not in out, [line for line in out.splitlines() if secret in line]
+
+
+# -- 13. Remote ICE candidates are capped ---------------------------------------------------------
+def inflate_candidates(sdp: str, n: int, port0: int = 20000) -> str:
+    """`sdp` with `n` made-up host candidates (loopback ports nobody listens on, all of lower
+    priority than the real ones) inserted before the first media section's own candidates."""
+    lines = sdp.split("\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=candidate:"))
+    fake = [
+        f"a=candidate:fake{i} 1 udp {1000 + i} 127.0.0.1 {port0 + i} typ host" for i in range(n)
+    ]
+    return "\r\n".join(lines[:at] + fake + lines[at:])
+
+
+def remote_candidates(pc: object) -> list[object]:
+    """The remote candidates the server's peer connection kept (aioice's list)."""
+    seen: dict[int, object] = {}
+    for t in pc.getTransceivers():  # type: ignore[attr-defined]
+        ice = t.receiver.transport.transport
+        seen[id(ice)] = ice
+    sctp = pc.sctp  # type: ignore[attr-defined]
+    if sctp is not None:
+        ice = sctp.transport.transport
+        seen[id(ice)] = ice
+    return [c for ice in seen.values() for c in ice._connection.remote_candidates]
+
+
+def test_offer_with_800_candidates_keeps_the_best_32_and_connects(tiny_bundle: Path) -> None:
+    import json
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from stream_server.webrtc import cap_candidates
+
+    with LiveServer(bundle=tiny_bundle) as srv:
+        assert srv.service.settings.max_remote_candidates == 32
+
+        async def run() -> None:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTrack(FramesTrack(face_frames(20, size=(320, 240)), fps=10))
+            channel = pc.createDataChannel("scores")
+            messages: list[dict[str, object]] = []
+            channel.on("message", lambda data: messages.append(json.loads(data)))
+            await pc.setLocalDescription(await pc.createOffer())
+            sdp = inflate_candidates(pc.localDescription.sdp, 800)
+            assert sdp.count("a=candidate:") >= 801 and len(sdp) < 64 * 1024
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+                r = await c.post("/offer", json={"sdp": sdp, "type": "offer"})
+            assert r.status_code == 200, r.text
+            owner = srv.service.owners[r.json()["stream"]]
+            kept = remote_candidates(owner.pc)  # type: ignore[attr-defined]
+            ports = {c.port for c in kept}  # type: ignore[attr-defined]
+            assert 0 < len(ports) <= 32, len(ports)
+            # The real (highest-priority) candidate survived although it came after 800 others:
+            # the peer connects and is scored.
+            await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
+            assert await wait_for(
+                lambda: any(m.get("type") == "score" for m in messages), within=15.0
+            ), messages
+            await pc.close()
+
+        asyncio.run(run())
+    # The cap itself: distinct candidates, the best by priority, every section the same set.
+    two = "\n".join(
+        [
+            "m=video",
+            "a=candidate:a 1 udp 5 10.0.0.1 1 typ host",
+            "a=candidate:b 1 udp 9 10.0.0.2 2 typ host",
+            "a=candidate:c 1 udp 7 10.0.0.3 3 typ host",
+            "m=application",
+            "a=candidate:a 1 udp 5 10.0.0.1 1 typ host",
+            "a=candidate:b 1 udp 9 10.0.0.2 2 typ host",
+        ]
+    )
+    capped, dropped = cap_candidates(two, 2)
+    assert dropped == 1 and "10.0.0.1" not in capped
+    assert capped.count("10.0.0.2") == 2 and capped.count("10.0.0.3") == 1
+    assert cap_candidates(two, 3) == (two, 0)
