@@ -1,0 +1,164 @@
+"""README claims that no other test pins: --max-frame-side and --analysis-fps on a live stream,
+--cameras-file, --ice-servers, --max-analyses (429), and deepfake-scan's exit-code precedence
+(3 over 1) and "no video files found" (2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import LiveServer
+from tests.media import face_frames, write_video
+from tests.rtc_client import ClientPeer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_max_frame_side_and_analysis_fps_override_on_a_live_stream(tiny_bundle: Path) -> None:
+    """640x480 frames with --max-frame-side 320 are analysed at 320x240; --analysis-fps 2.5
+    replaces the bundle's 5 fps in the answer, /healthz and the spacing of analysed frames."""
+    shapes: list[tuple[int, ...]] = []
+    with LiveServer(bundle=tiny_bundle, max_frame_side=320, analysis_fps=2.5) as srv:
+        assert srv.service.bundle.analysis_fps == 5.0  # the override is what differs
+
+        async def run() -> ClientPeer:
+            peer = ClientPeer(srv.url, face_frames(60, size=(640, 480)), fps=15)
+            await peer.connect()
+            stream = srv.service.streams[peer.answer["stream"]]
+            stream.taps.append(lambda rgb, result, msg: shapes.append(rgb.shape))
+            await peer.wait_scores(7, within=30.0)
+            await peer.close()
+            return peer
+
+        peer = asyncio.run(run())
+        assert httpx.get(srv.url + "/healthz").json()["analysis_fps"] == 2.5
+    assert peer.answer["analysis_fps"] == 2.5
+    scores = peer.scores()
+    assert len(scores) >= 7
+    assert shapes and set(shapes) == {(240, 320, 3)}, set(shapes)
+    assert all(len(m["faces"]) == 1 for m in scores)  # still found at the smaller size
+    gaps = np.diff([m["t"] for m in scores])
+    assert 0.3 <= float(np.median(gaps)) <= 0.55, gaps  # 0.4 s apart, not 0.2
+
+
+def test_ice_servers_reach_the_peer_configuration_and_default_to_none() -> None:
+    from stream_server.settings import Settings, parse_settings
+    from stream_server.webrtc import rtc_configuration
+
+    assert rtc_configuration(Settings()).iceServers == []  # no public STUN by default
+    s = parse_settings(["--ice-servers", "stun:stun.invalid:3478, turn:turn.invalid:3478"], {})
+    urls = [srv.urls for srv in rtc_configuration(s).iceServers]
+    assert urls == ["stun:stun.invalid:3478", "turn:turn.invalid:3478"]
+
+
+@pytest.mark.rtsp
+def test_cameras_file_registers_cameras_at_start_up(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Cameras listed in --cameras-file are registered (bad entries refused with a log line) and
+    are monitored: the camera connects and scores arrive."""
+    from tests.conftest import free_port
+    from tests.rtsp import RtspServer
+    from tests.test_rtsp import Feed
+
+    clip = write_video(
+        tmp_path / "cam.mp4",
+        face_frames(60, size=(320, 240)) * 3,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+    with RtspServer(clip, free_port()) as rtsp:
+        cams = tmp_path / "cameras.json"
+        cams.write_text(
+            json.dumps([{"url": rtsp.url, "name": "lobby"}, {"url": "http://x/y", "name": "bad"}])
+        )
+        with LiveServer(bundle=tiny_bundle, cameras_file=cams, camera_allow=("127.0.0.1",)) as srv:
+            listed = httpx.get(srv.url + "/v1/cameras").json()["cameras"]
+            assert [c["name"] for c in listed] == ["lobby"], listed
+            feed = Feed(f"{srv.url}/v1/cameras/{listed[0]['id']}/events")
+            try:
+                assert feed.wait(lambda e: e[0] in ("connected", "score"), 20), feed.events
+                score = feed.wait(lambda e: e[0] == "score", 20)
+            finally:
+                feed.close()
+            assert score is not None and len(score[1]["faces"]) == 1, feed.events
+
+
+def test_max_analyses_refuses_a_second_upload_with_429(tiny_bundle: Path, tmp_path: Path) -> None:
+    """With --max-analyses 1 and a slowed engine (fault injection), an upload sent while another
+    is being analysed gets 429; once the first is done the next is analysed."""
+    clip = write_video(tmp_path / "face.mp4", face_frames(30, size=(320, 240)), fps=15)
+    with LiveServer(bundle=tiny_bundle, max_analyses=1) as srv:
+        engine = srv.service.engine
+        real = engine._process
+        busy = threading.Event()
+
+        def slow(batch: Any) -> None:
+            busy.set()
+            time.sleep(0.25)
+            real(batch)
+
+        engine._process = slow  # type: ignore[method-assign]
+
+        def post() -> httpx.Response:
+            with clip.open("rb") as f:
+                return httpx.post(
+                    srv.url + "/v1/analyze",
+                    files={"file": ("face.mp4", f, "video/mp4")},
+                    timeout=120,
+                )
+
+        first: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: first.append(post()))
+        t.start()
+        assert busy.wait(30), "the first upload's analysis never reached the engine"
+        second = post()
+        t.join(120)
+        assert second.status_code == 429, second.text
+        assert "1 analyses are already running" in second.json()["error"]
+        assert first and first[0].status_code == 200, first
+        third = post()
+        assert third.status_code == 200, third.text
+        assert third.json()["verdict"] in ("real", "fake")
+
+
+def _scan(bundle: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle), "--quiet"]
+        + ["--json", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_scan_exit_codes_unreadable_wins_over_fake_and_no_videos_is_2(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.test_verdict import with_threshold
+
+    fake = with_threshold(tiny_bundle, tmp_path / "always-fake", 1e-6)
+    clip = write_video(tmp_path / "face.mp4", face_frames(30, size=(320, 240)), fps=15)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00not a video" * 1000)
+    r = _scan(fake, clip, broken)
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])  # 3 (unreadable) over 1 (fake)
+    face, bad = json.loads(r.stdout)["results"]
+    assert face["verdict"] == "fake" and "error" in bad
+    # Only the fake: 1; an empty folder: 2 with the reason.
+    assert _scan(fake, clip).returncode == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no videos here")
+    r = _scan(fake, empty)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "deepfake-scan: error: no video files found in the given paths"
