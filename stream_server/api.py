@@ -81,7 +81,10 @@ def create_app(service: Service) -> Starlette:
             camera = registry.cameras.get(str(body["camera"]))
             if camera is None:
                 return error(404, "no camera with that id")
-            peer = ViewerSession(service, settings, camera)
+            try:
+                peer = ViewerSession(service, settings, camera)
+            except Capacity as exc:
+                return error(503, str(exc))
         else:
             try:
                 peer = PeerSession(service, settings)

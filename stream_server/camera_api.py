@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from stream_server.camera_url import CameraUrlError
-from stream_server.cameras import Camera, CameraRegistry
+from stream_server.cameras import Camera, CameraRegistry, DuplicateCamera
 from stream_server.service import Capacity
 
 JsonReader = Callable[[Request, int], Awaitable[Any]]
@@ -30,6 +30,8 @@ def camera_routes(registry: CameraRegistry, read_json: JsonReader) -> list[Route
             raise HTTPException(400, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
+        except DuplicateCamera as exc:
+            raise HTTPException(409, str(exc)) from None
         except Capacity as exc:
             raise HTTPException(503, str(exc)) from None
         return JSONResponse(cam.view(), status_code=201)

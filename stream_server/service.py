@@ -54,6 +54,9 @@ class Service:
             max_workers=min(8, (os.cpu_count() or 2) + 2), thread_name_prefix="face-stage"
         )
         self.streams: dict[str, StreamAnalyzer] = {}
+        # Camera viewers re-encode video without an analysed stream of their own: they take a
+        # slot of the same --max-streams budget as WebRTC peers and cameras.
+        self.viewers: dict[str, Closable] = {}
         self.owners: dict[str, Closable] = {}
         self._closing = False
         # Set when shutdown begins: uploads being received or analysed stop and answer 503.
@@ -76,11 +79,33 @@ class Service:
             ",".join(self.sessions.providers),
         )
 
-    def new_stream(self, stream_id: str, emit: Emit, owner: Closable) -> StreamAnalyzer:
+    @property
+    def load(self) -> int:
+        """Slots taken in the --max-streams budget: analysed streams (WebRTC peers, cameras)
+        and camera viewers."""
+        return len(self.streams) + len(self.viewers)
+
+    def _check_room(self) -> None:
         if self._closing:
             raise Capacity("server is shutting down")
-        if len(self.streams) >= self.settings.max_streams:
-            raise Capacity(f"stream limit reached ({self.settings.max_streams} streams)")
+        if self.load >= self.settings.max_streams:
+            raise Capacity(
+                f"stream limit reached ({self.settings.max_streams} streams, "
+                "counting WebRTC peers, cameras and camera viewers)"
+            )
+
+    def add_viewer(self, viewer_id: str, owner: Closable) -> None:
+        """Take a slot for a camera viewer (raises Capacity when there is none)."""
+        self._check_room()
+        self.viewers[viewer_id] = owner
+        self.owners[f"viewer-{viewer_id}"] = owner
+
+    def remove_viewer(self, viewer_id: str) -> None:
+        self.viewers.pop(viewer_id, None)
+        self.owners.pop(f"viewer-{viewer_id}", None)
+
+    def new_stream(self, stream_id: str, emit: Emit, owner: Closable) -> StreamAnalyzer:
+        self._check_room()
         pipeline = FramePipeline(self.bundle, self.detector, self.engine)
         stream = StreamAnalyzer(
             stream_id,
@@ -115,6 +140,7 @@ class Service:
             "window": self.bundle.window,
             "threshold": self.bundle.threshold,
             "streams": len(self.streams),
+            "viewers": len(self.viewers),
             "max_streams": self.settings.max_streams,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }

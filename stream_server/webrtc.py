@@ -328,6 +328,7 @@ class ViewerSession:
     def __init__(self, service: Service, settings: Settings, camera: Any) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.service = service
+        service.add_viewer(self.id, self)  # one slot of --max-streams, or Capacity
         self.camera = camera
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         self.channel: RTCDataChannel | None = None
@@ -338,7 +339,6 @@ class ViewerSession:
         self._watch: asyncio.Task[None] | None = None
         self.connected_at: float | None = None
         self.last_frame_at: float | None = None  # viewers send no video; not watched for it
-        service.owners[f"viewer-{self.id}"] = self
         pc = self.pc
 
         @pc.on("datachannel")
@@ -382,7 +382,7 @@ class ViewerSession:
             return
         self._closed = True
         self.camera.unsubscribe(self.queue)
-        self.service.owners.pop(f"viewer-{self.id}", None)
+        self.service.remove_viewer(self.id)
         current = asyncio.current_task()
         tasks = [t for t in (self._pump, self._watch) if t is not None and t is not current]
         for t in tasks:
