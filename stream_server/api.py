@@ -22,6 +22,7 @@ from stream_server.camera_url import CameraUrlError
 from stream_server.cameras import CameraRegistry
 from stream_server.guard import Guard
 from stream_server.service import Capacity, Service
+from stream_server.slashes import relative_slash_redirects
 from stream_server.uploads import UploadAnalyzer
 from stream_server.webrtc import OfferError, PeerSession, ViewerSession, check_offer, configure_ice
 
@@ -144,6 +145,7 @@ def create_app(service: Service) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
+    relative_slash_redirects(app.router)  # never a Location built from the Host header
     app.state.service = service
     app.state.cameras = registry
     return app

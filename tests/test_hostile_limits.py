@@ -269,3 +269,22 @@ def test_offer_with_800_candidates_keeps_the_best_32_and_connects(tiny_bundle: P
     assert dropped == 1 and "10.0.0.1" not in capped
     assert capped.count("10.0.0.2") == 2 and capped.count("10.0.0.3") == 1
     assert cap_candidates(two, 3) == (two, 0)
+
+
+# -- 17. The trailing-slash redirect does not reflect the Host header --------------------------
+def test_trailing_slash_redirect_is_relative_whatever_the_host_header(
+    live_server: LiveServer,
+) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=10, follow_redirects=False) as c:
+        evil = {"host": "evil.example.com"}
+        r = c.get("/healthz/", headers=evil)
+        assert r.status_code in (307, 308), r.text
+        assert r.headers["location"] == "/healthz", r.headers
+        r = c.get("/static?x=1", headers=evil)
+        assert r.status_code in (307, 308) and r.headers["location"] == "/static/?x=1"
+        # A doubled leading slash never becomes a protocol-relative URL.
+        r = c.get("//evil.example.com/", headers=evil)
+        assert "evil.example.com" not in r.headers.get("location", ""), r.headers
+        r = c.get("/nothing-here/", headers=evil)
+        assert r.status_code == 404 and "location" not in r.headers
+        assert c.get("/healthz/", follow_redirects=True).json()["status"] == "ok"
