@@ -59,7 +59,7 @@ class Settings:
     upload_dir: Path | None = None  # temporary files (default: the system's temp dir)
     cameras_file: Path | None = None  # JSON list of {"url": "rtsp://...", "name": ...} at start-up
     max_cameras: int = 16
-    camera_allow: tuple[str, ...] = ()  # allowed camera hosts / networks (CIDR); empty: any
+    camera_allow: tuple[str, ...] = ()  # allowed camera hosts / networks; empty: public only
     camera_stall_seconds: float = 5.0  # no frames for this long: source_lost, reconnect
     camera_backoff_max: float = 30.0  # longest wait between reconnect attempts
     alert_seconds: float = 3.0  # a face above the threshold this long fires an alert
@@ -151,7 +151,11 @@ _FLAGS: list[tuple[str, type, str]] = [
     ),
     ("threads", int, "onnxruntime threads for the encoder (0 = all cores)"),
     ("analysis_fps", float, "analysed frames per second per stream (default: the bundle's)"),
-    ("max_streams", int, "concurrent streams; the next offer gets 503"),
+    (
+        "max_streams",
+        int,
+        "concurrent streams (WebRTC peers, cameras and camera viewers); the next gets 503",
+    ),
     ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
     (
         "max_wait_ms",
@@ -188,7 +192,12 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("upload_dir", Path, "directory for temporary upload files"),
     ("cameras_file", Path, "JSON list of cameras to register at start-up"),
     ("max_cameras", int, "most RTSP cameras registered at once"),
-    ("camera_allow", str, "comma list of camera hosts or networks (CIDR) allowed; empty: any"),
+    (
+        "camera_allow",
+        str,
+        "comma list of camera hosts or networks (CIDR) allowed, e.g. 192.168.1.0/24 or "
+        "127.0.0.1 (empty: public addresses only; loopback, link-local and private refused)",
+    ),
     ("camera_stall_seconds", float, "no frames for this long marks a camera lost"),
     ("camera_backoff_max", float, "longest wait between camera reconnect attempts"),
     ("alert_seconds", float, "seconds a face must stay above the threshold to alert"),
