@@ -173,8 +173,10 @@ def test_credentials_never_appear_in_responses_or_logs(
         cam = r.json()
         assert cam["url"] == rtsp.url.replace("rtsp://", "rtsp://***@")
         feed = Feed(f"{srv.url}/v1/cameras/{cam['id']}/events")
-        feed.wait(lambda e: e[0] == "score", 10)
+        # The camera (with its credentials) really connected: a score came through.
+        score = feed.wait(lambda e: e[0] == "score", 10)
         feed.close()
+        assert score is not None, feed.events
         texts = [
             r.text,
             httpx.get(srv.url + "/v1/cameras").text,

@@ -30,6 +30,7 @@ SCORE_KEYS = {
     "dropped",
     "model",
 }
+FACE_KEYS = {"track", "box", "p_fake", "frames", "label"}
 N_FRAMES = 60  # a 4 s loop at 15 fps
 
 
@@ -56,6 +57,14 @@ def test_scores_arrive_fast_match_contract_and_box_the_face(live_server: LiveSer
         assert 0.0 <= m["p_fake"] <= 1.0
         assert m["latency_ms"] >= 0 and m["dropped"] >= 0
         assert len(m["faces"]) == 1
+        (face,) = m["faces"]
+        assert set(face) == FACE_KEYS
+        assert len(face["box"]) == 4 and all(0.0 <= v <= 1.0 for v in face["box"])
+        assert 0.0 <= face["p_fake"] <= 1.0 and 1 <= face["frames"] <= 20
+        assert isinstance(face["track"], int)
+        assert face["label"] in ("real", "fake", "warming_up")
+        if m["label"] != "warming_up":  # the frame's p_fake is its warm faces' highest
+            assert m["p_fake"] == face["p_fake"]
     seqs = [m["seq"] for m in scores]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     ts = [m["t"] for m in scores]
@@ -168,7 +177,8 @@ def test_disconnect_releases_streams_tasks_and_threads(live_server: LiveServer) 
     async def session() -> None:
         peer = ClientPeer(live_server.url, face_frames(30), fps=15)
         await peer.connect()
-        await peer.wait_scores(3, 5.0)
+        # The stream really ran (else releasing it proves nothing).
+        assert len(await peer.wait_scores(3, 10.0)) >= 3
         await peer.close()
 
     def settle() -> tuple[int, int]:
