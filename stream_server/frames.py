@@ -35,6 +35,28 @@ class FrameSampler:
         return True
 
 
+# The largest frame decoded from an uploaded or scanned file: 3840x2160 (4K UHD), 8.3 MP.
+# Checked from the stream header before decoding, and enforced by the decoder itself
+# (FFmpeg's `max_pixels`), so a small file declaring huge frames cannot allocate them.
+MAX_FRAME_PIXELS = 3840 * 2160
+
+
+class FrameTooLarge(ValueError):
+    """The stream's frames have more pixels than allowed (`width`, `height` from its header,
+    0 when the header names none)."""
+
+    def __init__(self, width: int, height: int, limit: int) -> None:
+        self.width, self.height, self.limit = width, height, limit
+        size = f"{width}x{height} ({width * height / 1e6:.1f} megapixels)" if width else "larger"
+        super().__init__(f"frames are {size}; the limit is {limit / 1e6:.1f} megapixels per frame")
+
+
+def pixel_options(max_pixels: int | None) -> dict[str, str]:
+    """`av.open` options that make FFmpeg refuse frames over `max_pixels` already while it
+    probes the file (probing decodes a frame of some formats, e.g. PNG)."""
+    return {} if max_pixels is None else {"max_pixels": str(int(max_pixels))}
+
+
 # The frame rate assumed for frames without timestamps when the stream names none (FFmpeg's
 # own default for raw streams).
 DEFAULT_RATE = 25.0
@@ -120,10 +142,19 @@ def stream_rate(stream: av.video.stream.VideoStream) -> float | None:
 
 class DecodedFrames:
     """Iterator over a container's decoded video frames that also carries the stream's frame
-    `rate` (what `FrameSource` synthesises missing timestamps from)."""
+    `rate` (what `FrameSource` synthesises missing timestamps from).
 
-    def __init__(self, container: InputContainer) -> None:
+    With `max_pixels`, a stream whose header names larger frames raises FrameTooLarge before
+    anything is decoded, and the decoder is told the same limit (a header may name no size,
+    or lie): it then refuses such a frame with an error instead of allocating it."""
+
+    def __init__(self, container: InputContainer, max_pixels: int | None = None) -> None:
         stream = container.streams.video[0]
+        if max_pixels is not None:
+            cc = stream.codec_context
+            if cc.width * cc.height > max_pixels:
+                raise FrameTooLarge(cc.width, cc.height, max_pixels)
+            cc.options = {**cc.options, **pixel_options(max_pixels)}
         stream.thread_type = "AUTO"
         self.rate = stream_rate(stream)
         self._frames = container.decode(stream)
@@ -136,10 +167,10 @@ class DecodedFrames:
         return frame
 
 
-def decode_video(container: InputContainer) -> DecodedFrames:
+def decode_video(container: InputContainer, max_pixels: int | None = None) -> DecodedFrames:
     """Decoded frames of the container's first video stream (threaded decoding); `.rate` is the
-    stream's frame rate."""
-    return DecodedFrames(container)
+    stream's frame rate. With `max_pixels`, larger frames are refused (see DecodedFrames)."""
+    return DecodedFrames(container, max_pixels)
 
 
 class FrameSource:

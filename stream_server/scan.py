@@ -3,6 +3,7 @@ and head as a live stream, sampled at the bundle's analysis rate."""
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,16 +16,40 @@ import numpy as np
 from stream_server.bundle import Bundle
 from stream_server.engine import InferenceEngine
 from stream_server.faces import Detectors, FaceDetector
-from stream_server.frames import MAX_FRAME_SIDE, FrameSource, decode_video
+from stream_server.frames import (
+    MAX_FRAME_PIXELS,
+    MAX_FRAME_SIDE,
+    FrameSource,
+    FrameTooLarge,
+    decode_video,
+    pixel_options,
+)
 from stream_server.pipeline import FramePipeline, FrameResult
 
 
 class ScanError(Exception):
-    """The file cannot be analysed; one line saying why. `too_long` marks the duration limit."""
+    """The file cannot be analysed; one line saying why. `too_long` marks the duration limit,
+    `too_large` the frame size limit."""
 
-    def __init__(self, message: str, too_long: bool = False) -> None:
+    def __init__(self, message: str, too_long: bool = False, too_large: bool = False) -> None:
         super().__init__(message)
         self.too_long = too_long
+        self.too_large = too_large
+
+
+def av_reason(exc: BaseException) -> str:
+    """What went wrong, in words (never an exception class name): FFmpeg's own description
+    ("invalid data found when processing input"), or "timed out"."""
+    if (
+        isinstance(exc, av.TimeoutError | TimeoutError)
+        or getattr(exc, "errno", None) == errno.ETIMEDOUT
+    ):
+        return "timed out"
+    if isinstance(exc, UnicodeDecodeError):
+        return "its name or metadata is not valid text"
+    text = str(getattr(exc, "strerror", None) or (str(exc).splitlines() or [""])[0])
+    text = str(text).strip().rstrip(".")
+    return (text[:1].lower() + text[1:])[:160] if text else "unreadable"
 
 
 class ScanCancelled(ScanError):
@@ -35,6 +60,7 @@ class ScanCancelled(ScanError):
 class ScanLimits:
     max_seconds: float = 600.0
     max_frame_side: int = MAX_FRAME_SIDE
+    max_frame_pixels: int | None = MAX_FRAME_PIXELS  # None: no limit
 
 
 @dataclass
@@ -114,10 +140,11 @@ def scan_file(
     pipeline = FramePipeline(bundle, detector, engine)
     times: list[float] = []
     results: list[FrameResult] = []
+    max_pixels = limits.max_frame_pixels
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=pixel_options(max_pixels))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise ScanError(f"{name} is not a readable video ({type(exc).__name__})") from None
+        raise ScanError(f"{name} is not a readable video: {av_reason(exc)}") from None
     with container:
         if not container.streams.video:
             raise ScanError(f"{name} has no video stream")
@@ -132,8 +159,13 @@ def scan_file(
                 f"{name} is {declared:.0f} s long; the limit of {limits.max_seconds:.0f} s is exceeded",
                 too_long=True,
             )
+        try:
+            frames = decode_video(container, max_pixels)
+        except FrameTooLarge as exc:
+            raise ScanError(f"{name}: {exc}", too_large=True) from None
+        header_size = stream.codec_context.width * stream.codec_context.height
         source = FrameSource(
-            decode_video(container),
+            frames,
             fps or bundle.analysis_fps,
             max_side=limits.max_frame_side,
             max_seconds=limits.max_seconds,
@@ -147,8 +179,17 @@ def scan_file(
                 if progress is not None and declared:
                     progress(min(1.0, t / declared))
         except av.FFmpegError as exc:
+            if not results and source.decoded == 0 and max_pixels and not header_size:
+                # The header named no frame size and the decoder refused the first frame: the
+                # decoder's pixel limit (or a damaged file) stopped it before it allocated.
+                raise ScanError(
+                    f"{name}: no frame could be decoded within the limit of "
+                    f"{max_pixels / 1e6:.1f} megapixels per frame (its frames are larger, or "
+                    f"it is damaged: {av_reason(exc)})",
+                    too_large=isinstance(exc, av.ArgumentError),
+                ) from None
             if not results:
-                raise ScanError(f"{name} could not be decoded ({type(exc).__name__})") from None
+                raise ScanError(f"{name} could not be decoded: {av_reason(exc)}") from None
         if source.too_long:
             raise ScanError(
                 f"{name} is longer than the limit of {limits.max_seconds:.0f} s", too_long=True

@@ -41,6 +41,7 @@ class Settings:
     max_batch: int = 16
     max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
+    max_frame_pixels: int = 3840 * 2160  # uploads with larger frames are refused (413)
     max_sdp_bytes: int = 64 * 1024
     max_remote_candidates: int = 32  # distinct ICE candidates kept from an offer
     peer_setup_seconds: float = 15.0  # a WebRTC peer not connected by then is closed
@@ -90,6 +91,8 @@ class Settings:
             bad("threads must be >= 0")
         if self.max_frame_side < 64:
             bad("max frame side must be >= 64")
+        if not 64 * 64 <= self.max_frame_pixels <= 1 << 30:
+            bad(f"max frame pixels must be 4096..{1 << 30}, got {self.max_frame_pixels}")
         if self.token is not None and len(self.token) < 16:
             bad("token must be at least 16 characters")
         if self.offer_rate_per_minute <= 0 or self.offer_burst < 1:
@@ -163,6 +166,11 @@ _FLAGS: list[tuple[str, type, str]] = [
         "extra wait to fill a micro-batch (0: take what is queued; batches still form under load)",
     ),
     ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
+    (
+        "max_frame_pixels",
+        int,
+        "uploads whose frames have more pixels than this are refused (413) before decoding",
+    ),
     (
         "max_remote_candidates",
         int,

@@ -74,7 +74,11 @@ class UploadAnalyzer:
             )
         self.running += 1
         cancel = threading.Event()  # this request was cancelled: stop its scan too
-        limits = ScanLimits(max_seconds=s.max_video_seconds, max_frame_side=s.max_frame_side)
+        limits = ScanLimits(
+            max_seconds=s.max_video_seconds,
+            max_frame_side=s.max_frame_side,
+            max_frame_pixels=s.max_frame_pixels,
+        )
         try:
             result = await asyncio.get_running_loop().run_in_executor(
                 svc.executor,
@@ -91,7 +95,7 @@ class UploadAnalyzer:
         except ScanCancelled:
             raise HTTPException(503, "server is shutting down") from None
         except ScanError as exc:
-            raise HTTPException(413 if exc.too_long else 422, str(exc)) from None
+            raise HTTPException(413 if exc.too_long or exc.too_large else 422, str(exc)) from None
         finally:
             cancel.set()
             self.running -= 1

@@ -31,6 +31,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "max_batch": ("9", 9),
     "max_wait_ms": ("4.5", 4.5),
     "max_frame_side": ("640", 640),
+    "max_frame_pixels": ("2000000", 2000000),
     "max_remote_candidates": ("7", 7),
     "peer_setup_seconds": ("7.5", 7.5),
     "peer_idle_seconds": ("12", 12.0),

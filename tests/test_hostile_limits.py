@@ -288,3 +288,100 @@ def test_trailing_slash_redirect_is_relative_whatever_the_host_header(
         r = c.get("/nothing-here/", headers=evil)
         assert r.status_code == 404 and "location" not in r.headers
         assert c.get("/healthz/", follow_redirects=True).json()["status"] == "ok"
+
+
+# -- 17. A pixel limit checked before decoding; errors in words ---------------------------------
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A black RGB PNG of width x height written row by row (never held in memory): 16000 x
+    16000 is 768 MB decoded but about 750 KB on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    z = zlib.compressobj(6)
+    row = b"\0" * (1 + 3 * width)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    with path.open("wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", idat))
+        f.write(chunk(b"IEND", b""))
+    return path
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_frame_pixel_limit_is_checked_before_decoding(tiny_bundle: Path, tmp_path: Path) -> None:
+    from tests.media import write_video
+
+    png = huge_png(tmp_path / "huge.png", 16000, 16000)
+    assert png.stat().st_size < 2_000_000
+    big = write_video(tmp_path / "big.mp4", face_frames(6, size=(1280, 960)), fps=10)
+    ok = write_video(tmp_path / "ok.mp4", face_frames(10, size=(640, 480)), fps=10)
+    with ServeProcess(tiny_bundle, "--max-frame-pixels", "1000000") as srv:
+
+        def upload(path: Path) -> httpx.Response:
+            with path.open("rb") as f:
+                return httpx.post(
+                    srv.url + "/v1/analyze", files={"file": (path.name, f)}, timeout=120
+                )
+
+        assert upload(ok).status_code == 200  # the server has decoded a normal clip
+        before = peak_rss_mb(srv.proc.pid)
+        # The header names the size: refused before any frame is decoded.
+        r = upload(big)
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == (
+            "big.mp4: frames are 1280x960 (1.2 megapixels); the limit is 1.0 megapixels per frame"
+        )
+        # A PNG's size is only known by decoding it: the decoder refuses it, never allocating
+        # the 768 MB frame (it used to cost ~830 MB of RSS).
+        r = upload(png)
+        assert r.status_code == 413, r.text
+        assert "limit of 1.0 megapixels per frame" in r.json()["error"], r.text
+        grew = peak_rss_mb(srv.proc.pid) - before
+        assert grew < 150, f"peak RSS grew by {grew:.0f} MB"
+        assert httpx.get(srv.url + "/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_upload_errors_are_in_words(live_server: LiveServer, tmp_path: Path) -> None:
+    import re
+
+    from tests.media import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", face_frames(20, size=(160, 120)), fps=10)
+    data = clip.read_bytes()
+    cases = {
+        "truncated.mp4": data[: len(data) // 3],
+        "noise.mp4": np.random.default_rng(1).integers(0, 256, 40_000, np.uint8).tobytes(),
+        "text.mp4": b"not a video at all\n" * 200,
+        "tail.mp4": data[len(data) // 2 :],
+    }
+    with av.open(str(tmp_path / "voice.wav"), "w") as out:  # audio, no video stream
+        s = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            out.mux(p)
+    cases["voice.wav"] = (tmp_path / "voice.wav").read_bytes()
+    for name, body in cases.items():
+        r = httpx.post(live_server.url + "/v1/analyze", files={"file": (name, body)}, timeout=60)
+        msg = r.json().get("error", "") if r.status_code != 200 else ""
+        assert r.status_code in (200, 422), (name, r.status_code, r.text)
+        if r.status_code == 422:
+            assert msg.startswith(name + " "), msg
+            assert not re.search(r"[A-Z][A-Za-z]*Error\b", msg), msg  # no exception names
+    voice = httpx.post(
+        live_server.url + "/v1/analyze", files={"file": ("voice.wav", cases["voice.wav"])}
+    )
+    assert voice.status_code == 422 and voice.json()["error"] == "voice.wav has no video stream"
