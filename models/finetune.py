@@ -269,6 +269,7 @@ def finetune(
     *,
     units: int = 16,
     lr: float = 2e-4,
+    ema: float = 0.0,
     seed: int = 0,
     resume: bool = False,
     val: list[Clip] | None = None,
@@ -294,7 +295,12 @@ def finetune(
         warmup_target=lr,
         warmup_steps=min(100, steps // 10),
     )
-    clf.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+    opt = (
+        keras.optimizers.Adam(schedule, use_ema=True, ema_momentum=ema)
+        if ema > 0
+        else keras.optimizers.Adam(schedule)
+    )
+    clf.compile(optimizer=opt, loss="binary_crossentropy")
     start, losses, val_auc = 0, [], []
     if resume and wfile.is_file() and sfile.is_file():
         state = json.loads(sfile.read_text())
@@ -335,6 +341,8 @@ def finetune(
         run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
         bar.set_postfix(loss=f"{run_loss:.3f}")
         done = step + 1
+        if ema > 0 and done == steps:
+            clf.optimizer.finalize_variable_values(clf.trainable_variables)
         if done % save_every == 0 or done == steps:
             save(done)
         if eval_every and (done % eval_every == 0 or done == steps):

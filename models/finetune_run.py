@@ -129,6 +129,7 @@ def end_to_end(
         ckpt,
         units=args.units,
         lr=args.lr,
+        ema=args.ema,
         seed=args.seed,
         resume=args.resume,
         val=val_clips,
@@ -180,6 +181,7 @@ def end_to_end(
         "val_auc_by_step": result.val_auc,
         "seconds": round(result.seconds, 1),
         "units_per_batch": args.units,
+        "ema": args.ema,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),
     }

@@ -110,6 +110,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tune")
     p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the fine-tuned weights (momentum, e.g. "
+        "0.995; 0 = off)",
+    )
+    p.add_argument(
         "--pairs",
         type=Path,
         nargs="*",
