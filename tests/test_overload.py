@@ -52,9 +52,21 @@ def test_slow_engine_drops_oldest_counts_drops_and_keeps_up(slow_server: LiveSer
     fps = srv.service.fps
     assert fps == 5.0  # the tiny bundle's rate: a frame is due every 0.2 s
 
+    # At each pick-up, how far the newest frame received is ahead of the frame taken for
+    # analysis (both in stream time): under 1/fps when the newest due frame wins.
+    ahead: list[float] = []
+
     async def run() -> ClientPeer:
         peer = ClientPeer(srv.url, face_frames(60), fps=15)
         await peer.connect()
+        stream = srv.service.streams[peer.answer["stream"]]
+        real_prepare = stream._prepare
+
+        def spy(due: Any) -> Any:
+            ahead.append(stream.clock.last - due.t)
+            return real_prepare(due)
+
+        stream._prepare = spy  # type: ignore[method-assign]
         await peer.wait_scores(14, within=40.0)
         await peer.close()
         return peer
@@ -99,6 +111,13 @@ def test_slow_engine_drops_oldest_counts_drops_and_keeps_up(slow_server: LiveSer
     growth = float(np.mean(lag[-3:]) - np.mean(lag[:3]))
     queued_growth = (len(ts) - 1) * (ENGINE_DELAY - 1 / fps)
     assert growth < 1.0 < queued_growth, (growth, queued_growth, lag)
+
+    # The frame analysed is the newest due one: the frames received since fell in its own 1/fps
+    # bucket (a frame or two of slack: the face-stage thread starts a moment after the pick-up),
+    # not the ENGINE_DELAY-old first frame due after the previous pick-up.
+    assert len(ahead) >= 10
+    assert float(np.median(ahead)) < 1 / fps, ahead
+    assert max(ahead) < 1 / fps + 2 / 15, ahead
 
     # 4. Latency stays bounded: arrival of the analysed frame to its score is about one analysis
     # (the delay plus face stage), never the backlog of a queue.
