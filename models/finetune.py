@@ -253,6 +253,21 @@ def clip_scores(clf: Any, clips: list[Clip], per_clip: int = 16, batch: int = 64
     return np.asarray(out)
 
 
+def unit_loss(rank: float) -> Callable[[Any, Any], Any]:
+    """Binary cross-entropy plus `rank` x softplus(logit(real) - logit(fake)) over the units of a
+    batch, which `BatchMaker.batch` lays out as (real, fake) rows side by side."""
+    import keras
+    from keras import ops
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        bce = keras.losses.binary_crossentropy(y_true, y_pred)
+        p = ops.clip(ops.reshape(y_pred, (-1, 2)), 1e-6, 1 - 1e-6)
+        z = ops.log(p) - ops.log(1 - p)
+        return ops.mean(bce) + rank * ops.mean(ops.softplus(z[:, 0] - z[:, 1]))
+
+    return loss
+
+
 @dataclass
 class FinetuneResult:
     steps: int
@@ -270,6 +285,7 @@ def finetune(
     units: int = 16,
     lr: float = 2e-4,
     ema: float = 0.0,
+    rank: float = 0.0,
     seed: int = 0,
     resume: bool = False,
     val: list[Clip] | None = None,
@@ -300,7 +316,7 @@ def finetune(
         if ema > 0
         else keras.optimizers.Adam(schedule)
     )
-    clf.compile(optimizer=opt, loss="binary_crossentropy")
+    clf.compile(optimizer=opt, loss=unit_loss(rank) if rank > 0 else "binary_crossentropy")
     start, losses, val_auc = 0, [], []
     if resume and wfile.is_file() and sfile.is_file():
         state = json.loads(sfile.read_text())

@@ -130,6 +130,7 @@ def end_to_end(
         units=args.units,
         lr=args.lr,
         ema=args.ema,
+        rank=args.rank,
         seed=args.seed,
         resume=args.resume,
         val=val_clips,
@@ -182,6 +183,7 @@ def end_to_end(
         "seconds": round(result.seconds, 1),
         "units_per_batch": args.units,
         "ema": args.ema,
+        "rank": args.rank,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),
     }

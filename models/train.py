@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
         "0.995; 0 = off)",
     )
     p.add_argument(
+        "--rank",
+        type=float,
+        default=0.0,
+        help="weight of a ranking loss inside each real/fake unit (the fake above its real)",
+    )
+    p.add_argument(
         "--pairs",
         type=Path,
         nargs="*",

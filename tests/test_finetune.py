@@ -336,3 +336,15 @@ def test_ema_keeps_an_average_of_the_fine_tuned_weights(tmp_path: Path) -> None:
         assert auc(y, clip_scores(clf, clips)) >= 0.8  # the averaged weights still separate
     # Same batches, same start: the EMA run keeps different (averaged) weights.
     assert any(not np.allclose(a, b) for a, b in zip(kept[0], kept[1], strict=True))
+
+
+def test_unit_ranking_loss_counts_only_misordered_units() -> None:
+    from models.finetune import unit_loss
+
+    y = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)
+    ordered = np.array([[0.4], [0.6], [0.3], [0.7]], np.float32)  # each fake above its real
+    swapped = ordered[[1, 0, 3, 2]]  # the same scores, each unit's pair swapped
+    plain, ranked = unit_loss(0.0), unit_loss(1.0)
+    gap_ordered = float(ranked(y, ordered)) - float(plain(y, ordered))
+    gap_swapped = float(ranked(y, swapped)) - float(plain(y, swapped))
+    assert gap_ordered > 0 and gap_swapped > gap_ordered + 0.5
