@@ -108,6 +108,7 @@ class RtspReader:
             return "camera host name does not resolve"
         parts = urlsplit(url)
         tls_host = (parts.hostname or "") if parts.scheme.lower() == "rtsps" else None
+        started = time.monotonic()
         relay = RtspRelay(address, port, tls_host=tls_host, timeout=self.stall).start()
         self.relay = relay
         self.attempts += 1
@@ -129,6 +130,8 @@ class RtspReader:
                 return f"camera refused: {relay.failure}"
             if relay.described:
                 return f"camera sent no video within {self.stall:g} s"
+            # Not even the time it took may tell a closed port from a silent one.
+            self.stop_event.wait(max(0.0, started + self.stall - time.monotonic()))
             return UNREACHABLE
         if not container.streams.video:
             container.close()

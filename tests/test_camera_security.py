@@ -284,8 +284,8 @@ def test_dns_rebinding_is_caught_on_reconnect(
             assert camera(srv, cam)["error"] == (
                 "camera host cam.rebind.test (127.0.0.2) is not in the allow-list"
             )
-            assert len(lookups) > n  # resolved again on the reconnect
-            time.sleep(1.5)  # more reconnect attempts: none may reach the new address
+            # More reconnects, each resolving again: none may reach the new address.
+            assert wait_until(lambda: len(lookups) >= n + 3, 15), lookups
             assert rebound.accepted == 0
         finally:
             rebound.close()
@@ -473,7 +473,7 @@ def test_redirect_to_another_address_is_not_followed(tiny_bundle: Path) -> None:
             cam = register(srv, f"rtsp://127.0.0.1:{hostile.port}/cam").json()
             err = error_of(srv, cam["id"])
             assert "redirects elsewhere (302)" in err, err
-            time.sleep(1.5)
+            assert wait_until(lambda: hostile.connections >= 3, 15)  # redirected 3 times
             assert target.accepted == 0
         finally:
             target.close()
@@ -546,11 +546,8 @@ def test_cameras_without_video_or_frames_say_so_plainly(tiny_bundle: Path) -> No
         a = register(srv, f"rtsp://127.0.0.1:{audio.port}/cam", "mic").json()["id"]
         m = register(srv, f"rtsp://127.0.0.1:{mute.port}/cam", "mute").json()["id"]
         assert error_of(srv, a) == "camera refused: camera offers no video stream"
-        err = wait_until(lambda: camera(srv, m)["error"] or camera(srv, m)["status"] == "lost", 15)
-        view = camera(srv, m)
-        assert re.fullmatch(r"(camera sent no video within|no frames for) 1 s", view["error"]), view
-        assert any(q.startswith("PLAY") for q in mute.requests)
-        assert err
+        assert re.fullmatch(r"(camera sent no video within|no frames for) 1 s", error_of(srv, m))
+        assert any(q.startswith("PLAY") for q in mute.requests), mute.requests
 
 
 # -- item 16: shutdown with a camera stuck connecting ----------------------------------------
@@ -599,6 +596,24 @@ def test_sigterm_with_a_camera_stuck_connecting_exits_0_within_5_s(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_deleting_a_camera_stuck_connecting_ends_its_thread_at_once(tiny_bundle: Path) -> None:
+    """FFmpeg alone would sit in its read for the whole stall time (60 s here): cutting the
+    relay ends it at once."""
+    with (
+        FakeRtsp("silent") as stuck,
+        LiveServer(bundle=tiny_bundle, camera_allow=LOOPBACK, camera_stall_seconds=60.0) as srv,
+    ):
+        cam = register(srv, f"rtsp://127.0.0.1:{stuck.port}/cam").json()
+        assert wait_until(lambda: stuck.requests, 10)  # FFmpeg sent OPTIONS, gets no answer
+        reader = [t for t in threading.enumerate() if t.name == f"rtsp-{cam['id']}"]
+        assert len(reader) == 1
+        t0 = time.monotonic()
+        assert httpx.delete(f"{srv.url}/v1/cameras/{cam['id']}", timeout=30).status_code == 204
+        assert wait_until(lambda: not reader[0].is_alive(), 2.5), "the camera thread is stuck"
+        assert time.monotonic() - t0 < 2.5
+        assert httpx.get(srv.url + "/healthz").json()["streams"] == 0
 
 
 @pytest.fixture(autouse=True)
