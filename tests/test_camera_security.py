@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -56,8 +58,14 @@ class FakeRtsp:
     - `no_frames`: describes H.264 video, accepts SETUP and PLAY, then sends nothing.
     Every request head received is kept in `requests`; `sent` counts the bytes sent."""
 
-    def __init__(self, mode: str, host: str = "127.0.0.1", port: int | None = None) -> None:
-        self.mode, self.host = mode, host
+    def __init__(
+        self,
+        mode: str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.mode, self.host, self.tls = mode, host, tls
         self.port = port or free_port()
         self.requests: list[str] = []
         self.connections = 0
@@ -79,7 +87,7 @@ class FakeRtsp:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         server = self.loop.run_until_complete(
-            asyncio.start_server(self._client, self.host, self.port)
+            asyncio.start_server(self._client, self.host, self.port, ssl=self.tls)
         )
         self.ready.set()
         try:
@@ -515,6 +523,30 @@ def test_reply_guard_passes_ordinary_replies() -> None:
 
 
 # -- item 17: scheme case, missing video, no frames ------------------------------------------
+
+
+def test_rtsps_goes_through_the_relay_over_tls(tiny_bundle: Path, tmp_path: Path) -> None:
+    """An rtsps:// camera: the relay speaks TLS to it and still reads its replies (here: a
+    session without video, refused by name, so the TLS exchange really happened)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=cam.test", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with (
+        FakeRtsp("audio", tls=ctx) as cam_server,
+        LiveServer(bundle=tiny_bundle, camera_allow=LOOPBACK, **QUICK) as srv,
+    ):
+        cam = register(srv, f"rtsps://127.0.0.1:{cam_server.port}/cam").json()
+        assert error_of(srv, cam["id"]) == "camera refused: camera offers no video stream"
+        assert cam_server.requests and cam_server.requests[0].startswith("OPTIONS ")
 
 
 @pytest.mark.rtsp
