@@ -50,34 +50,47 @@ export function initCameras() {
     }
   }
 
+  let watching = null; // the current watch; messages of an earlier one are ignored
+
   async function watch(cam) {
     stopWatching();
+    const mine = {};
+    watching = mine;
     stage.hidden = false;
     renderVerdict(verdict, "connecting", null);
     timeline.clear();
     try {
-      session = await connect({
+      const opened = await connect({
         camera: cam.id,
-        onTrack: (stream) => (video.srcObject = stream),
+        onTrack: (stream) => watching === mine && (video.srcObject = stream),
         onMessage: (msg) => {
-          if (msg.type !== "score") return;
+          if (msg.type !== "score" || watching !== mine) return;
           renderVerdict(verdict, msg.label, msg.p_fake);
           timeline.push(msg.label === "no_face" ? null : msg.p_fake);
           drawBoxes($("camera-overlay"), video, msg.faces, threshold);
         },
       });
+      if (watching !== mine) {
+        opened.close(); // stopped (or another camera chosen) while connecting
+        return;
+      }
+      session = opened;
       threshold = session.answer.threshold ?? 0.5;
       timeline.threshold = threshold;
     } catch (err) {
+      if (watching !== mine) return;
       showError(err.message);
       renderVerdict(verdict, "idle", null);
     }
   }
 
   function stopWatching() {
+    watching = null;
     if (session) session.close();
     session = null;
     video.srcObject = null;
+    drawBoxes($("camera-overlay"), video, [], threshold); // no stale face box
+    timeline.clear();
     renderVerdict(verdict, "idle", null);
   }
 

@@ -5,6 +5,12 @@ import { renderVerdict, drawBoxes } from "./verdict.js";
 
 const $ = (id) => document.getElementById(id);
 
+// Browsers give the webcam only to secure pages: https://, or http://localhost on this machine.
+export const INSECURE =
+  "The webcam needs a secure page: this one was opened over plain http from another machine, " +
+  "so the browser offers no camera. Open it with https:// (start the server with --tls-self-signed, " +
+  "or --tls-cert and --tls-key), or on the server's own machine as http://localhost.";
+
 export function initLive() {
   const video = $("preview");
   const overlay = $("overlay");
@@ -45,11 +51,18 @@ export function initLive() {
       return "No camera was found. Connect a camera or start a virtual camera (such as OBS), then press Start camera.";
     if (name === "NotReadableError")
       return "The camera is in use by another application. Close it and press Start camera again.";
-    if (!navigator.mediaDevices) return "This browser cannot use a camera on this page (it needs https or localhost).";
+    if (!navigator.mediaDevices) return INSECURE;
     return `The camera could not be started (${name || err}).`;
   }
 
+  function resetStats() {
+    recent = [];
+    $("stat-fps").textContent = "–";
+    $("stat-latency").textContent = "–";
+  }
+
   function onMessage(msg) {
+    if (!running) return; // a message still in flight after Stop
     if (msg.type === "score") {
       recent.push(performance.now());
       recent = recent.filter((t) => t > performance.now() - 2000);
@@ -145,6 +158,7 @@ export function initLive() {
     video.srcObject = null;
     drawBoxes(overlay, video, [], threshold);
     renderVerdict(verdict, "idle", null);
+    resetStats();
     status("idle");
     startBtn.disabled = false;
     stopBtn.disabled = true;
@@ -161,6 +175,7 @@ export function initLive() {
   if (navigator.mediaDevices && navigator.mediaDevices.addEventListener)
     navigator.mediaDevices.addEventListener("devicechange", listCameras);
   listCameras().catch(() => {});
+  if (!window.isSecureContext || !navigator.mediaDevices) showError(INSECURE);
   renderVerdict(verdict, "idle", null);
   timeline.draw();
   window.addEventListener("resize", () => timeline.draw());

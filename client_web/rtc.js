@@ -2,6 +2,29 @@
 // receive score messages on the "scores" data channel.
 import { request } from "./api.js";
 
+// The server's settings for the page (GET /v1/config): ICE servers (STUN/TURN, with
+// credentials) and analysis hints. Fetched once; an older server without it means no ICE servers.
+let configPromise = null;
+
+export function serverConfig() {
+  if (!configPromise) {
+    configPromise = request("/v1/config").catch((err) => {
+      configPromise = null; // ask again next time
+      if (err.status === 404) return { ice_servers: [] };
+      throw err;
+    });
+  }
+  return configPromise;
+}
+
+function hasCandidate(sdp) {
+  return /^a=candidate:/m.test(sdp || "");
+}
+
+export const NO_CANDIDATE =
+  "The server offered no network address to connect to, so no video can reach it. " +
+  "Its operator must set --ice-addresses (or a TURN server with --ice-servers).";
+
 function iceComplete(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -17,7 +40,8 @@ function iceComplete(pc) {
 }
 
 export async function connect({ stream = null, camera = null, onMessage, onState, onTrack }) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const config = await serverConfig();
+  const pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
   if (stream) {
     for (const track of stream.getVideoTracks()) pc.addTrack(track, stream);
   } else {
@@ -46,6 +70,12 @@ export async function connect({ stream = null, camera = null, onMessage, onState
     });
   } catch (err) {
     pc.close();
+    throw err;
+  }
+  if (!hasCandidate(answer.sdp)) {
+    pc.close();
+    const err = new Error(NO_CANDIDATE);
+    err.status = 500;
     throw err;
   }
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });

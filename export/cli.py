@@ -17,6 +17,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a Keras CNN-GRU (the directory deepfake-train writes) to an ONNX model "
         "bundle, or re-verify a bundle.",
     )
+    from stream_server import version_string
+
+    # `deepfake-export --version` is the program's; `build --version V` names the bundle's.
+    p.add_argument("--version", action="version", version=version_string("deepfake-export"))
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="Keras model directory -> bundle (checked for parity)")
     b.add_argument(

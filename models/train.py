@@ -161,7 +161,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.25)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8")
     p.add_argument("--name", default="deepfake-cnn-gru")
-    p.add_argument("--version", default="0.1.0")
+    from stream_server import VersionOrValue
+
+    # `--version V` names the trained model's version; `--version` alone prints the program's.
+    p.add_argument(
+        "--version", nargs="?", default="0.1.0", action=VersionOrValue, prog_name="deepfake-train"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     return p
 

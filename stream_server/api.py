@@ -22,9 +22,17 @@ from stream_server.camera_url import CameraUrlError
 from stream_server.cameras import CameraRegistry
 from stream_server.guard import Guard
 from stream_server.service import Capacity, Service
+from stream_server.settings import parse_ice_server
 from stream_server.slashes import relative_slash_redirects
 from stream_server.uploads import UploadAnalyzer
-from stream_server.webrtc import OfferError, PeerSession, ViewerSession, check_offer, configure_ice
+from stream_server.webrtc import (
+    NoCandidate,
+    OfferError,
+    PeerSession,
+    ViewerSession,
+    check_offer,
+    configure_ice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,51 @@ def create_app(service: Service) -> Starlette:
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse(service.health())
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+
+    async def livez(request: Request) -> JSONResponse:
+        """200 while the process serves requests at all."""
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        """200 once the model is warm and the engine runs; 503 before, while degraded and
+        while shutting down (a load balancer sends nothing new then)."""
+        reason = service.not_ready()
+        if reason is not None:
+            return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    ice_servers = [parse_ice_server(u) for u in settings.ice_servers]
+    for srv in ice_servers:
+        if not srv.for_browser:
+            log.warning(
+                "ICE server %s has no credentials: browsers refuse such a TURN URL, so the page "
+                "is not given it (write it as turn:USER:CREDENTIAL@HOST:PORT)",
+                srv.url,
+            )
+    page_ice_servers = [srv.to_json() for srv in ice_servers if srv.for_browser]
+
+    async def config(request: Request) -> JSONResponse:
+        """What the page needs before it connects: the ICE servers (with TURN credentials, so
+        behind the token when one is set) and analysis hints."""
+        return JSONResponse(
+            {
+                "ice_servers": page_ice_servers,
+                "model": service.bundle.model_id,
+                "analysis_fps": service.fps,
+                "threshold": service.bundle.threshold,
+                "window": service.bundle.window,
+                "max_frame_side": settings.max_frame_side,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def favicon(request: Request) -> Response:
+        icon = settings.static_dir / "favicon.svg"
+        if not icon.is_file():
+            return error(404, "no favicon")
+        return FileResponse(icon, media_type="image/svg+xml")
 
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -96,6 +148,9 @@ def create_app(service: Service) -> Starlette:
         except OfferError as exc:
             await peer.close()
             return error(400, str(exc))
+        except NoCandidate as exc:
+            await peer.close()
+            return error(500, str(exc))
         except Exception:
             await peer.close()
             raise
@@ -132,6 +187,10 @@ def create_app(service: Service) -> Starlette:
     routes: list[Route | Mount] = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/livez", livez),
+        Route("/readyz", readyz),
+        Route("/favicon.ico", favicon),
+        Route("/v1/config", config),
         Route("/metrics", metrics),
         Route("/offer", offer, methods=["POST"]),
         Route("/v1/analyze", UploadAnalyzer(service).handle, methods=["POST"]),

@@ -19,6 +19,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from stream_server.server import quiet_chatty_loggers
+    from stream_server.tls import tls_files
+
+    quiet_chatty_loggers(settings.log_level)
+    try:
+        tls = tls_files(settings)  # before the model loads: a bad certificate fails fast
+    except SettingsError as exc:
+        print(f"deepfake-serve: error: {exc}", file=sys.stderr)
+        return 2
     from stream_server.api import create_app
     from stream_server.server import build_server
     from stream_server.service import Service
@@ -29,10 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 1
     app = create_app(service)
-    server = build_server(app, settings, service.begin_shutdown)
+    server = build_server(app, settings, service.begin_shutdown, tls=tls)
+    if tls is not None:
+        kind = "self-signed certificate" if tls.self_signed else "certificate"
+        print(
+            f"deepfake-serve: TLS {kind} {tls.cert}, SHA-256 fingerprint {tls.fingerprint}",
+            file=sys.stderr,
+            flush=True,
+        )
+    scheme = "https" if tls is not None else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(
         f"deepfake-serve: {service.bundle.model_id} on {','.join(service.sessions.providers)}; "
-        f"open http://{settings.host}:{settings.port}/",
+        f"open {scheme}://{host}:{settings.port}/ (runs in the foreground; Ctrl-C stops it)",
         file=sys.stderr,
         flush=True,
     )

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/", "/healthz")
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/favicon.ico")
 MAX_HEADER_BYTES = 16 * 1024
 OPEN_PREFIXES = ("/static/",)
 

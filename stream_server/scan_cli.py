@@ -24,13 +24,20 @@ def parser() -> argparse.ArgumentParser:
         description="Score video files (or folders of them) for deepfaked faces. A folder with a "
         "DFDC metadata.json is also evaluated against its labels (AUC, log loss, accuracy, EER).",
     )
+    from stream_server import version_string
+
+    p.add_argument("--version", action="version", version=version_string("deepfake-scan"))
     p.add_argument("paths", nargs="+", type=Path, help="video files or folders")
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle directory")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--providers", default="auto", help="onnxruntime providers (auto, cpu, cuda)")
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest video accepted")
-    p.add_argument("--roc", type=Path, help="with a labelled folder: write the ROC curve (PNG)")
+    p.add_argument(
+        "--roc",
+        type=Path,
+        help="with a labelled folder: write the ROC curve (PNG; needs matplotlib)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -57,6 +64,16 @@ def expand(paths: Sequence[Path]) -> tuple[list[Path], dict[str, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.roc is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # say so before a long scan, not after
+            print(
+                "deepfake-scan: error: --roc needs matplotlib (pip install matplotlib), "
+                "which is not installed",
+                file=sys.stderr,
+            )
+            return 2
     from tqdm import tqdm
 
     from stream_server.bundle import BundleError

@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import uvicorn
@@ -20,6 +20,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import HANDLED_SIGNALS
 
 from stream_server.settings import Settings
+
+if TYPE_CHECKING:
+    from stream_server.tls import TlsFiles
 
 # Query parameters whose values never reach a log line (the bearer token may be passed as
 # ?token=, and the web page is opened as /?token=...). Keys are compared decoded (%74oken is
@@ -151,6 +154,17 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+# WebRTC libraries that log every ICE check at INFO (14-23 lines per connection): kept at
+# WARNING unless the log level is debug.
+CHATTY_LOGGERS = ("aioice", "aiortc")
+
+
+def quiet_chatty_loggers(log_level: str) -> None:
+    level = logging.DEBUG if log_level == "debug" else logging.WARNING
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
 def build_server(
     app: Any,
     settings: Settings,
@@ -158,7 +172,9 @@ def build_server(
     *,
     log_level: str | None = None,
     port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> Server:
+    """uvicorn for `app`; with `tls`, HTTPS with uvicorn's own TLS (ssl_certfile/keyfile)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -169,6 +185,9 @@ def build_server(
         # uvicorn counts the connection asking, so one more lets `max_connections` all serve.
         limit_concurrency=settings.max_connections + 1,
         timeout_graceful_shutdown=3,
+        ssl_certfile=str(tls.cert) if tls is not None else None,
+        ssl_keyfile=str(tls.key) if tls is not None else None,
     )
+    quiet_chatty_loggers(log_level or settings.log_level)
     install_log_redaction()  # uvicorn.Config has just (re)configured logging
     return Server(config, on_shutdown)

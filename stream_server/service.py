@@ -129,6 +129,14 @@ class Service:
         if stream is not None:
             await stream.close()
 
+    def not_ready(self) -> str | None:
+        """Why the service should get no new work now, or None when it is ready."""
+        if self._closing:
+            return "shutting down"
+        if not self.engine.running:
+            return "inference engine not running (warming up, or stopped)"
+        return None
+
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.engine.running and not self._closing else "degraded",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 ENV_PREFIX = "DEEPFAKE_"
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +20,105 @@ DEFAULT_STATIC = ROOT / "client_web"
 
 class SettingsError(ValueError):
     """A setting is invalid; the message says which and why."""
+
+
+def default_data_dir() -> Path:
+    """Where state (the self-signed certificate, later the database) lives without --data-dir:
+    $XDG_DATA_HOME/deepfake-live, else ~/.local/share/deepfake-live."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "deepfake-live"
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN/TURN server as the browser's RTCIceServer has it."""
+
+    url: str  # without credentials
+    username: str | None = None
+    credential: str | None = None
+
+    @property
+    def for_browser(self) -> bool:
+        """Browsers throw on a turn:/turns: URL without username and credential."""
+        return self.url.startswith("stun:") or (
+            self.username is not None and self.credential is not None
+        )
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"urls": [self.url]}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+ICE_SCHEMES = ("stun:", "turn:", "turns:")
+
+
+def parse_ice_server(entry: str) -> IceServer:
+    """`stun:host:port`, `turn:host:port?transport=tcp`, or with credentials
+    `turn:USER:CREDENTIAL@host:port?transport=udp` (percent-encode `:` `@` `,` in them).
+    A turn: URL without credentials is accepted (the server's aiortc can use it) but browsers
+    refuse one, so the page is not given it (`IceServer.for_browser`)."""
+    scheme, sep, rest = entry.partition(":")
+    if not sep or scheme + ":" not in ICE_SCHEMES:
+        raise SettingsError(f"ICE server {entry!r} must be a stun:, turn: or turns: URL")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    user: str | None = None
+    cred: str | None = None
+    if "@" in rest:
+        info, _, rest = rest.rpartition("@")
+        u, has_cred, c = info.partition(":")
+        user, cred = unquote(u), (unquote(c) if has_cred else None)
+    host = rest.split("?", 1)[0]
+    if not host or host.startswith(":"):
+        raise SettingsError(f"ICE server {redact_ice(entry)!r} names no host")
+    if scheme == "stun" and user is not None:
+        raise SettingsError(f"ICE server {redact_ice(entry)!r}: stun: URLs take no credentials")
+    if user is not None and cred is None:
+        raise SettingsError(
+            f"ICE server {redact_ice(entry)!r}: credentials are USER:CREDENTIAL@ "
+            "(e.g. turn:alice:secret@turn.example.com:3478)"
+        )
+    return IceServer(f"{scheme}:{rest}", user, cred)
+
+
+def redact_ice(entry: str) -> str:
+    """An ICE server entry fit for a log line: the credential replaced."""
+    scheme, _, rest = entry.partition(":")
+    if "@" not in rest:
+        return entry
+    info, _, host = rest.rpartition("@")
+    return f"{scheme}:{info.partition(':')[0]}:***@{host}"
+
+
+def _ice_entries(raw: str) -> tuple[str, ...]:
+    """--ice-servers: a comma list of URLs (credentials as USER:CREDENTIAL@), or a JSON array
+    shaped like the browser's iceServers ([{"urls": ..., "username": ..., "credential": ...}])."""
+    if not raw.lstrip().startswith("["):
+        return _list(raw)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"ICE servers JSON is invalid ({exc.msg})") from None
+    out: list[str] = []
+    for item in data if isinstance(data, list) else [None]:
+        if not isinstance(item, dict) or not isinstance(item.get("urls"), str | list):
+            raise SettingsError('ICE servers JSON must be a list of {"urls": ..., ...} objects')
+        urls = [item["urls"]] if isinstance(item["urls"], str) else item["urls"]
+        user, cred = item.get("username"), item.get("credential")
+        for url in urls:
+            if not isinstance(url, str):
+                raise SettingsError("ICE server urls must be strings")
+            if user is None and cred is None:
+                out.append(url)
+                continue
+            scheme, _, rest = url.partition(":")
+            info = quote(str(user), safe="") + ":" + quote(str(cred), safe="")
+            out.append(f"{scheme}:{info}@{rest}")
+    return tuple(out)
 
 
 def _list(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -67,6 +168,10 @@ class Settings:
     webhooks: tuple[str, ...] = ()  # http(s) URLs that receive alerts as JSON POSTs
     ice_addresses: tuple[str, ...] = ()  # local addresses ICE offers; empty: all but loopback
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; none by default (no public STUN)
+    tls_cert: Path | None = None  # PEM certificate (chain): serve HTTPS
+    tls_key: Path | None = None  # its PEM private key
+    tls_self_signed: bool = False  # make (once) and keep a self-signed certificate in data_dir
+    data_dir: Path | None = None  # state; None: default_data_dir()
     static_dir: Path = DEFAULT_STATIC
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
@@ -136,8 +241,13 @@ class Settings:
             except ValueError:
                 bad(f"ICE address {a!r} is not an IP address")
         for s in self.ice_servers:
-            if not s.startswith(("stun:", "turn:", "turns:")):
-                bad(f"ICE server {s!r} must be a stun:, turn: or turns: URL")
+            parse_ice_server(s)
+        for what, path in (("TLS certificate", self.tls_cert), ("TLS key", self.tls_key)):
+            if path is not None and not Path(path).is_file():
+                bad(f"{what} {path} does not exist")
+        if self.data_dir is not None and Path(self.data_dir).exists():
+            if not Path(self.data_dir).is_dir():
+                bad(f"data dir {self.data_dir} is not a directory")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             bad(f"log level {self.log_level!r} is not one of critical, error, warning, info, debug")
 
@@ -211,10 +321,33 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("alert_seconds", float, "seconds a face must stay above the threshold to alert"),
     ("webhooks", str, "comma list of http(s) URLs that receive alerts"),
     ("ice_addresses", str, "comma list of local IPs that ICE offers (e.g. 127.0.0.1)"),
-    ("ice_servers", str, "comma list of stun:/turn: URLs (none by default)"),
+    (
+        "ice_servers",
+        str,
+        "STUN/TURN servers for the server and the page (none by default): a comma list of "
+        "stun:HOST:PORT and turn:USER:CREDENTIAL@HOST:PORT?transport=udp|tcp URLs "
+        "(turns: for TLS), or a JSON array like the browser's iceServers",
+    ),
+    ("tls_cert", Path, "PEM certificate (chain) file: serve HTTPS (with --tls-key)"),
+    ("tls_key", Path, "PEM private key file of --tls-cert"),
+    (
+        "tls_self_signed",
+        str,
+        "serve HTTPS with a self-signed certificate made once and kept in --data-dir "
+        "(for a LAN; browsers warn until it is accepted; its SHA-256 fingerprint is printed)",
+    ),
+    (
+        "data_dir",
+        Path,
+        "directory for kept state such as the self-signed certificate "
+        "(default: $XDG_DATA_HOME/deepfake-live or ~/.local/share/deepfake-live)",
+    ),
     ("static_dir", Path, "web client directory"),
     ("log_level", str, "critical, error, warning, info or debug"),
 ]
+
+
+BOOL_FLAGS = ("metrics_public", "tls_self_signed")
 
 
 def parse_settings(
@@ -222,18 +355,26 @@ def parse_settings(
 ) -> Settings:
     """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
     env = os.environ if environ is None else environ
+    from stream_server import version_string
+
     p = argparse.ArgumentParser(
         prog="deepfake-serve",
         description="Live deepfake detection over WebRTC: serves the web client, POST /offer, "
-        "/healthz and /metrics. Every flag can also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
+        "/healthz and /metrics. Runs in the foreground until Ctrl-C or SIGTERM. Every flag can "
+        "also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
     )
+    p.add_argument("--version", action="version", version=version_string("deepfake-serve"))
     for name, typ, help_ in _FLAGS:
+        extra: dict[str, object] = {}
+        if name in BOOL_FLAGS and name != "metrics_public":
+            extra = {"nargs": "?", "const": "true"}  # `--tls-self-signed` alone means true
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             type=typ if typ is not str else str,
             default=None,
             help=f"{help_} [env {ENV_PREFIX}{name.upper()}]",
+            **extra,  # type: ignore[arg-type]
         )
     args = p.parse_args(argv)
     values: dict[str, object] = {}
@@ -249,11 +390,13 @@ def parse_settings(
                 ) from None
         if raw is None:
             continue
-        if name in ("ice_addresses", "ice_servers", "camera_allow", "webhooks"):
+        if name in ("ice_addresses", "camera_allow", "webhooks"):
             raw = _list(str(raw))
-        if name == "metrics_public":
+        if name == "ice_servers":
+            raw = _ice_entries(str(raw))
+        if name in BOOL_FLAGS:
             if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise SettingsError("metrics public must be true or false")
+                raise SettingsError(f"{name.replace('_', ' ')} must be true or false")
             raw = str(raw).lower() in ("true", "1", "yes")
         values[name] = raw
     assert set(values) <= set(types)

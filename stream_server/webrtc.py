@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from stream_server.messages import ScoreMessage, StatusMessage
 from stream_server.metrics import Metrics
 from stream_server.service import Service
-from stream_server.settings import Settings
+from stream_server.settings import Settings, parse_ice_server
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,62 @@ class OfferError(Exception):
     """A bad offer: the HTTP layer answers 400 with this message."""
 
 
-def configure_ice(settings: Settings) -> None:
+# aioice's own lookup (all addresses but loopback), kept before any replacement below.
+_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _offering(addrs: list[str]) -> Any:
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in addrs if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    return host_addresses
+
+
+def configure_ice(settings: Settings) -> list[str] | None:
     """Which local addresses ICE offers. aioice has no option for it, so its address lookup is
-    replaced (it is looked up at call time); loopback is only offered when named."""
+    replaced (it is looked up at call time). `--ice-addresses` names them; by default all
+    addresses but loopback, and when the host has no other address (a container with only
+    `lo`), loopback, so that a browser on the same host still connects instead of getting an
+    answer without a single candidate. Returns the addresses fixed here (None: aioice's own)."""
     if settings.ice_addresses:
         addrs = list(settings.ice_addresses)
-
-        def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-            return [a for a in addrs if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-        aioice.ice.get_host_addresses = host_addresses
+    else:
+        try:
+            others = _AIOICE_HOST_ADDRESSES(use_ipv4=True, use_ipv6=True)
+        except Exception:  # ifaddr failing leaves aioice's lookup to fail the same way
+            log.debug("listing host addresses failed", exc_info=True)
+            others = []
+        if others:
+            return None
+        addrs = list(LOOPBACK)
+        log.warning(
+            "this host has no network address but loopback: WebRTC offers only %s, so only a "
+            "browser on this host can connect (set --ice-addresses, or --ice-servers with a "
+            "TURN server, for others)",
+            ", ".join(addrs),
+        )
+    aioice.ice.get_host_addresses = _offering(addrs)
+    return addrs
 
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in settings.ice_servers])
+    servers = [parse_ice_server(u) for u in settings.ice_servers]
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=s.url, username=s.username, credential=s.credential) for s in servers
+        ]
+    )
+
+
+NO_CANDIDATE = (
+    "the server's answer carries no ICE candidate: it has no network address it can offer "
+    "(set --ice-addresses to an address of the server, or --ice-servers with a TURN server)"
+)
+
+
+def has_candidate(sdp: str) -> bool:
+    return any(line.startswith("a=candidate:") for line in sdp.replace("\r", "").split("\n"))
 
 
 def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
@@ -146,14 +188,22 @@ async def set_remote_offer(
         raise OfferError(f"malformed offer: {_reason(exc)}") from exc
 
 
+class NoCandidate(Exception):
+    """The answer would carry no ICE candidate: the client could never connect."""
+
+
 async def make_answer(pc: RTCPeerConnection) -> RTCSessionDescription:
     """Create and apply the answer to an applied offer. aiortc accepts some offers it cannot
-    answer (it raises ValueError, AttributeError, ... here): those are bad offers too (400)."""
+    answer (it raises ValueError, AttributeError, ... here): those are bad offers too (400).
+    An answer without any ICE candidate raises NoCandidate (logged as a warning)."""
     try:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
         raise OfferError(f"malformed offer: {_reason(exc)}") from exc
     desc: RTCSessionDescription = pc.localDescription
+    if not has_candidate(desc.sdp):
+        log.warning("refused a WebRTC session: %s", NO_CANDIDATE)
+        raise NoCandidate(NO_CANDIDATE)
     return desc
 
 
