@@ -14,6 +14,8 @@ import httpx
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+from tests.timing import scaled
+
 
 class FramesTrack(VideoStreamTrack):
     """Plays frames in a loop at `fps` with 90 kHz timestamps, like a camera."""
@@ -76,10 +78,17 @@ class ClientPeer:
     def scores(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == "score"]
 
+    def score_times(self) -> list[float]:
+        """When each score message arrived (time.monotonic()), in the order of `scores()`."""
+        return [
+            t for m, t in zip(self.messages, self.received_at, strict=True) if m["type"] == "score"
+        ]
+
     async def wait_scores(self, n: int, within: float) -> list[dict[str, Any]]:
-        """Wait until n score messages have arrived or `within` seconds have passed."""
+        """Wait until n score messages have arrived or `within` seconds (times the test time
+        scale, tests/timing.py) have passed."""
         try:
-            async with asyncio.timeout(within):
+            async with asyncio.timeout(scaled(within)):
                 while len(self.scores()) < n:
                     self.got_message.clear()
                     await self.got_message.wait()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -62,11 +64,13 @@ class RtspServer:
             text=True,
         )
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 15
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready" or time.monotonic() > deadline:
+        # Bounded: a server that hangs before printing "ready" fails here within 15 s (times the
+        # test time scale), not at the 600 s pytest timeout (readline alone would block).
+        ready, _, _ = select.select([self.proc.stdout], [], [], scaled(15))
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
             self.stop()
-            raise RuntimeError(f"RTSP server did not start: {line!r}")
+            raise RuntimeError(f"RTSP server did not start within 15 s: {line!r}")
         return self
 
     def stop(self) -> None:

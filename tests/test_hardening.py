@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from tests.conftest import LiveServer
 from tests.media import face_frames
 from tests.rtc_client import ClientPeer
+from tests.timing import poll
 
 GOOD_SDP_HEAD = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 J = {"content-type": "application/json"}
@@ -623,18 +623,22 @@ def _soak(live_server: LiveServer) -> None:
         assert await peer.wait_scores(1, within=10)
         await peer.close()
 
-    def settle() -> tuple[int, int, int]:
-        deadline = time.monotonic() + 10
-        while (
-            httpx.get(live_server.url + "/healthz").json()["streams"]
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
-        time.sleep(0.5)
-        return (
-            httpx.get(live_server.url + "/healthz").json()["streams"],
-            threading.active_count(),
-            _fds(os.getpid()),
+    def settle(threads_at_most: int = 10**6, fds_at_most: int = 10**6) -> tuple[int, int, int]:
+        """Poll (not sleep) until no stream is left and threads and fds are within bounds, or
+        10 s (times the test time scale) have passed; the counts then."""
+
+        def counts() -> tuple[int, int, int]:
+            return (
+                httpx.get(live_server.url + "/healthz").json()["streams"],
+                threading.active_count(),
+                _fds(os.getpid()),
+            )
+
+        return poll(
+            counts,
+            10,
+            every=0.1,
+            until=lambda c: c[0] == 0 and c[1] <= threads_at_most and c[2] <= fds_at_most,
         )
 
     for _ in range(3):
@@ -642,7 +646,7 @@ def _soak(live_server: LiveServer) -> None:
     streams0, threads0, fds0 = settle()
     for _ in range(30):
         asyncio.run(cycle())
-    streams1, threads1, fds1 = settle()
+    streams1, threads1, fds1 = settle(threads0 + 1, fds0 + 4)
     assert streams0 == streams1 == 0
     assert threads1 <= threads0 + 1
     assert fds1 <= fds0 + 4

@@ -47,8 +47,11 @@ def test_max_frame_side_and_analysis_fps_override_on_a_live_stream(tiny_bundle: 
     assert len(scores) >= 7
     assert shapes and set(shapes) == {(240, 320, 3)}, set(shapes)
     assert all(len(m["faces"]) == 1 for m in scores)  # still found at the smaller size
+    # 0.4 s apart in stream time, not 0.2: per sampling interval, counting the frames the
+    # server reports dropped between two analysed ones (a busy machine drops, and says so).
     gaps = np.diff([m["t"] for m in scores])
-    assert 0.3 <= float(np.median(gaps)) <= 0.55, gaps  # 0.4 s apart, not 0.2
+    intervals = 1 + np.diff([m["dropped"] for m in scores])
+    assert 0.3 <= float(np.median(gaps / intervals)) <= 0.55, (gaps, intervals)
 
 
 def test_ice_servers_reach_the_peer_configuration_and_default_to_none() -> None:

@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from tests.conftest import LiveServer, free_port
 from tests.media import face_frames, write_video
 from tests.rtsp import RtspServer
+from tests.timing import deadline, poll, scaled
 
 pytestmark = pytest.mark.rtsp
 
@@ -68,9 +69,11 @@ class Feed:
                     self.events.append((event, json.loads(line[6:])))
 
     def wait(self, pred: Any, within: float) -> tuple[str, dict[str, Any]] | None:
-        deadline = time.monotonic() + within
+        """The first event (from the start of the feed) for which `pred` holds, waiting up to
+        `within` seconds (times the test time scale)."""
+        end = deadline(within)
         seen = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < end:
             for ev in self.events[seen:]:
                 if pred(ev):
                     return ev
@@ -99,8 +102,13 @@ def test_camera_scores_reconnects_and_resumes(tiny_bundle: Path, rtsp: RtspServe
             assert (
                 score[1]["label"] in ("warming_up", "real", "fake") and len(score[1]["faces"]) == 1
             )
-            time.sleep(1.5)
-            view = httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()
+            # The measured rate settles above 5 fps (a 15 fps camera): polled, not slept for.
+            view = poll(
+                lambda: httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json(),
+                10,
+                every=0.1,
+                until=lambda v: v["fps"] > 5 and (v["last_score"] or {}).get("faces") == 1,
+            )
             assert view["status"] == "live" and view["fps"] > 5 and view["last_score"]["faces"] == 1
             # The camera goes away: source_lost.
             rtsp.stop()
@@ -108,16 +116,16 @@ def test_camera_scores_reconnects_and_resumes(tiny_bundle: Path, rtsp: RtspServe
             assert lost is not None
             assert httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()["status"] == "lost"
             assert httpx.get(srv.url + "/healthz").status_code == 200
-            # It comes back: reconnected, and scores resume within 5 s.
+            # It comes back: reconnected, and scores resume within 8 s (times the test time scale;
+            # the back-off is capped at 1 s here).
             n_before = len(feed.events)
             rtsp.start()
             t0 = time.monotonic()
             assert feed.wait(lambda e: e[0] == "reconnected", 10)
-            again = None
-            while time.monotonic() - t0 < 10 and again is None:
-                again = next((e for e in feed.events[n_before:] if e[0] == "score"), None)
-                time.sleep(0.05)
-            assert again is not None and time.monotonic() - t0 < 8
+            again = poll(
+                lambda: next((e for e in feed.events[n_before:] if e[0] == "score"), None), 10
+            )
+            assert again is not None and time.monotonic() - t0 < scaled(8)
             view = httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").json()
             assert view["reconnects"] == 1 and view["status"] == "live"
         finally:
@@ -125,7 +133,13 @@ def test_camera_scores_reconnects_and_resumes(tiny_bundle: Path, rtsp: RtspServe
         assert httpx.delete(f"{srv.url}/v1/cameras/{cam['id']}").status_code == 204
         assert httpx.get(f"{srv.url}/v1/cameras/{cam['id']}").status_code == 404
         assert httpx.get(srv.url + "/v1/cameras").json() == {"cameras": []}
-        assert not [t for t in threading.enumerate() if t.name.startswith("rtsp-")]
+        # Its decode thread ends (polled: it finishes its last read first).
+        alive = poll(
+            lambda: [t for t in threading.enumerate() if t.name.startswith("rtsp-")],
+            10,
+            until=lambda ts: not ts,
+        )
+        assert not alive, alive
 
 
 @pytest.mark.parametrize(
@@ -202,11 +216,12 @@ def test_unreachable_camera_stays_registered_and_blocks_nobody(
             feed.close()
         # An unreachable camera reports so after the stall time (not sooner: the time it takes
         # must not tell a closed port from a silent one).
-        view: dict[str, Any] = {}
-        deadline = time.monotonic() + 10
-        while not view.get("error") and time.monotonic() < deadline:
-            view = httpx.get(f"{srv.url}/v1/cameras/{bad['id']}").json()
-            time.sleep(0.1)
+        view = poll(
+            lambda: httpx.get(f"{srv.url}/v1/cameras/{bad['id']}").json(),
+            10,
+            every=0.1,
+            until=lambda v: bool(v.get("error")),
+        )
         assert view["status"] == "error" and "camera unreachable" in view["error"], view
         assert httpx.get(srv.url + "/healthz").json()["status"] == "ok"
 
@@ -237,7 +252,11 @@ class WebhookReceiver:
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
+        # Bounded: a receiver that cannot start fails here, not at the 600 s pytest timeout.
+        end = deadline(30)
         while not self.server.started:
+            if time.monotonic() > end or not self.thread.is_alive():
+                raise RuntimeError("webhook receiver did not start")
             time.sleep(0.02)
 
     def close(self) -> None:
@@ -258,9 +277,7 @@ def test_webhook_gets_the_alert(tiny_bundle: Path, rtsp: RtspServer, tmp_path: P
     try:
         with LiveServer(bundle=bundle, webhooks=(hook.url,), alert_seconds=1.0, **FAST) as srv:
             cam = register(srv, rtsp.url, "gate").json()
-            deadline = time.monotonic() + 15
-            while not hook.received and time.monotonic() < deadline:
-                time.sleep(0.1)
+            poll(lambda: hook.received, 15, every=0.1)
     finally:
         hook.close()
     assert hook.received, "no alert reached the webhook"
@@ -299,10 +316,10 @@ def test_webrtc_viewers_get_video_and_scores_from_one_decode(
                 )
             assert r.status_code == 200, r.text
             await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
-            track = await asyncio.wait_for(got_track, 10)
-            frame = await asyncio.wait_for(track.recv(), 10)
+            track = await asyncio.wait_for(got_track, scaled(10))
+            frame = await asyncio.wait_for(track.recv(), scaled(10))
             try:
-                await asyncio.wait_for(scored.wait(), 10)
+                await asyncio.wait_for(scored.wait(), scaled(10))
             except TimeoutError:
                 pass
             await pc.close()

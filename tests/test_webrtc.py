@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from stream_server.pipeline import FramePipeline
 from tests.conftest import LiveServer
 from tests.media import face_box, face_frames, faceless_frames
 from tests.rtc_client import ClientPeer
+from tests.timing import poll, scaled
 
 SCORE_KEYS = {
     "type",
@@ -38,8 +38,12 @@ def test_scores_arrive_fast_match_contract_and_box_the_face(live_server: LiveSer
     async def run() -> ClientPeer:
         peer = ClientPeer(live_server.url, face_frames(N_FRAMES), fps=15)
         await peer.connect()
-        first = await peer.wait_scores(1, within=2.0)
-        assert first, "no score message within 2 s of connecting"
+        first = await peer.wait_scores(1, within=10.0)
+        assert first, "no score message within 10 s of connecting"
+        # The first score comes within 2 s of connecting (times the test time scale), not
+        # counting the analysis time the server itself reports for it.
+        waited = peer.score_times()[0] - peer.connected_at
+        assert waited <= scaled(2.0) + first[0]["latency_ms"] / 1000, (waited, first[0])
         await peer.wait_scores(15, within=10.0)
         await peer.close()
         return peer
@@ -69,8 +73,15 @@ def test_scores_arrive_fast_match_contract_and_box_the_face(live_server: LiveSer
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     ts = [m["t"] for m in scores]
     assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
-    # Sampled at the analysis rate (5/s) from a 15 fps source.
-    assert 0.15 <= np.median(np.diff(ts)) <= 0.3
+    # Sampled at the analysis rate (5/s) from a 15 fps source, in stream time: consecutive
+    # analysed frames are one 0.2 s interval apart, or k+1 intervals when the server reports k
+    # frames dropped between them (a busy machine drops, and says so). This holds however slow
+    # the machine is, and fails for a sampler at 15 fps (0.067 s) or 2.5 fps (0.4 s, no drops).
+    gaps = np.diff(ts)
+    intervals = 1 + np.diff([m["dropped"] for m in scores])
+    per_interval = gaps / intervals
+    assert 0.15 <= float(np.median(per_interval)) <= 0.3, (gaps, intervals)
+    assert (gaps >= intervals * 0.2 - 1 / 15 - 1e-3).all(), (gaps, intervals)
     # The window fills: warming up first, then a verdict.
     assert scores[0]["label"] == "warming_up" and scores[-1]["label"] in ("real", "fake")
     # The face box overlaps the true face in the frame it came from (frame index from stream time).
@@ -181,26 +192,28 @@ def test_disconnect_releases_streams_tasks_and_threads(live_server: LiveServer) 
         assert len(await peer.wait_scores(3, 10.0)) >= 3
         await peer.close()
 
-    def settle() -> tuple[int, int]:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            streams = httpx.get(live_server.url + "/healthz").json()["streams"]
-            if streams == 0:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)
-        return streams, threading.active_count()
+    def streams() -> int:
+        return int(httpx.get(live_server.url + "/healthz").json()["streams"])
 
     asyncio.run(session())
-    streams, threads_after_one = settle()
+    assert poll(streams, 10, every=0.1, until=lambda n: n == 0) == 0
+    threads_after_one = threading.active_count()
     tasks_after_one = _server_tasks(live_server)
-    assert streams == 0
-    for _ in range(3):
+    # Bounded growth over many sessions, not an exact count: worker pools may start a thread
+    # late, but a leak of one thread (or task) per session grows with the number of sessions.
+    cycles = 6
+    for _ in range(cycles):
         asyncio.run(session())
-    streams, threads_after_four = settle()
-    assert streams == 0
-    assert threads_after_four <= threads_after_one
-    assert _server_tasks(live_server) == tasks_after_one
+    assert poll(streams, 10, every=0.1, until=lambda n: n == 0) == 0
+    threads = poll(
+        threading.active_count, 10, every=0.1, until=lambda n: n <= threads_after_one + 2
+    )
+    assert threads <= threads_after_one + 2 < threads_after_one + cycles, (
+        threads,
+        threads_after_one,
+    )
+    tasks = poll(lambda: _server_tasks(live_server), 10, until=lambda t: t == tasks_after_one)
+    assert tasks == tasks_after_one
     assert not any(name.startswith("analyse-") for name in tasks_after_one)
     assert not live_server.service.streams
 
