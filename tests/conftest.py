@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.timing import scaled
+
 # aiortc's libsrtp binding must load before TensorFlow: importing pylibsrtp after TensorFlow's
 # shared libraries segfaults (seen with TF 2.21 + pylibsrtp 1.0). Tests export models with TF and
 # run WebRTC peers in one process, so load aiortc first.
@@ -79,7 +81,7 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")

@@ -22,6 +22,7 @@ from stream_server.frames import (
     to_rgb,
 )
 from tests.media import face_frames, faceless_frames, write_video
+from tests.timing import scaled
 
 
 def _frames(n: int, fps: int, first_pts: int = 0, size: tuple[int, int] = (64, 48)) -> list[Any]:
@@ -155,7 +156,7 @@ def _live_run(path: Path, bundle: Any, detector: Any, engine: Any) -> tuple[list
                         if not stream.offer_frame(frame):
                             continue
                         taken += 1  # each taken frame ends in one message (score or error)
-                        deadline = time.monotonic() + 30
+                        deadline = time.monotonic() + scaled(30)
                         while len(msgs) < taken:
                             assert time.monotonic() < deadline, "analysis stalled"
                             await asyncio.sleep(0.005)

@@ -23,6 +23,7 @@ from stream_server.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import LiveServer
 from tests.media import face_frames, faceless_frames, write_video
 from tests.rtc_client import ClientPeer
+from tests.timing import ms, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 # Thresholds that force each label for any p_fake the tiny model gives (checked in each test).
@@ -145,7 +146,7 @@ def test_live_webrtc_scores_follow_the_rule_once_warm(
     async def run() -> ClientPeer:
         peer = ClientPeer(forced_server.url, face_frames(60), fps=15)
         await peer.connect()
-        deadline = asyncio.get_running_loop().time() + 60
+        deadline = asyncio.get_running_loop().time() + scaled(60)
         # Until at least 5 warm verdicts have arrived (warm-up is 5 analysed frames).
         while sum(m["label"] in ("real", "fake") for m in peer.scores()) < 5:
             left = deadline - asyncio.get_running_loop().time()
@@ -214,7 +215,7 @@ def test_camera_scores_follow_the_rule_once_warm(
             # The camera connected, and 5 warm scores arrived (warm-up is 5 analysed frames).
             assert feed.wait(lambda e: e[0] == "connected", 20), feed.events
             warm = lambda e: e[0] == "score" and e[1]["label"] in ("real", "fake")  # noqa: E731
-            deadline = time.monotonic() + 40
+            deadline = time.monotonic() + scaled(40)
             while sum(map(warm, feed.events)) < 5 and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
@@ -240,19 +241,19 @@ def test_page_shows_the_verdict_the_rule_gives(
         page = ctx.new_page()
         page.goto(forced_server.url + "/")
         page.get_by_role("button", name="Start camera").click()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not forced_server.service.streams and time.monotonic() < deadline:
             time.sleep(0.02)
         (stream,) = forced_server.service.streams.values()
         stream.taps.append(lambda rgb, result, msg: served.append(msg.to_dict()))
         page.wait_for_function(
             "['real','fake'].includes(document.querySelector('#verdict').dataset.label)",
-            timeout=60_000,
+            timeout=ms(60),
         )
         labels = set()
         for _ in range(5):  # the shown verdict stays the rule's while scores keep coming
             n = len(served)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + scaled(10)
             while len(served) == n and time.monotonic() < deadline:
                 time.sleep(0.02)
             labels.add(page.locator("#verdict-label").inner_text())
