@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -189,21 +190,51 @@ def test_manifest_fields_are_type_checked(tiny_bundle: Path) -> None:
         parse_manifest(tiny_bundle, m)
 
 
-def test_onnx_equals_keras_with_partial_mask(tiny_model_dir: Path, tiny_bundle: Path) -> None:
-    """The served graphs give Keras' probabilities for a 7-of-20 window."""
-    from models.saving import load_model_dir
+def keras_vs_onnx(model: Any, bundle_dir: Path, crops: np.ndarray) -> dict[str, float]:
+    """Parity measured here, not read from the exporter's manifest: the bundle's encoder and head
+    run with onnxruntime and the Keras model run on the same crops, on a full window and on
+    windows with 1, 7 and window-1 valid steps; the largest differences."""
     from stream_server.runtime import open_sessions
 
-    km = load_model_dir(tiny_model_dir)
-    s = open_sessions(load_bundle(tiny_bundle), "cpu")
-    crops = np.random.default_rng(3).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    s = open_sessions(load_bundle(bundle_dir), "cpu")
+    window = load_bundle(bundle_dir).window
     emb = s.encoder.run(["embeddings"], {"crops": crops})[0]
-    np.testing.assert_allclose(emb, np.asarray(km.encoder(crops)), atol=1e-5)
-    mask = np.zeros((1, 20), bool)
-    mask[0, :7] = True
-    p_onnx = s.head.run(["p_fake"], {"embeddings": emb[None], "mask": mask})[0]
-    p_keras = np.asarray(km.head([emb[None], mask]))
-    assert abs(float(p_onnx[0, 0]) - float(p_keras[0, 0])) <= 1e-4
+    k_emb = np.asarray(model.encoder(crops))
+    probs = 0.0
+    for valid in (window, 1, 7, window - 1):
+        mask = np.zeros((1, window), bool)
+        mask[0, :valid] = True
+        p_onnx = s.head.run(["p_fake"], {"embeddings": emb[None, :window], "mask": mask})[0]
+        p_keras = np.asarray(model.head([emb[None, :window], mask]))
+        probs = max(probs, abs(float(p_onnx[0, 0]) - float(p_keras[0, 0])))
+    return {"embedding": float(np.abs(emb - k_emb).max()), "p_fake": probs}
+
+
+def face_crop(frame: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    x, y, bw, bh = box
+    crop = frame[int(y * h) : int((y + bh) * h), int(x * w) : int((x + bw) * w)]
+    return np.asarray(Image.fromarray(crop).resize((size, size)))
+
+
+def test_onnx_equals_keras_full_and_partial_windows(
+    tiny_model_dir: Path, tiny_bundle: Path
+) -> None:
+    """The served graphs give Keras' embeddings and probabilities, full window and masked."""
+    from models.saving import load_model_dir
+    from tests.media import face_box, face_frames
+
+    km = load_model_dir(tiny_model_dir)
+    random = np.random.default_rng(3).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    faces = np.stack([face_crop(f, face_box(i, 20), 64) for i, f in enumerate(face_frames(20))])
+    for crops in (random, faces):
+        diff = keras_vs_onnx(km, tiny_bundle, crops)
+        assert diff["embedding"] <= 1e-5 and diff["p_fake"] <= 1e-4, diff
+    # The manifest's own record says no worse (it is what `validate` and the model card show).
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["parity"]["max_prob_diff_masked"] <= 1e-4
 
 
 @pytest.mark.slow
@@ -222,25 +253,6 @@ def test_real_backbones_export_with_parity(
     out = export_bundle(model, tmp_path / backbone)
     m = json.loads((out / "manifest.json").read_text())
     assert m["feature_dim"] == {"efficientnet_lite0": 1280, "inception_v3": 2048}[backbone]
-    assert max(m["parity"]["max_prob_diff_full"], m["parity"]["max_prob_diff_masked"]) <= 1e-4
-
-
-def test_int8_bundle_records_drift_or_refuses(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from export.bundle_export import export_bundle
-    from export.convert import ExportError
-    from models.saving import load_model_dir
-
-    out = tmp_path / "int8"
-    try:
-        export_bundle(load_model_dir(tiny_model_dir), out, quantize="int8")
-    except ExportError as exc:  # refusing is correct when drift is beyond the bound
-        assert "drifts too far" in str(exc)
-        assert not out.exists()
-        return
-    m = json.loads((out / "manifest.json").read_text())
-    q = m["encoder"]["quantization"]
-    assert m["encoder"]["precision"] == "int8" and m["encoder"]["file"] == "encoder_int8.onnx"
-    assert q["min_cosine"] >= q["bounds"]["min_cosine"]
-    assert q["max_prob_change"] <= q["bounds"]["max_prob_change"]
-    assert load_bundle(out).encoder.precision == "int8"
-    assert load_bundle(out, precision="fp32").encoder.file == "encoder.onnx"
+    crops = np.random.default_rng(7).integers(0, 256, (20, size, size, 3), dtype=np.uint8)
+    diff = keras_vs_onnx(model, out, crops)  # measured here, not the manifest's numbers
+    assert diff["p_fake"] <= 1e-4, diff
