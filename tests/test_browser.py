@@ -201,3 +201,40 @@ def test_camera_monitor_view_plays_a_camera_with_scores(tiny_bundle: Path, tmp_p
         )
         assert "Front door" in page.locator("#camera-list").inner_text()
         screenshot(page, "camera-monitor")
+
+
+def test_page_opened_with_a_token_uses_it_and_without_one_explains(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """README: with --token, open the page as `/?token=...`. The page itself is served without
+    the token; opened with it, the page sends it as a bearer token on `/offer` and the check
+    runs; opened without it (a new tab: nothing saved), starting the camera explains what to do."""
+    token = "page-token-0123456789abcdef"
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(30, size=(640, 480)))
+    with LiveServer(bundle=tiny_bundle, token=token) as srv, chromium(clip) as ctx:
+        offers: list[str | None] = []
+        page = ctx.new_page()
+        page.on(
+            "request",
+            lambda r: (
+                offers.append(r.headers.get("authorization")) if r.url.endswith("/offer") else None
+            ),
+        )
+        page.goto(f"{srv.url}/?token={token}")
+        page.get_by_role("button", name="Start camera").click()
+        page.wait_for_function(
+            "['real','fake','warming_up'].includes(document.querySelector('#verdict').dataset.label)",
+            timeout=ms(15),
+        )
+        assert page.locator("#status").inner_text() == "live"
+        assert offers and all(a == f"Bearer {token}" for a in offers), offers
+        assert wait_streams(srv, 1) == 1
+        page.get_by_role("button", name="Stop").click()
+        assert wait_streams(srv, 0) == 0
+        other = ctx.new_page()
+        other.goto(srv.url + "/")
+        other.get_by_role("button", name="Start camera").click()
+        alert = other.get_by_role("alert").first
+        alert.wait_for(timeout=ms(15))
+        assert "needs an access token" in alert.inner_text() and "?token=" in alert.inner_text()
+        assert wait_streams(srv, 0) == 0
