@@ -36,6 +36,7 @@ class VersionOrValue(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        if values is None:
-            parser.exit(message=version_string(self.prog_name) + "\n")
+        if values is None:  # like argparse's own --version: on stdout, exit 0
+            print(version_string(self.prog_name))
+            parser.exit()
         setattr(namespace, self.dest, values)
