@@ -67,8 +67,7 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
     enc: dict[str, Any] = {}
     precisions = ["fp32"] + (
         ["int8"]
-        if "int8"
-        in (bundle.manifest["encoder"].get("alternatives", {}) | {bundle.encoder.precision: 1})
+        if "int8" in {*bundle.manifest.encoder.alternatives, bundle.encoder.precision}
         else []
     )
     for prec in precisions:

@@ -9,17 +9,30 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.convert import ExportError, keras_to_onnx
-from export.detector import detector_from_section, export_detector, export_roi_detector
+from export.detector import export_detector, export_roi_detector
 from export.parity import check_parity
 from export.quantize import check_drift, measure_drift, quantize_encoder, session
 from export.reference_faces import astronaut_frames, face_crops
-from stream_server.bundle import CropSpec, load_bundle, write_manifest
+from stream_server.bundle import load_bundle, write_manifest
+from stream_server.manifest import (
+    DEFAULT_ANALYSIS_FPS,
+    DEFAULT_MARGIN,
+    DEFAULT_THRESHOLD,
+    CropSpec,
+    EncoderInput,
+    EncoderSection,
+    HeadSpec,
+    Manifest,
+    default_warmup,
+)
+from stream_server.runtime import open_detector
 
 ONNX_NAMES = {
     "encoder_in": "crops",
@@ -44,9 +57,9 @@ def export_bundle(
     calibration_crops: np.ndarray | None = None,
     detector: str = "full_range",
     roi_detector: bool = True,
-    threshold: float = 0.5,
-    analysis_fps: float = 5.0,
-    margin: float = 0.25,
+    threshold: float = DEFAULT_THRESHOLD,
+    analysis_fps: float = DEFAULT_ANALYSIS_FPS,
+    margin: float = DEFAULT_MARGIN,
     warmup_frames: int | None = None,
     force: bool = False,
 ) -> Path:
@@ -83,12 +96,12 @@ def export_bundle(
             tmp / "head.onnx",
         )
         _say(f"converting face detector (BlazeFace {detector})", t0)
-        det_section = export_detector(tmp, detector)
-        det = detector_from_section(det_section, tmp)
-        roi_section = None
+        det_spec = export_detector(tmp, detector)
+        det = open_detector(det_spec, tmp)
+        roi_spec = None
         if roi_detector:
             _say("converting tracked-face detector (BlazeFace short_range) and calibrating it", t0)
-            roi_section = export_roi_detector(tmp, det)
+            roi_spec = export_roi_detector(tmp, det)
         crop = CropSpec(margin=margin)
 
         _say("checking Keras/onnxruntime parity on random and real face crops", t0)
@@ -108,19 +121,16 @@ def export_bundle(
             t0,
         )
 
-        encoder_section: dict[str, Any] = {
-            "file": "encoder.onnx",
-            "precision": "fp32",
-            "input": {
-                "name": ONNX_NAMES["encoder_in"],
-                "size": size,
-                "layout": "NHWC",
-                "color": "RGB",
-                "dtype": "uint8",
-                "preprocessing": "in graph: (x - mean) / std per the backbone; pass raw 0..255 RGB",
-            },
-            "output": ONNX_NAMES["encoder_out"],
-        }
+        encoder_section = EncoderSection(
+            file="encoder.onnx",
+            precision="fp32",
+            input=EncoderInput(
+                name=ONNX_NAMES["encoder_in"],
+                size=size,
+                preprocessing="in graph: (x - mean) / std per the backbone; pass raw 0..255 RGB",
+            ),
+            output=ONNX_NAMES["encoder_out"],
+        )
         if quantize == "int8":
             calib = (
                 calibration_crops
@@ -152,7 +162,8 @@ def export_bundle(
                 f"{drift.max_prob_change:.4f}",
                 t0,
             )
-            encoder_section.update(
+            encoder_section = replace(
+                encoder_section,
                 file="encoder_int8.onnx",
                 precision="int8",
                 alternatives={"fp32": "encoder.onnx"},
@@ -161,31 +172,32 @@ def export_bundle(
         elif quantize is not None:
             raise ExportError(f"unknown quantization {quantize!r} (supported: int8)")
 
-        manifest: dict[str, Any] = {
-            "name": name,
-            "version": version,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "backbone": cfg.backbone,
-            "encoder": encoder_section,
-            "head": {
-                "file": "head.onnx",
-                "embeddings": ONNX_NAMES["head_emb"],
-                "mask": ONNX_NAMES["head_mask"],
-                "output": ONNX_NAMES["head_out"],
-                "mask_semantics": "bool (batch, window); valid steps first, masked steps skipped",
-                "gru_units": list(cfg.gru_units),
-            },
-            "detector": det_section,
-            **({"roi_detector": roi_section} if roi_section else {}),
-            "crop": {"margin": margin, "shape": "square, max(w, h) * (1 + margin), black outside"},
-            "feature_dim": dim,
-            "window": cfg.window,
-            "warmup_frames": warmup_frames if warmup_frames is not None else min(cfg.window, 5),
-            "analysis_fps": analysis_fps,
-            "threshold": threshold,
-            "parity": parity.to_dict(),
-            "training": model.training,
-        }
+        manifest = Manifest(
+            name=name,
+            version=version,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            backbone=cfg.backbone,
+            encoder=encoder_section,
+            head=HeadSpec(
+                file="head.onnx",
+                embeddings_name=ONNX_NAMES["head_emb"],
+                mask_name=ONNX_NAMES["head_mask"],
+                output_name=ONNX_NAMES["head_out"],
+                gru_units=tuple(cfg.gru_units),
+            ),
+            detector=det_spec,
+            roi_detector=roi_spec,
+            crop=crop,
+            feature_dim=dim,
+            window=cfg.window,
+            warmup_frames=warmup_frames
+            if warmup_frames is not None
+            else default_warmup(cfg.window),
+            analysis_fps=analysis_fps,
+            threshold=threshold,
+            parity=parity.to_dict(),
+            training=model.training,
+        )
         write_manifest(tmp, manifest)
         load_bundle(tmp)  # the reader agrees with the writer
         if out_dir.exists():

@@ -1,4 +1,8 @@
-"""`deepfake-export`: a trained Keras model directory -> a verified ONNX model bundle."""
+"""`deepfake-export`: a trained Keras model directory -> a verified ONNX model bundle.
+
+`export/` may import `models.saving` (the model directory format); `models/` never imports
+`export/`: `deepfake-train` runs this command (`build`, `face-stage`) as a separate process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from stream_server.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a static INT8 encoder (used by default when its drift is small)",
     )
     b.add_argument(
+        "--int8-fallback",
+        action="store_true",
+        help="with --quantize int8: when the INT8 encoder drifts too far, export fp32 only",
+    )
+    b.add_argument(
         "--calibration",
         type=Path,
         default=None,
@@ -49,12 +60,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the tracked-face detector (every analysed frame is searched in full)",
     )
-    b.add_argument("--threshold", type=float, default=0.5)
-    b.add_argument("--analysis-fps", type=float, default=5.0)
+    b.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     b.add_argument(
-        "--margin", type=float, default=0.25, help="face crop margin (fraction of the box)"
+        "--analysis-fps",
+        type=float,
+        default=DEFAULT_ANALYSIS_FPS,
+        help="analysed frames per second written into the bundle (the server may override it)",
+    )
+    b.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="face crop margin (fraction of the box)",
     )
     b.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    f = sub.add_parser(
+        "face-stage",
+        help="convert the face detectors alone (what training crops faces with) into a folder: "
+        "the ONNX files, section.json and roi_section.json (manifest sections)",
+    )
+    f.add_argument("out", type=Path)
+    f.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
     v = sub.add_parser("validate", help="re-verify a bundle: hashes, shapes, a test run")
     v.add_argument("bundle", type=Path)
     v.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
@@ -72,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(validate_bundle(args.bundle, args.precision), indent=2))
             return 0
+        if args.command == "face-stage":
+            from export.detector import write_face_stage
+
+            write_face_stage(args.out, args.detector)
+            return 0
         missing = [
             n
             for n in ("config.json", "encoder.keras", "head.keras")
@@ -84,17 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         from export.bundle_export import export_bundle
+        from export.quantize import DriftError
         from models.saving import load_model_dir
 
         model = load_model_dir(args.model_dir)
         calib = np.load(args.calibration) if args.calibration else None
-        export_bundle(
-            model,
-            args.out,
+        common = dict(
             name=args.name,
             version=args.version,
-            quantize=args.quantize,
-            calibration_crops=calib,
             detector=args.detector,
             roi_detector=args.roi_detector,
             threshold=args.threshold,
@@ -102,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             margin=args.margin,
             force=args.force,
         )
+        try:
+            export_bundle(
+                model, args.out, quantize=args.quantize, calibration_crops=calib, **common
+            )
+        except DriftError as exc:
+            if not args.int8_fallback:
+                raise
+            print(f"deepfake-export: INT8 refused ({exc}); exporting fp32 only", file=sys.stderr)
+            export_bundle(model, args.out, **common)
         return 0
     except (ExportError, BundleError, FileNotFoundError, ValueError) as exc:
         print(f"deepfake-export: error: {exc}", file=sys.stderr)

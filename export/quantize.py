@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from export.convert import ExportError
+from stream_server.runtime import session
+
+__all__ = ["Drift", "DriftError", "check_drift", "measure_drift", "quantize_encoder", "session"]
 
 # Refuse an INT8 encoder that moves embeddings or probabilities more than this.
 MIN_COSINE = 0.98
@@ -95,15 +97,14 @@ def measure_drift(
     )
 
 
+class DriftError(ExportError):
+    """The INT8 encoder moves embeddings or probabilities beyond the bounds; it is not written
+    (the caller may export fp32 only instead)."""
+
+
 def check_drift(d: Drift) -> None:
     if d.min_cosine < MIN_COSINE or d.max_prob_change > MAX_PROB_CHANGE:
-        raise ExportError(
+        raise DriftError(
             f"INT8 encoder drifts too far (min cosine {d.min_cosine:.4f} < {MIN_COSINE} or max "
             f"probability change {d.max_prob_change:.4f} > {MAX_PROB_CHANGE}); not written"
         )
-
-
-def session(path: Path) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from models.sbi import BlendParams, transformed_source
+from stream_server.manifest import DEFAULT_MARGIN
 
 KINDS = ("sbi", "swap", "warp", "rerender")
 MOUTH = list(range(48, 68))
@@ -230,7 +231,7 @@ def make_fake(
     pts: np.ndarray,
     rng: np.random.Generator,
     donor: tuple[np.ndarray, np.ndarray] | None = None,
-    margin: float = 0.25,
+    margin: float = DEFAULT_MARGIN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic fake of `target` (uint8 crop) with landmarks `pts`: (fake uint8, mask)."""
     size = target.shape[0]

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from models.dfdc import DatasetError, Video, identity_groups, read_folders, split_by_identity  # noqa: E402
 from models.finetune import DEFAULT_UNIT_WEIGHTS, FAMILY_NAMES, family_of  # noqa: E402
+from stream_server.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN  # noqa: E402
 
 T0 = time.monotonic()
 
@@ -73,7 +74,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--head-l2", type=float, default=1e-3, help="L2 penalty on the GRU kernels")
     p.add_argument("--window", type=int, default=20)
-    p.add_argument("--fps", type=float, default=5.0, help="analysis frames per second")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=DEFAULT_ANALYSIS_FPS,
+        help="analysis frames per second (written into the bundle; the server may override it)",
+    )
     p.add_argument("--max-seconds", type=float, default=15.0, help="seconds read per video")
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head-steps", type=int, default=40, help="batches per head epoch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--detector", choices=["full_range", "short_range"], default="full_range")
-    p.add_argument("--margin", type=float, default=0.25)
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8")
     p.add_argument("--name", default="deepfake-cnn-gru")
     from stream_server import VersionOrValue
@@ -174,25 +180,41 @@ def parser() -> argparse.ArgumentParser:
 # -- face crops ----------------------------------------------------------------------------------
 
 
+def _deepfake_export(*argv: str) -> None:
+    """Run `deepfake-export` (export/cli.py) as its own process: models/ never imports export/
+    (export reads the model directory this package writes). Same interpreter, same source tree."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    r = subprocess.run([sys.executable, "-m", "export", *argv], env=env)
+    if r.returncode != 0:
+        raise ExportFailed(f"deepfake-export {argv[0]} failed (exit status {r.returncode})")
+
+
+class ExportFailed(RuntimeError):
+    """`deepfake-export` refused (its reason is on stderr above)."""
+
+
 def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
-    """The serving face stage (detector, and the tracked-face detector a default export adds)."""
-    from export.detector import detector_from_section, export_detector, export_roi_detector
-    from stream_server.bundle import parse_roi
+    """The serving face stage (detector, and the tracked-face detector a default export adds),
+    converted once by `deepfake-export face-stage` into the cache with its manifest sections."""
     from stream_server.faces import Detectors
+    from stream_server.manifest import DetectorSpec, RoiSpec
+    from stream_server.runtime import open_detector
 
     d = cache / f"detector_{detector}"
-    section_file = d / "section.json"
-    if not section_file.is_file():
-        d.mkdir(parents=True, exist_ok=True)
-        section_file.write_text(json.dumps(export_detector(d, detector)))
+    section_file, roi_file = d / "section.json", d / "roi_section.json"
+    if not (section_file.is_file() and roi_file.is_file()):
+        _deepfake_export("face-stage", str(d), "--detector", detector)
     section = json.loads(section_file.read_text())
-    full = detector_from_section(section, d)
-    roi_file = d / "roi_section.json"
-    if not roi_file.is_file():
-        roi_file.write_text(json.dumps(export_roi_detector(d, full)))
     roi_section = json.loads(roi_file.read_text())
-    roi_detector = detector_from_section(roi_section, d)
-    return Detectors(full, roi_detector, parse_roi(roi_section)), {**section, "roi": roi_section}
+    roi = RoiSpec.from_dict(roi_section)
+    full = open_detector(DetectorSpec.from_dict(section), d)
+    return Detectors(full, open_detector(roi.detector, d), roi), {**section, "roi": roi_section}
 
 
 def all_crops(
@@ -206,8 +228,8 @@ def all_crops(
     from tqdm import tqdm
 
     from models.extract import CropCache, extract_video
-    from stream_server.bundle import CropSpec
     from stream_server.frames import MAX_FRAME_SIDE
+    from stream_server.manifest import DEFAULT_RETRY_PAD, CropSpec
 
     detector, section = stage
     crop = CropSpec(margin=args.margin)
@@ -215,7 +237,7 @@ def all_crops(
         cache_dir / "crops",
         {
             "detector": section["kind"],
-            "retry_pad": section.get("retry_pad", 0.5),
+            "retry_pad": section.get("retry_pad", DEFAULT_RETRY_PAD),
             "roi": {
                 k: section["roi"][k] for k in ("kind", "calibration", "roi_scale", "redetect_every")
             }
@@ -264,8 +286,8 @@ def image_crops_kept(
     from tqdm import tqdm
 
     from models.extract import largest
-    from stream_server.bundle import CropSpec
     from stream_server.faces import FaceStage, crop_face
+    from stream_server.manifest import CropSpec
 
     detector, section = stage
     ident = json.dumps(
@@ -666,7 +688,7 @@ def run(args: argparse.Namespace) -> Path:
     save_model_dir(model, out)
     say(f"model saved to {out}")
     if args.bundle:
-        export_and_evaluate(model, args, out, seqs, val)
+        export_and_evaluate(args, out, seqs, val)
     return out
 
 
@@ -677,10 +699,10 @@ def _progress(d: dict[str, Any], desc: str) -> Any:
 
 
 def export_and_evaluate(
-    model: Any, args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
+    args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
 ) -> None:
-    from export.bundle_export import export_bundle
-    from export.convert import ExportError
+    """`deepfake-export build` on the saved model directory `out`, then the held-out evaluation
+    through the serving code path and the model card."""
     from models.evaluation import evaluate_bundle, write_model_card
 
     rng = np.random.default_rng(args.seed)
@@ -688,32 +710,30 @@ def export_and_evaluate(
         s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}
     ]
     pool = np.concatenate(real) if real else None
-    calib = (
-        pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
-        if pool is not None
-        else None
-    )
-    common = dict(
-        name=args.name,
-        version=args.version,
-        detector=args.detector,
-        analysis_fps=args.fps,
-        margin=args.margin,
-        force=True,
-    )
-    try:
-        export_bundle(
-            model,
-            args.bundle,
-            quantize=None if args.quantize == "none" else args.quantize,
-            calibration_crops=calib,
-            **common,
-        )
-    except ExportError as exc:
-        if args.quantize == "none" or "drifts too far" not in str(exc):
-            raise
-        say(f"INT8 refused ({exc}); exporting fp32 only")
-        export_bundle(model, args.bundle, **common)
+    build = [
+        "build",
+        str(out),
+        "--out",
+        str(args.bundle),
+        "--name",
+        args.name,
+        "--version",
+        args.version,
+        "--detector",
+        args.detector,
+        "--analysis-fps",
+        repr(args.fps),
+        "--margin",
+        repr(args.margin),
+        "--force",
+    ]
+    if args.quantize != "none":
+        build += ["--quantize", args.quantize, "--int8-fallback"]
+        if pool is not None:
+            calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
+            np.save(out / "calibration.npy", calib)
+            build += ["--calibration", str(out / "calibration.npy")]
+    _deepfake_export(*build)
     if val:
         metrics = evaluate_bundle(args.bundle, val, out)
         say("held-out evaluation: " + json.dumps(metrics["metrics"]))
@@ -725,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         run(args)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, ValueError, FileNotFoundError, ExportFailed) as exc:
         print(f"deepfake-train: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -6,12 +6,14 @@ Sessions are created (and warmed by the engine) once at start-up, never at impor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stream_server.bundle import Bundle, BundleError
-from stream_server.faces import ssd_anchors
+from stream_server.faces import FaceDetector, ssd_anchors
+from stream_server.manifest import DetectorSpec
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -60,16 +62,27 @@ class Sessions:
     roi_detector: Any = None  # the bundle's optional tracked-face detector
 
 
-def _session(path: str, providers: list[str], threads: int) -> Any:
+def session(path: str | Path, providers: list[str] | None = None, threads: int = 0) -> Any:
+    """The one onnxruntime session builder (serving, export, training): quiet logging, one
+    inter-op thread, `threads` intra-op threads (0 = onnxruntime's choice), CPU unless told."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(path, sess_options=opts, providers=providers)
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+        )
     except Exception as exc:
         raise BundleError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+
+def open_detector(
+    spec: DetectorSpec, root: Path, providers: list[str] | None = None
+) -> FaceDetector:
+    """A `FaceDetector` from a manifest detector section and the folder holding its file."""
+    return FaceDetector(session(root / spec.file, providers, threads=1), spec)
 
 
 def _check(cond: bool, what: str) -> None:
@@ -146,11 +159,11 @@ def _check_detector(sess: Any, d: Any, what: str) -> None:
 
 def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> Sessions:
     chosen = resolve_providers(providers)
-    enc = _session(str(bundle.file(bundle.encoder.file)), chosen, threads)
-    head = _session(str(bundle.file(bundle.head.file)), ["CPUExecutionProvider"], 1)
-    det = _session(str(bundle.file(bundle.detector.file)), chosen, 1)
+    enc = session(bundle.file(bundle.encoder.file), chosen, threads)
+    head = session(bundle.file(bundle.head.file), ["CPUExecutionProvider"], 1)
+    det = session(bundle.file(bundle.detector.file), chosen, 1)
     roi = (
-        _session(str(bundle.file(bundle.roi.detector.file)), chosen, 1)
+        session(bundle.file(bundle.roi.detector.file), chosen, 1)
         if bundle.roi is not None
         else None
     )
