@@ -205,8 +205,6 @@ def create_app(service: Service) -> Starlette:
         exception_handlers={HTTPException: http_error},
     )
     relative_slash_redirects(app.router)  # never a Location built from the Host header
-    app.state.service = service
-    app.state.cameras = registry
     return app
 
 

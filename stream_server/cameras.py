@@ -5,6 +5,7 @@ WebRTC viewers, reconnected with capped exponential backoff when it drops or sta
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 import time
@@ -182,7 +183,9 @@ class RtspReader:
         log.debug("camera %s stream failed: %s", self.camera.id, type(exc).__name__)
         if relay.failure:
             return f"camera refused: {relay.failure}"
-        if isinstance(exc, av.ExitError | TimeoutError) or "timed out" in str(exc).lower():
+        # av.TimeoutError is a TimeoutError; any other OSError that timed out carries ETIMEDOUT.
+        timed_out = isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+        if isinstance(exc, av.ExitError | TimeoutError) or timed_out:
             return f"no frames for {self.stall:g} s"
         if isinstance(exc, av.InvalidDataError):
             return "camera sent video that could not be decoded"

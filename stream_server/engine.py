@@ -60,7 +60,6 @@ class InferenceEngine:
         self.metrics = metrics
         self._queue: queue.Queue[FaceJob | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
-        self.batches = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -159,7 +158,6 @@ class InferenceEngine:
         mask = np.stack([w.mask() for w in windows])
         p = self.sessions.head.run([h.output_name], {h.embeddings_name: seq, h.mask_name: mask})[0]
         p = p.reshape(-1).astype(np.float32)
-        self.batches += 1
         if self.metrics is not None:
             self.metrics.inference_seconds.observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(crops))

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Label = Literal["real", "fake", "no_face", "warming_up"]
-StatusType = Literal["connected", "source_lost", "reconnected", "error", "closed"]
+StatusType = Literal["connected", "source_lost", "reconnected", "error"]
 
 
 @dataclass(frozen=True)

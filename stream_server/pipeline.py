@@ -6,7 +6,6 @@ Every source (WebRTC, RTSP, files) goes through `FramePipeline`; there is no sec
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,11 +85,4 @@ class FramePipeline:
         if not prepared.tracks:
             return self.label(prepared, np.zeros(0, np.float32))
         probs = self.engine.submit(self.job(prepared)).result()
-        return self.label(prepared, probs)
-
-    async def analyze_async(self, rgb: np.ndarray) -> FrameResult:
-        prepared = await asyncio.to_thread(self.prepare, rgb)
-        if not prepared.tracks:
-            return self.label(prepared, np.zeros(0, np.float32))
-        probs = await asyncio.wrap_future(self.engine.submit(self.job(prepared)))
         return self.label(prepared, probs)

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from stream_server.bundle import Bundle, load_bundle
 from stream_server.engine import InferenceEngine
 from stream_server.faces import Detectors
-from stream_server.messages import ScoreMessage, StatusMessage
 from stream_server.metrics import Metrics
 from stream_server.pipeline import FramePipeline
 from stream_server.runtime import Sessions, open_sessions, warm_up
@@ -169,7 +168,3 @@ class Service:
         self.engine.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("service stopped: %d stream(s) closed", len(owners))
-
-
-def emit_nothing(_: ScoreMessage | StatusMessage) -> None:
-    """An `Emit` for streams nobody listens to yet."""

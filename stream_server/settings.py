@@ -8,9 +8,11 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import quote, unquote
+
+from stream_server.manifest import MAX_ANALYSIS_FPS
 
 ENV_PREFIX = "DEEPFAKE_"
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +176,6 @@ class Settings:
     data_dir: Path | None = None  # state; None: default_data_dir()
     static_dir: Path = DEFAULT_STATIC
     log_level: str = "info"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -184,8 +185,9 @@ class Settings:
             bad(f"port must be 1..65535, got {self.port}")
         if self.precision not in ("auto", "fp32", "int8"):
             bad(f"precision must be auto, fp32 or int8, got {self.precision!r}")
-        if self.analysis_fps is not None and not 0 < self.analysis_fps <= 30:
-            bad(f"analysis fps must be in (0, 30], got {self.analysis_fps}")
+        if self.analysis_fps is not None and not 0 < self.analysis_fps <= MAX_ANALYSIS_FPS:
+            # the same range a bundle's analysis_fps has (stream_server.manifest owns it)
+            bad(f"analysis fps must be in (0, {MAX_ANALYSIS_FPS:g}], got {self.analysis_fps}")
         if not 1 <= self.max_streams <= 1024:
             bad(f"max streams must be 1..1024, got {self.max_streams}")
         if not 1 <= self.max_batch <= 256:

@@ -67,10 +67,7 @@ class StreamAnalyzer:
         self.max_frame_side = max_frame_side
         self.taps: list[Tap] = []
         self.dropped = 0
-        self.received = 0
-        self.analysed = 0
         self.seq = 0
-        self.last: ScoreMessage | None = None
         self.clock = StreamClock(max_jump=CLOCK_MAX_JUMP)
         self.clock_noticed: float | None = None
         self._slot: _Due | None = None
@@ -89,7 +86,6 @@ class StreamAnalyzer:
         deepfake_stream_clock_jumps_total and the client gets a `reconnected` status message.
         """
         now = time.monotonic()
-        self.received += 1
         self.metrics.frames_received.inc()
         if t is None:
             ft = getattr(frame, "time", None)
@@ -180,7 +176,6 @@ class StreamAnalyzer:
             latency = time.monotonic() - due.received
             self.metrics.frames_analysed.inc()
             self.metrics.score_latency.observe(latency)
-            self.analysed += 1
             msg = ScoreMessage(
                 stream=self.id,
                 seq=self.seq,
@@ -193,7 +188,6 @@ class StreamAnalyzer:
                 model=self.pipeline.bundle.model_id,
             )
             self.seq += 1
-            self.last = msg
             for tap in self.taps:
                 tap(rgb, result, msg)
             self.emit(msg)

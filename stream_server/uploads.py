@@ -88,6 +88,7 @@ class UploadAnalyzer:
                     svc.detector,
                     svc.engine,
                     limits,
+                    fps=svc.fps,  # the server's override, as live streams use
                     name=name,
                     stop=lambda: cancel.is_set() or svc.stopping.is_set(),
                 ),
