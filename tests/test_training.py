@@ -248,3 +248,36 @@ def test_training_with_face_images(dfdc_folder: Path, image_folder: Path, tmp_pa
     assert "as 6 training clips" in r.stderr
     info = json.loads((out / "training.json").read_text())["images"]
     assert info["face_crops"] == 12 and info["pseudo_clips"] == 6 and info["without_face"] == 1
+
+
+def test_bundle_is_exported_by_deepfake_export_in_its_own_process(
+    dfdc_folder: Path, tmp_path: Path
+) -> None:
+    """`--bundle`: training hands its model directory to `deepfake-export build` (models/ never
+    imports export/); the bundle carries the training's fps and margin and its model card."""
+    from stream_server.bundle import load_bundle
+
+    out, bundle = tmp_path / "model", tmp_path / "bundle"
+    r = _train(
+        dfdc_folder,
+        out,
+        "--head-epochs",
+        "1",
+        "--encoder-epochs",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--bundle",
+        str(bundle),
+        "--quantize",
+        "none",
+        "--fps",
+        "4",
+        "--margin",
+        "0.3",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = load_bundle(bundle)
+    assert (b.analysis_fps, b.crop.margin, b.window) == (4.0, 0.3, 8)
+    assert b.manifest.training is not None and b.manifest.training["settings"]["fps"] == 4.0
+    assert (bundle / "MODEL_CARD.md").is_file()
