@@ -17,6 +17,20 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 from tests.timing import scaled
 
 
+def offer_loopback() -> None:
+    """Tests run in a loopback-only namespace, where aioice (which leaves loopback out) would
+    give this client no candidate to offer: offer 127.0.0.1, as a browser on the same host
+    does. aiortc then also answers an offer without candidates with none of its own, so a
+    server in another process could never be reached."""
+    import aioice.ice
+
+    if "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False):
+        from stream_server.settings import Settings
+        from stream_server.webrtc import configure_ice
+
+        configure_ice(Settings(ice_addresses=("127.0.0.1",)))
+
+
 class FramesTrack(VideoStreamTrack):
     """Plays frames in a loop at `fps` with 90 kHz timestamps, like a camera."""
 
@@ -44,6 +58,7 @@ class FramesTrack(VideoStreamTrack):
 class ClientPeer:
     def __init__(self, base_url: str, frames: list[np.ndarray], fps: int = 15) -> None:
         self.base_url = base_url
+        offer_loopback()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = FramesTrack(frames, fps)
         self.messages: list[dict[str, Any]] = []
