@@ -1,5 +1,5 @@
 // The webcam live check: camera, preview, verdict, timeline, stats, reconnects.
-import { connect } from "./rtc.js";
+import { cameraConstraints, connect, serverConfig } from "./rtc.js";
 import { Timeline } from "./chart.js";
 import { renderVerdict, drawBoxes } from "./verdict.js";
 
@@ -130,7 +130,9 @@ export function initLive() {
     renderVerdict(verdict, "connecting", null);
     try {
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw new Error("no mediaDevices");
-      const constraints = select.value ? { deviceId: { exact: select.value } } : true;
+      // A modest capture, as the server asks (an unreachable server: the camera's defaults).
+      const config = await serverConfig().catch(() => ({}));
+      const constraints = cameraConstraints(config.capture, select.value);
       media = await navigator.mediaDevices.getUserMedia({ video: constraints, audio: false });
     } catch (err) {
       showError(cameraError(err));

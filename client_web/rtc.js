@@ -17,6 +17,54 @@ export function serverConfig() {
   return configPromise;
 }
 
+// The camera constraints for the server's capture hints (`capture` in /v1/config): a modest size
+// at a smooth preview rate. All are `ideal`: a camera that cannot do them still starts (the
+// browser picks its nearest mode), and what is sent is capped by `capSender` anyway.
+export function cameraConstraints(capture, deviceId = "") {
+  const video = deviceId ? { deviceId: { exact: deviceId } } : {};
+  if (capture && capture.width && capture.height) {
+    video.width = { ideal: capture.width };
+    video.height = { ideal: capture.height };
+  }
+  if (capture && capture.frame_rate) video.frameRate = { ideal: capture.frame_rate };
+  return Object.keys(video).length ? video : true;
+}
+
+// What the sender's first encoding is capped at for a track of `settings` (its getSettings()):
+// at most `max_fps` frames/s, and scaled down to fit the capture size (either orientation) when
+// the camera gave a larger picture. The preview keeps the camera's own rate and size.
+export function senderCaps(settings, capture) {
+  const caps = {};
+  if (!capture) return caps;
+  if (capture.max_fps) caps.maxFramerate = capture.max_fps;
+  const w = (settings && settings.width) || 0;
+  const h = (settings && settings.height) || 0;
+  if (w && h && capture.width && capture.height) {
+    const big = Math.max(capture.width, capture.height);
+    const small = Math.min(capture.width, capture.height);
+    const scale = Math.max(Math.max(w, h) / big, Math.min(w, h) / small);
+    if (scale > 1.01) caps.scaleResolutionDownBy = Math.round(scale * 1000) / 1000;
+  }
+  return caps;
+}
+
+// Apply `senderCaps` to an RTCRtpSender (after its track is added). Returns the caps applied,
+// or null when the browser refused them (the stream still runs, uncapped).
+export async function capSender(sender, capture) {
+  const caps = senderCaps(sender.track && sender.track.getSettings(), capture);
+  if (!Object.keys(caps).length) return caps;
+  try {
+    const params = sender.getParameters();
+    if (!params.encodings || !params.encodings.length) params.encodings = [{}];
+    Object.assign(params.encodings[0], caps);
+    await sender.setParameters(params);
+    return caps;
+  } catch (err) {
+    console.warn("the browser refused the sender caps", caps, err);
+    return null;
+  }
+}
+
 function hasCandidate(sdp) {
   return /^a=candidate:/m.test(sdp || "");
 }
@@ -42,8 +90,11 @@ function iceComplete(pc) {
 export async function connect({ stream = null, camera = null, onMessage, onState, onTrack }) {
   const config = await serverConfig();
   const pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
+  const senders = [];
   if (stream) {
-    for (const track of stream.getVideoTracks()) pc.addTrack(track, stream);
+    for (const track of stream.getVideoTracks()) senders.push(pc.addTrack(track, stream));
+    // Send only what the analysis needs: the server decodes every frame it receives.
+    await Promise.all(senders.map((s) => capSender(s, config.capture)));
   } else {
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addEventListener("track", (e) => onTrack && onTrack(e.streams[0] || new MediaStream([e.track])));

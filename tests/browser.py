@@ -37,7 +37,11 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
 
 
 @contextmanager
-def chromium(video: Path | None, grant_camera: bool = True) -> Iterator[Any]:
+def chromium(
+    video: Path | None, grant_camera: bool = True, camera_fps: int | None = None
+) -> Iterator[Any]:
+    """`camera_fps`: the fake camera's frame rate when no clip is given (Chromium's default is
+    20 fps)."""
     from playwright.sync_api import sync_playwright
 
     exe = require_chromium()
@@ -48,7 +52,7 @@ def chromium(video: Path | None, grant_camera: bool = True) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        "--use-fake-device-for-media-stream",
+        "--use-fake-device-for-media-stream" + (f"=fps={camera_fps}" if camera_fps else ""),
         "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
     ]

@@ -165,3 +165,23 @@ def test_scan_exit_codes_unreadable_wins_over_fake_and_no_videos_is_2(
     r = _scan(fake, empty)
     assert r.returncode == 2
     assert r.stderr.strip() == "deepfake-scan: error: no video files found in the given paths"
+
+
+def test_capture_hints_are_twice_the_analysis_rate_at_most_30_and_no_larger_than_analysed() -> None:
+    """README, GET /v1/config `capture`: 640x480 or less, preview 30 fps, `max_fps` = analysis
+    fps x 2, at most 30."""
+    from stream_server.api import capture_hints
+
+    assert capture_hints(5.0, 1280) == {
+        "width": 640,
+        "height": 480,
+        "frame_rate": 30,
+        "max_fps": 10.0,
+    }
+    assert capture_hints(2.5, 320) == {
+        "width": 320,
+        "height": 240,
+        "frame_rate": 30,
+        "max_fps": 5.0,
+    }
+    assert capture_hints(24.0, 1280)["max_fps"] == 30.0
