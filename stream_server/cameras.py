@@ -24,6 +24,7 @@ from stream_server.camera_url import (
     redact,
     resolve_checked,
 )
+from stream_server.frames import FrameTooLarge, pixel_options
 from stream_server.messages import ScoreMessage, StatusMessage
 from stream_server.rtsp_relay import RtspRelay
 from stream_server.service import Capacity, Service
@@ -78,6 +79,7 @@ class RtspReader:
         self.allow = s.camera_allow
         self.stall = s.camera_stall_seconds
         self.backoff_cap = s.camera_backoff_max
+        self.max_pixels = s.max_frame_pixels
         self.relay: RtspRelay | None = None
         self.attempts = 0  # connection attempts that reached the relay (a checked address)
         self.thread = threading.Thread(target=self._run, name=f"rtsp-{camera.id}", daemon=True)
@@ -121,7 +123,7 @@ class RtspReader:
                 relay_url(url, relay.port),
                 format="rtsp",
                 timeout=(self.stall, self.stall),
-                options=RTSP_OPTIONS,
+                options={**RTSP_OPTIONS, **pixel_options(self.max_pixels)},
             )
         except Exception as exc:
             relay.close()
@@ -138,6 +140,12 @@ class RtspReader:
             container.close()
             relay.close()
             return "camera offers no video stream"
+        cc = container.streams.video[0].codec_context
+        if cc.width * cc.height > self.max_pixels:  # from the session's header, before decoding
+            container.close()
+            relay.close()
+            return f"camera {FrameTooLarge(cc.width, cc.height, self.max_pixels)}"
+        cc.options = {**cc.options, **pixel_options(self.max_pixels)}  # also if it grows later
         return container, relay
 
     def _run(self) -> None:

@@ -144,7 +144,7 @@ class Settings:
     max_batch: int = 16
     max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
     max_frame_side: int = 1280  # larger frames are downscaled before analysis
-    max_frame_pixels: int = 3840 * 2160  # uploads with larger frames are refused (413)
+    max_frame_pixels: int = 3840 * 2160  # larger frames: uploads 413, cameras refused
     max_sdp_bytes: int = 64 * 1024
     max_remote_candidates: int = 32  # distinct ICE candidates kept from an offer
     peer_setup_seconds: float = 15.0  # a WebRTC peer not connected by then is closed
@@ -281,7 +281,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     (
         "max_frame_pixels",
         int,
-        "uploads whose frames have more pixels than this are refused (413) before decoding",
+        "uploads, scans and cameras whose frames have more pixels than this are refused before "
+        "decoding",
     ),
     (
         "max_remote_candidates",

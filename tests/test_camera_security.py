@@ -654,3 +654,20 @@ def _no_leaked_relays() -> Iterator[None]:
     assert wait_until(
         lambda: not [t for t in threading.enumerate() if t.name == "rtsp-relay"], 10
     ), "relay threads left running"
+
+
+def test_camera_frames_over_the_pixel_limit_are_refused_before_decoding(
+    tiny_bundle: Path,
+    camera_clip: Path,  # noqa: F811
+) -> None:
+    with (
+        RtspServer(camera_clip, free_port()) as rtsp,
+        LiveServer(
+            bundle=tiny_bundle, camera_allow=LOOPBACK, max_frame_pixels=64 * 64, **QUICK
+        ) as srv,
+    ):
+        cam = register(srv, rtsp.url).json()["id"]
+        why = error_of(srv, cam)
+        assert re.fullmatch(r"camera frames are \d+x\d+ \(.*\); the limit is .* per frame", why), (
+            why
+        )
