@@ -230,6 +230,7 @@ def create_app(service: Service) -> Starlette:
         exception_handlers={HTTPException: http_error},
     )
     relative_slash_redirects(app.router)  # never a Location built from the Host header
+    app.state.cameras = registry  # for code that embeds the app (and tests): its camera registry
     return app
 
 

@@ -184,7 +184,7 @@ def test_camera_monitor_view_plays_a_camera_with_scores(tiny_bundle: Path, tmp_p
     )
     with (
         RtspServer(clip, free_port()) as cam,
-        LiveServer(bundle=tiny_bundle) as srv,
+        LiveServer(bundle=tiny_bundle, camera_allow=("127.0.0.1",)) as srv,
         chromium(None) as ctx,
     ):
         r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": "Front door"})
