@@ -182,6 +182,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
     if not skipped:
+        terminalreporter.write_line("skipped tests: 0")
         return
     groups: dict[tuple[str, str], int] = {}
     for r in skipped:
