@@ -60,21 +60,60 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class Bundle:
+    """A loaded bundle: its folder, its manifest, and the encoder chosen for the precision
+    asked for; everything else is read from the manifest."""
+
     path: Path
-    name: str
-    version: str
-    backbone: str
-    feature_dim: int
-    window: int
-    analysis_fps: float
-    threshold: float
-    warmup_frames: int
     encoder: EncoderSpec
-    head: HeadSpec
-    detector: DetectorSpec
-    crop: CropSpec
     manifest: Manifest
-    roi: RoiSpec | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def backbone(self) -> str:
+        return self.manifest.backbone
+
+    @property
+    def feature_dim(self) -> int:
+        return self.manifest.feature_dim
+
+    @property
+    def window(self) -> int:
+        return self.manifest.window
+
+    @property
+    def analysis_fps(self) -> float:
+        return self.manifest.analysis_fps
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    @property
+    def warmup_frames(self) -> int:
+        return self.manifest.warmup
+
+    @property
+    def head(self) -> HeadSpec:
+        return self.manifest.head
+
+    @property
+    def detector(self) -> DetectorSpec:
+        return self.manifest.detector
+
+    @property
+    def crop(self) -> CropSpec:
+        return self.manifest.crop
+
+    @property
+    def roi(self) -> RoiSpec | None:
+        return self.manifest.roi_detector
 
     @property
     def model_id(self) -> str:
@@ -146,23 +185,7 @@ def _bundle(path: Path, m: Manifest, precision: str) -> Bundle:
         input_size=enc.input.size,
         precision=enc_precision,
     )
-    return Bundle(
-        path=path,
-        name=m.name,
-        version=m.version,
-        backbone=m.backbone,
-        feature_dim=m.feature_dim,
-        window=m.window,
-        analysis_fps=m.analysis_fps,
-        threshold=m.threshold,
-        warmup_frames=m.warmup,
-        encoder=encoder,
-        head=m.head,
-        detector=m.detector,
-        crop=m.crop,
-        manifest=m,
-        roi=m.roi_detector,
-    )
+    return Bundle(path=path, encoder=encoder, manifest=m)
 
 
 def parse_manifest(path: Path, manifest: Any, precision: str = "auto") -> Bundle:
