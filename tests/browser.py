@@ -38,10 +38,15 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
 
 @contextmanager
 def chromium(
-    video: Path | None, grant_camera: bool = True, camera_fps: int | None = None
+    video: Path | None,
+    grant_camera: bool = True,
+    camera_fps: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    ignore_https_errors: bool = False,
 ) -> Iterator[Any]:
     """`camera_fps`: the fake camera's frame rate when no clip is given (Chromium's default is
-    20 fps)."""
+    20 fps); `extra_args`: more Chromium switches; `ignore_https_errors`: accept any
+    certificate (a self-signed one)."""
     from playwright.sync_api import sync_playwright
 
     exe = require_chromium()
@@ -60,16 +65,47 @@ def chromium(
         args.append("--use-fake-ui-for-media-stream")
     if video is not None:
         args.append(f"--use-file-for-fake-video-capture={video}")
+    args.extend(extra_args)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
         try:
             context = browser.new_context(
                 permissions=["camera"] if grant_camera else [],
+                ignore_https_errors=ignore_https_errors,
                 viewport={"width": 1100, "height": 800},
             )
             yield context
         finally:
             browser.close()
+
+
+@contextmanager
+def page_watching_a_camera(bundle: Path, tmp_path: Path, name: str) -> Iterator[Any]:
+    """The page's Cameras view watching a real RTSP camera called `name` (a 320x240 face clip
+    served by GStreamer), registered on a LiveServer that allows its loopback address."""
+    import httpx
+
+    from tests.conftest import LiveServer, free_port
+    from tests.media import face_frames
+    from tests.rtsp import RtspServer
+
+    clip = write_video(
+        tmp_path / "cam.mp4",
+        face_frames(90, size=(320, 240)) * 4,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+    with (
+        RtspServer(clip, free_port()) as cam,
+        LiveServer(bundle=bundle, camera_allow=("127.0.0.1",)) as srv,
+        chromium(None) as ctx,
+    ):
+        r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": name})
+        assert r.status_code == 201, r.text
+        page = ctx.new_page()
+        page.goto(srv.url + "/#cameras")
+        page.get_by_role("button", name=f"Watch {name}").click()
+        yield page
 
 
 def screenshot(page: Any, name: str) -> None:

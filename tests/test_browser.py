@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser import chromium, screenshot, write_y4m
+from tests.browser import chromium, page_watching_a_camera, screenshot, write_y4m
 from tests.conftest import LiveServer
 from tests.media import face_frames, faceless_frames
 from tests.timing import ms, poll, scaled
@@ -172,26 +172,7 @@ def test_analyze_a_file_view_shows_verdict_and_timeline(
 
 @pytest.mark.rtsp
 def test_camera_monitor_view_plays_a_camera_with_scores(tiny_bundle: Path, tmp_path: Path) -> None:
-    from tests.conftest import free_port
-    from tests.media import write_video
-    from tests.rtsp import RtspServer
-
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 4,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
-    with (
-        RtspServer(clip, free_port()) as cam,
-        LiveServer(bundle=tiny_bundle, camera_allow=("127.0.0.1",)) as srv,
-        chromium(None) as ctx,
-    ):
-        r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": "Front door"})
-        assert r.status_code == 201
-        page = ctx.new_page()
-        page.goto(srv.url + "/#cameras")
-        page.get_by_role("button", name="Watch Front door").click()
+    with page_watching_a_camera(tiny_bundle, tmp_path, "Front door") as page:
         page.wait_for_function(
             "['real','fake','warming_up'].includes(document.querySelector('#camera-verdict').dataset.label)",
             timeout=ms(15),

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from stream_server.settings import Settings, SettingsError
-from tests.browser import require_chromium, screenshot, write_y4m
+from tests.browser import chromium, screenshot, write_y4m
 from tests.conftest import LiveServer, free_port
 from tests.media import face_frames
 
@@ -30,39 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "camera.test"  # a name that is not localhost: the page is not a secure context over http
 
 
-@contextmanager
-def chromium_named(video: Path | None) -> Iterator[Any]:
+def chromium_named(video: Path | None) -> Any:
     """Chromium as tests/browser.py launches it, plus `camera.test` resolving to 127.0.0.1 and
     the self-signed certificate accepted."""
-    from playwright.sync_api import sync_playwright
-
-    exe = require_chromium()
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        f"--host-resolver-rules=MAP {NAME} 127.0.0.1",
-        "--ignore-certificate-errors",
-    ]
-    if video is not None:
-        args.append(f"--use-file-for-fake-video-capture={video}")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
-        try:
-            yield browser.new_context(
-                permissions=["camera"],
-                ignore_https_errors=True,
-                viewport={"width": 1100, "height": 800},
-            )
-        finally:
-            browser.close()
+    return chromium(
+        video,
+        extra_args=(f"--host-resolver-rules=MAP {NAME} 127.0.0.1", "--ignore-certificate-errors"),
+        ignore_https_errors=True,
+    )
 
 
 def cert_fingerprint(der: bytes) -> str:
@@ -516,26 +491,9 @@ def test_cameras_view_without_cameras_shows_no_player_and_the_page_has_a_favicon
 @pytest.mark.browser
 @pytest.mark.rtsp
 def test_stop_watching_a_camera_clears_its_face_box(tiny_bundle: Path, tmp_path: Path) -> None:
-    from tests.browser import chromium
-    from tests.media import write_video
-    from tests.rtsp import RtspServer
+    from tests.browser import page_watching_a_camera
 
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 4,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
-    with (
-        RtspServer(clip, free_port()) as cam,
-        LiveServer(bundle=tiny_bundle, camera_allow=("127.0.0.1",)) as srv,
-        chromium(None) as ctx,
-    ):
-        r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": "Porch"})
-        assert r.status_code == 201, r.text
-        page = ctx.new_page()
-        page.goto(srv.url + "/#cameras")
-        page.get_by_role("button", name="Watch Porch").click()
+    with page_watching_a_camera(tiny_bundle, tmp_path, "Porch") as page:
         page.wait_for_function(
             "Number(document.querySelector('#camera-overlay').dataset.boxes) >= 1",
             timeout=20000,
