@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,6 +56,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_serving(proc: Any, url: str, within: float = 60.0) -> None:
+    """Wait until the `deepfake-serve` process `proc` answers `url`/healthz; fails with its
+    stderr if it exits first, or when `within` seconds pass."""
+    import httpx
+
+    end = time.monotonic() + within
+    while True:
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            return
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                err = proc.communicate()[1] if proc.stderr is not None else ""
+                raise AssertionError(f"deepfake-serve exited ({proc.returncode}):\n{err}") from None
+            assert time.monotonic() < end, f"deepfake-serve did not answer {url} in {within:g} s"
+            time.sleep(0.2)
 
 
 class LiveServer:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_serving
 from tests.media import face_frames
 from tests.rtc_client import ClientPeer
 
@@ -488,15 +488,7 @@ def test_sigterm_with_uploads_in_flight_exits_0_without_tracebacks(
         env=env,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert p.poll() is None, p.communicate()[1]
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_serving(p, f"http://127.0.0.1:{port}")
         results: dict[str, object] = {}
 
         def analysed() -> None:

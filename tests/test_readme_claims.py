@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -133,36 +131,25 @@ def test_max_analyses_refuses_a_second_upload_with_429(tiny_bundle: Path, tmp_pa
         assert third.json()["verdict"] in ("real", "fake")
 
 
-def _scan(bundle: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle), "--quiet"]
-        + ["--json", *map(str, paths)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
 def test_scan_exit_codes_unreadable_wins_over_fake_and_no_videos_is_2(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    from tests.test_verdict import with_threshold
+    from tests.test_verdict import scan_cli, with_threshold
 
     fake = with_threshold(tiny_bundle, tmp_path / "always-fake", 1e-6)
     clip = write_video(tmp_path / "face.mp4", face_frames(30, size=(320, 240)), fps=15)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00not a video" * 1000)
-    r = _scan(fake, clip, broken)
+    r = scan_cli(fake, clip, broken)
     assert r.returncode == 3, (r.returncode, r.stderr[-2000:])  # 3 (unreadable) over 1 (fake)
     face, bad = json.loads(r.stdout)["results"]
     assert face["verdict"] == "fake" and "error" in bad
     # Only the fake: 1; an empty folder: 2 with the reason.
-    assert _scan(fake, clip).returncode == 1
+    assert scan_cli(fake, clip).returncode == 1
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no videos here")
-    r = _scan(fake, empty)
+    r = scan_cli(fake, empty)
     assert r.returncode == 2
     assert r.stderr.strip() == "deepfake-scan: error: no video files found in the given paths"
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from stream_server.settings import Settings, SettingsError, parse_settings
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, wait_serving
 from tests.timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,14 +187,7 @@ def test_sigterm_with_a_live_peer_closes_it_and_exits_fast(tiny_bundle: Path) ->
         env={"DEEPFAKE_BUNDLE": str(tiny_bundle)},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert p.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_serving(p, f"http://127.0.0.1:{port}")
 
         async def run() -> float:
             peer = ClientPeer(f"http://127.0.0.1:{port}", face_frames(30), fps=15)
