@@ -15,7 +15,7 @@ import aiortc  # noqa: F401  isort: skip  (libsrtp must load before TensorFlow e
 
 from bench import capacity, stages
 from bench.common import machine
-from stream_server.settings import DEFAULT_BUNDLE
+from stream_server.core.bundle import DEFAULT_BUNDLE
 
 
 def main(argv: list[str] | None = None) -> int:

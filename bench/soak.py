@@ -25,7 +25,7 @@ import httpx
 
 from bench.capacity import free_port, proc_rss_mb, start_server
 from bench.common import machine
-from stream_server.settings import DEFAULT_BUNDLE
+from stream_server.core.bundle import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,12 +16,12 @@ import av
 import numpy as np
 
 from bench.common import face_frames, stats_ms, time_it
-from stream_server.bundle import load_bundle
-from stream_server.engine import FaceJob, InferenceEngine
-from stream_server.faces import Detectors
-from stream_server.pipeline import FramePipeline
-from stream_server.runtime import open_sessions, warm_up
-from stream_server.window import FrameWindow
+from stream_server.core.bundle import load_bundle
+from stream_server.core.engine import FaceJob, InferenceEngine
+from stream_server.core.faces import Detectors
+from stream_server.core.pipeline import FramePipeline
+from stream_server.core.runtime import open_sessions, warm_up
+from stream_server.core.window import FrameWindow
 from tests.media import write_video
 
 

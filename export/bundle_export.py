@@ -20,8 +20,8 @@ from export.detector import export_detector, export_roi_detector
 from export.parity import check_parity
 from export.quantize import check_drift, measure_drift, quantize_encoder, session
 from export.reference_faces import astronaut_frames, face_crops
-from stream_server.bundle import load_bundle, write_manifest
-from stream_server.manifest import (
+from stream_server.core.bundle import load_bundle, write_manifest
+from stream_server.core.manifest import (
     DEFAULT_ANALYSIS_FPS,
     DEFAULT_MARGIN,
     DEFAULT_THRESHOLD,
@@ -32,7 +32,7 @@ from stream_server.manifest import (
     Manifest,
     default_warmup,
 )
-from stream_server.runtime import open_detector
+from stream_server.core.runtime import open_detector
 
 ONNX_NAMES = {
     "encoder_in": "crops",

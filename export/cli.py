@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from stream_server.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN, DEFAULT_THRESHOLD
+from stream_server.core.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN, DEFAULT_THRESHOLD
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a Keras CNN-GRU (the directory deepfake-train writes) to an ONNX model "
         "bundle, or re-verify a bundle.",
     )
-    from stream_server import version_string
+    from stream_server.core.version import version_string
 
     # `deepfake-export --version` is the program's; `build --version V` names the bundle's.
     p.add_argument("--version", action="version", version=version_string("deepfake-export"))
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from export.convert import ExportError
-    from stream_server.bundle import BundleError
+    from stream_server.core.bundle import BundleError
 
     try:
         if args.command == "validate":

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from export.convert import ExportError, tflite_to_onnx
-from stream_server.faces import FaceDetector
-from stream_server.manifest import DEFAULT_RETRY_PAD, DetectorSpec, RoiSpec
-from stream_server.runtime import open_detector, session
+from stream_server.core.faces import FaceDetector
+from stream_server.core.manifest import DEFAULT_RETRY_PAD, DetectorSpec, RoiSpec
+from stream_server.core.runtime import open_detector, session
 
 # MediaPipe's SSD anchor options (face_detection_{short,full}_range_common.pbtxt).
 VARIANTS: dict[str, dict[str, Any]] = {

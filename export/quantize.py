@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from export.convert import ExportError
-from stream_server.runtime import session
+from stream_server.core.runtime import session
 
 __all__ = ["Drift", "DriftError", "check_drift", "measure_drift", "quantize_encoder", "session"]
 

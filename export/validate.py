@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from stream_server.bundle import BundleError, load_bundle
-from stream_server.engine import FaceJob, InferenceEngine
-from stream_server.runtime import open_sessions, warm_up
-from stream_server.window import FrameWindow
+from stream_server.core.bundle import BundleError, load_bundle
+from stream_server.core.engine import FaceJob, InferenceEngine
+from stream_server.core.runtime import open_sessions, warm_up
+from stream_server.core.window import FrameWindow
 
 
 def validate_bundle(path: Path, precision: str = "auto") -> dict[str, Any]:

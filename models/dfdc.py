@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_server.labels import DatasetError, read_metadata
+from stream_server.core.labels import DatasetError, read_metadata
 
 __all__ = ["DatasetError", "Dataset", "Video", "read_folder", "read_folders"]
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from models.dfdc import Video
 from models.finetune import family_of
-from stream_server.bundle import load_bundle, read_manifest, write_manifest
-from stream_server.evaluate import auc, compute, eer_threshold, plot_roc
-from stream_server.scan import ScanError, Scanner
+from stream_server.core.bundle import load_bundle, read_manifest, write_manifest
+from stream_server.core.evaluate import auc, compute, eer_threshold, plot_roc
+from stream_server.core.scan import ScanError, Scanner
 
 
 def by_group(rows: list[dict[str, Any]], key: str, threshold: float) -> dict[str, Any]:

@@ -300,7 +300,7 @@ def finetune(
     import keras
     from tqdm import tqdm
 
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     ckpt.mkdir(parents=True, exist_ok=True)
     wfile, sfile = ckpt / "finetune.weights.h5", ckpt / "finetune.json"

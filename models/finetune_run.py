@@ -103,7 +103,7 @@ def end_to_end(
     ckpt: Path,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     def clip(v: Video) -> Clip:
         c = crops[v.name]
@@ -219,7 +219,7 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 def _auc(rows: list[dict[str, Any]]) -> float | None:
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     y = np.array([r["label"] for r in rows])
     if len(rows) == 0 or y.sum() in (0, len(y)):

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from models.sbi import BlendParams, transformed_source
-from stream_server.manifest import DEFAULT_MARGIN
+from stream_server.core.manifest import DEFAULT_MARGIN
 
 KINDS = ("sbi", "swap", "warp", "rerender")
 MOUTH = list(range(48, 68))

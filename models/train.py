@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from models.dfdc import DatasetError, Video, identity_groups, read_folders, split_by_identity  # noqa: E402
 from models.finetune import DEFAULT_UNIT_WEIGHTS, FAMILY_NAMES, family_of  # noqa: E402
-from stream_server.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN  # noqa: E402
+from stream_server.core.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN  # noqa: E402
 
 T0 = time.monotonic()
 
@@ -167,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     p.add_argument("--quantize", choices=["int8", "none"], default="int8")
     p.add_argument("--name", default="deepfake-cnn-gru")
-    from stream_server import VersionOrValue
+    from stream_server.core.version import VersionOrValue
 
     # `--version V` names the trained model's version; `--version` alone prints the program's.
     p.add_argument(
@@ -202,9 +202,9 @@ class ExportFailed(RuntimeError):
 def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
     """The serving face stage (detector, and the tracked-face detector a default export adds),
     converted once by `deepfake-export face-stage` into the cache with its manifest sections."""
-    from stream_server.faces import Detectors
-    from stream_server.manifest import DetectorSpec, RoiSpec
-    from stream_server.runtime import open_detector
+    from stream_server.core.faces import Detectors
+    from stream_server.core.manifest import DetectorSpec, RoiSpec
+    from stream_server.core.runtime import open_detector
 
     d = cache / f"detector_{detector}"
     section_file, roi_file = d / "section.json", d / "roi_section.json"
@@ -228,8 +228,8 @@ def all_crops(
     from tqdm import tqdm
 
     from models.extract import CropCache, extract_video
-    from stream_server.frames import MAX_FRAME_SIDE
-    from stream_server.manifest import DEFAULT_RETRY_PAD, CropSpec
+    from stream_server.core.frames import MAX_FRAME_SIDE
+    from stream_server.core.manifest import DEFAULT_RETRY_PAD, CropSpec
 
     detector, section = stage
     crop = CropSpec(margin=args.margin)
@@ -286,8 +286,8 @@ def image_crops_kept(
     from tqdm import tqdm
 
     from models.extract import largest
-    from stream_server.faces import FaceStage, crop_face
-    from stream_server.manifest import CropSpec
+    from stream_server.core.faces import FaceStage, crop_face
+    from stream_server.core.manifest import CropSpec
 
     detector, section = stage
     ident = json.dumps(
@@ -407,7 +407,7 @@ def finetune_encoder(
 ) -> None:
     import keras
 
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     x_in = keras.Input(top.input.shape[1:])
     h = keras.layers.Dropout(0.3)(top(x_in))
@@ -451,7 +451,7 @@ def train_head(
     import keras
 
     from models.sequences import sample_windows, video_windows
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     if start_epoch > 0 and (ckpt / "head.weights.h5").is_file():
         head.load_weights(ckpt / "head.weights.h5")

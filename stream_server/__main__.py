@@ -1,5 +1,5 @@
 import sys
 
-from stream_server.cli import main
+from stream_server.shell.cli import main
 
 sys.exit(main())

@@ -82,9 +82,9 @@ class LiveServer:
     def __init__(self, **overrides: object) -> None:
         import uvicorn
 
-        from stream_server.api import create_app
-        from stream_server.service import Service
-        from stream_server.settings import Settings
+        from stream_server.shell.api import create_app
+        from stream_server.shell.service import Service
+        from stream_server.shell.settings import Settings
 
         self.port = free_port()
         settings = Settings(port=self.port, ice_addresses=("127.0.0.1",), **overrides)  # type: ignore[arg-type]

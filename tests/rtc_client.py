@@ -25,8 +25,8 @@ def offer_loopback() -> None:
     import aioice.ice
 
     if "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False):
-        from stream_server.settings import Settings
-        from stream_server.webrtc import configure_ice
+        from stream_server.shell.settings import Settings
+        from stream_server.shell.webrtc import configure_ice
 
         configure_ice(Settings(ice_addresses=("127.0.0.1",)))
 

@@ -142,7 +142,7 @@ class Attacks:
 
     def traversal(self) -> list[Result]:
         paths = [
-            "/static/../stream_server/settings.py",
+            "/static/../stream_server/shell/settings.py",
             "/static/%2e%2e/%2e%2e/etc/passwd",
             "/static/..%2f..%2fpyproject.toml",
             "/static/....//....//etc/passwd",

@@ -25,9 +25,9 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from stream_server import camera_url
-from stream_server.cameras import UNREACHABLE
-from stream_server.rtsp_relay import HostileReply, ReplyGuard
+from stream_server.shell import camera_url
+from stream_server.shell.cameras import UNREACHABLE
+from stream_server.shell.rtsp_relay import HostileReply, ReplyGuard
 from tests.conftest import LiveServer, free_port
 from tests.rtsp import RtspServer
 from tests.test_rtsp import Feed, camera_clip, register  # noqa: F401  (camera_clip: a fixture)

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from stream_server import settings as settings_mod
-from stream_server.settings import ENV_PREFIX, Settings, SettingsError, parse_settings
+from stream_server.shell import settings as settings_mod
+from stream_server.shell.settings import ENV_PREFIX, Settings, SettingsError, parse_settings
 
 # One row per deepfake-serve flag: (what is typed, what Settings must hold). Every value differs
 # from the default, so a flag or variable that is ignored, or lands on another field, fails.
@@ -147,7 +147,7 @@ def test_bad_environment_values_are_refused_by_name(env: dict[str, str], error: 
 
 
 def test_score_message_wire_format() -> None:
-    from stream_server.messages import FaceScore, ScoreMessage, StatusMessage
+    from stream_server.core.messages import FaceScore, ScoreMessage, StatusMessage
 
     face = FaceScore(3, (0.1234567, 0.2, 0.3, 0.4), 0.75, 12, "fake")
     msg = ScoreMessage("s1", 4, 1.234567, 0.75, "fake", (face,), 12.3456, 2, "tiny@1")
@@ -183,7 +183,7 @@ def test_score_message_wire_format() -> None:
 
 
 def test_frame_window_fills_in_order_then_rolls() -> None:
-    from stream_server.window import FrameWindow
+    from stream_server.core.window import FrameWindow
 
     w = FrameWindow(3, 2)
     assert w.count == 0 and not w.full and not w.mask().any()
@@ -201,7 +201,7 @@ def test_frame_window_fills_in_order_then_rolls() -> None:
 
 
 def test_metrics_names_and_separate_registries() -> None:
-    from stream_server.metrics import Metrics
+    from stream_server.core.metrics import Metrics
 
     a, b = Metrics(), Metrics()
     a.frames_dropped.inc(3)
@@ -231,14 +231,14 @@ def test_metrics_names_and_separate_registries() -> None:
 
 
 def _msg(*faces: tuple[int, float, str]) -> Any:
-    from stream_server.messages import FaceScore, ScoreMessage
+    from stream_server.core.messages import FaceScore, ScoreMessage
 
     fs = tuple(FaceScore(t, (0.1, 0.1, 0.2, 0.2), p, 10, lab) for t, p, lab in faces)  # type: ignore[arg-type]
     return ScoreMessage("cam", 0, 0.0, None, "real", fs, 1.0, 0, "m")
 
 
 def test_alert_fires_once_per_track_after_the_hold_and_rearms() -> None:
-    from stream_server.alerts import AlertTracker
+    from stream_server.shell.alerts import AlertTracker
 
     tr = AlertTracker(threshold=0.5, hold_seconds=3.0)
     assert tr.update(_msg((1, 0.9, "fake")), now=0.0) == []
@@ -257,7 +257,7 @@ def test_alert_fires_once_per_track_after_the_hold_and_rearms() -> None:
 
 
 def test_webhook_retries_server_errors_then_gives_up() -> None:
-    from stream_server.alerts import WebhookNotifier
+    from stream_server.shell.alerts import WebhookNotifier
 
     calls: list[str] = []
     answers = {"http://flaky/": [500, 200], "http://down/": [503, 503]}
@@ -281,7 +281,7 @@ def test_webhook_retries_server_errors_then_gives_up() -> None:
 
 
 def test_webhook_queue_is_bounded_and_no_urls_means_log_only() -> None:
-    from stream_server.alerts import WebhookNotifier
+    from stream_server.shell.alerts import WebhookNotifier
 
     async def run() -> tuple[WebhookNotifier, WebhookNotifier]:
         none, full = WebhookNotifier([]), WebhookNotifier(["http://x/"], queue_size=2)
@@ -299,7 +299,7 @@ def test_webhook_queue_is_bounded_and_no_urls_means_log_only() -> None:
 
 
 def test_redacted_camera_urls_never_show_credentials() -> None:
-    from stream_server.camera_url import redact
+    from stream_server.shell.camera_url import redact
 
     shown = redact("rtsp://admin:hunter2@cam.example:8554/live/1?ch=2")
     assert "hunter2" not in shown and "admin" not in shown
@@ -312,14 +312,14 @@ def test_redacted_camera_urls_never_show_credentials() -> None:
     ["http://cam/x", "file:///etc/passwd", "rtsp://", "rtsp://cam/a b", "rtsp://cam/a|b", "", 7],
 )
 def test_refused_camera_urls(url: object) -> None:
-    from stream_server.camera_url import CameraUrlError, check_url
+    from stream_server.shell.camera_url import CameraUrlError, check_url
 
     with pytest.raises(CameraUrlError):
         check_url(url, ("10.0.0.0/8",))
 
 
 def test_camera_allow_list_by_network_and_name() -> None:
-    from stream_server.camera_url import CameraUrlError, check_url
+    from stream_server.shell.camera_url import CameraUrlError, check_url
 
     allow = ("10.1.0.0/16",)
     assert check_url("rtsp://10.1.2.3/s", allow) == "rtsp://10.1.2.3/s"
@@ -332,7 +332,7 @@ def test_camera_allow_list_by_network_and_name() -> None:
 
 
 def test_token_bucket_burst_refill_and_wait() -> None:
-    from stream_server.guard import TokenBucket
+    from stream_server.shell.guard import TokenBucket
 
     b = TokenBucket(rate_per_s=1.0, burst=2)
     assert b.allow("a", now=0.0) == 0 and b.allow("a", now=0.0) == 0
@@ -368,7 +368,7 @@ TOKEN = "guard-token-0123456789"
 )
 def test_guard_token_on_every_route(method: str, path: str, public: bool) -> None:
     """The guard in front of a stand-in app: only the page, health and static files are open."""
-    from stream_server.guard import Guard
+    from stream_server.shell.guard import Guard
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

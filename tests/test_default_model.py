@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_server.settings import DEFAULT_BUNDLE
+from stream_server.core.bundle import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -65,9 +65,9 @@ def test_held_out_videos_share_no_identity_with_training_videos() -> None:
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_default_model_held_out_metrics_are_reproducible() -> None:
-    from stream_server.evaluate import compute
-    from stream_server.labels import read_labels
-    from stream_server.scan import Scanner
+    from stream_server.core.evaluate import compute
+    from stream_server.core.labels import read_labels
+    from stream_server.core.scan import Scanner
 
     m = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
     ev = m["training"]["evaluation"]

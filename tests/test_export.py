@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_server.bundle import FORMAT, BundleError, load_bundle
+from stream_server.core.bundle import FORMAT, BundleError, load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_validate_hash_mismatch(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_validate_wrong_input_shape(tiny_bundle: Path, tmp_path: Path) -> None:
     """A manifest that claims another crop size than the graph takes is refused."""
-    from stream_server.bundle import write_manifest
+    from stream_server.core.bundle import write_manifest
 
     b = _copy(tiny_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
@@ -147,7 +147,7 @@ def test_validate_wrong_input_shape(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_validate_wrong_window(tiny_bundle: Path, tmp_path: Path) -> None:
-    from stream_server.bundle import write_manifest
+    from stream_server.core.bundle import write_manifest
 
     b = _copy(tiny_bundle, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
@@ -158,7 +158,7 @@ def test_validate_wrong_window(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_validate_roi_detector_tampered_or_mismatched(tiny_bundle: Path, tmp_path: Path) -> None:
     """The tracked-face detector is held to the same contract as the other graphs."""
-    from stream_server.bundle import write_manifest
+    from stream_server.core.bundle import write_manifest
 
     b = _copy(tiny_bundle, tmp_path)
     with (b / "face_detector_roi.onnx").open("ab") as f:
@@ -182,7 +182,7 @@ def test_validate_not_json_and_bad_format(tiny_bundle: Path, tmp_path: Path) -> 
 
 
 def test_manifest_fields_are_type_checked(tiny_bundle: Path) -> None:
-    from stream_server.bundle import parse_manifest
+    from stream_server.core.bundle import parse_manifest
 
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     m["window"] = "twenty"
@@ -194,7 +194,7 @@ def keras_vs_onnx(model: Any, bundle_dir: Path, crops: np.ndarray) -> dict[str, 
     """Parity measured here, not read from the exporter's manifest: the bundle's encoder and head
     run with onnxruntime and the Keras model run on the same crops, on a full window and on
     windows with 1, 7 and window-1 valid steps; the largest differences."""
-    from stream_server.runtime import open_sessions
+    from stream_server.core.runtime import open_sessions
 
     s = open_sessions(load_bundle(bundle_dir), "cpu")
     window = load_bundle(bundle_dir).window

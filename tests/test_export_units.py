@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from export.bundle_export import ONNX_NAMES
-from stream_server.bundle import load_bundle
+from stream_server.core.bundle import load_bundle
 
 
 def crops(n: int, seed: int = 0) -> np.ndarray:
@@ -143,8 +143,8 @@ def test_evaluation_on_a_tiny_bundle_and_folder(
     loads: hashes rewritten) and the model card is written from it."""
     from models.dfdc import read_folder
     from models.evaluation import evaluate_bundle, write_model_card
-    from stream_server.evaluate import eer_threshold
-    from stream_server.scan import Scanner
+    from stream_server.core.evaluate import eer_threshold
+    from stream_server.core.scan import Scanner
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

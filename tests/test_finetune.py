@@ -267,7 +267,7 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
 
 
 def test_eer_threshold_sits_between_the_classes() -> None:
-    from stream_server.evaluate import eer_threshold
+    from stream_server.core.evaluate import eer_threshold
 
     assert 0.3 < eer_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.7, 0.8]) < 0.6
     assert eer_threshold([0, 0], [0.1, 0.2]) == 0.5  # one class only: the default
@@ -310,7 +310,7 @@ def test_ema_keeps_an_average_of_the_fine_tuned_weights(tmp_path: Path) -> None:
     from models.cnn_gru import build_encoder
     from models.config import ModelConfig
     from models.finetune import clip_scores, finetune, frame_classifier
-    from stream_server.evaluate import auc
+    from stream_server.core.evaluate import auc
 
     clips = _texture_clips(12, 32, np.random.default_rng(0))
     maker = BatchMaker(Pool(clips, weights={"clip": 1.0}), None, 0.25)

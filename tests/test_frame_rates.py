@@ -48,8 +48,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[Fraction, Path]:
 def test_files_at_other_frame_rates_are_analysed_at_the_analysis_rate(
     clips: dict[Fraction, Path], tiny_bundle: Path, fps: Fraction
 ) -> None:
-    from stream_server.frames import sample_frames
-    from stream_server.scan import Scanner
+    from stream_server.core.frames import sample_frames
+    from stream_server.core.scan import Scanner
 
     clip = clips[fps]
     n = math.floor(2 * fps)

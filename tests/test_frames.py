@@ -1,4 +1,4 @@
-"""The one frame source (stream_server/frames.py): sampling, the downscale rule, and proof that
+"""The one frame source (stream_server/core/frames.py): sampling, the downscale rule, and proof that
 training, offline scans and live streams cut byte-identical crops from the same video."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from stream_server.frames import (
+from stream_server.core.frames import (
     MAX_FRAME_SIDE,
     FrameSource,
     analysis_size,
@@ -68,8 +68,8 @@ def test_downscale_rule() -> None:
     assert analysis_size(3840, 2160, 640) == (640, 360)
     assert analysis_size(5000, 3) == (1280, 2)  # never below 2 px
     # Serving's settings all default to the same rule.
-    from stream_server.scan import ScanLimits
-    from stream_server.settings import Settings
+    from stream_server.core.scan import ScanLimits
+    from stream_server.shell.settings import Settings
 
     assert Settings().max_frame_side == ScanLimits().max_frame_side == MAX_FRAME_SIDE
 
@@ -112,10 +112,10 @@ class RecordingEngine:
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle: Path) -> Any:
-    from stream_server.bundle import load_bundle
-    from stream_server.engine import InferenceEngine
-    from stream_server.faces import Detectors
-    from stream_server.runtime import open_sessions
+    from stream_server.core.bundle import load_bundle
+    from stream_server.core.engine import InferenceEngine
+    from stream_server.core.faces import Detectors
+    from stream_server.core.runtime import open_sessions
 
     bundle = load_bundle(tiny_bundle)
     sessions = open_sessions(bundle, "cpu")
@@ -130,9 +130,9 @@ def served(tiny_bundle: Path) -> Any:
 def _live_run(path: Path, bundle: Any, detector: Any, engine: Any) -> tuple[list, list]:
     """Feed the file's decoded frames to a StreamAnalyzer (the WebRTC/RTSP path), waiting for
     each taken frame to be analysed so none is dropped; returns (analysed RGB, messages)."""
-    from stream_server.metrics import Metrics
-    from stream_server.pipeline import FramePipeline
-    from stream_server.stream import StreamAnalyzer
+    from stream_server.core.metrics import Metrics
+    from stream_server.core.pipeline import FramePipeline
+    from stream_server.core.stream import StreamAnalyzer
 
     rgbs: list[np.ndarray] = []
     msgs: list[Any] = []
@@ -169,8 +169,8 @@ def _live_run(path: Path, bundle: Any, detector: Any, engine: Any) -> tuple[list
 
 def test_training_scan_and_live_cut_identical_crops_from_1080p(hd_clip: Path, served: Any) -> None:
     from models.extract import extract_video
-    from stream_server.faces import FaceStage, crop_face
-    from stream_server.scan import scan_file
+    from stream_server.core.faces import FaceStage, crop_face
+    from stream_server.core.scan import scan_file
 
     bundle, detector, engine = served
     size, fps = bundle.encoder.input_size, bundle.analysis_fps

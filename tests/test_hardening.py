@@ -314,7 +314,12 @@ def test_raw_traversal_paths_serve_nothing_outside_the_web_client(
     served = {p.read_bytes() for p in web.rglob("*") if p.is_file()}
     outside = [
         (ROOT / name).read_bytes()
-        for name in ("pyproject.toml", "README.md", "stream_server/api.py", "tests/conftest.py")
+        for name in (
+            "pyproject.toml",
+            "README.md",
+            "stream_server/shell/api.py",
+            "tests/conftest.py",
+        )
     ]
     if Path("/etc/passwd").is_file():
         outside.append(Path("/etc/passwd").read_bytes())
@@ -401,7 +406,7 @@ def test_offer_rate_limit_per_client(tiny_bundle: Path) -> None:
     )
 )
 def test_fuzz_offer_validation_only_raises_offer_errors(body: Any) -> None:
-    from stream_server.webrtc import OfferError, check_offer
+    from stream_server.shell.webrtc import OfferError, check_offer
 
     try:
         desc = check_offer(body, 65536)
@@ -504,7 +509,7 @@ def test_offer_aiortc_cannot_answer_gets_400_not_500(
     assert r.status_code == 400 and r.json()["error"].startswith("malformed offer: "), r.text
 
 
-# What check_offer and set_remote_offer (stream_server/webrtc.py) say: every OfferError message.
+# What check_offer and set_remote_offer (stream_server/shell/webrtc.py) say: every OfferError message.
 OFFER_ERRORS = ("sdp is not a session description", "offer has no video track", "malformed offer: ")
 
 
@@ -593,7 +598,7 @@ def test_fuzz_left_the_server_serving(fuzz_server: tuple[LiveServer, list[str]])
 def test_fuzz_manifest_loader_only_raises_bundle_errors(
     tiny_bundle: Path, patch: dict[str, Any]
 ) -> None:
-    from stream_server.bundle import BundleError, parse_manifest
+    from stream_server.core.bundle import BundleError, parse_manifest
 
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     m.update(patch)

@@ -156,7 +156,7 @@ def test_bundle_group_naming_a_missing_mid_is_a_400_with_one_line(live_server: L
 
 # -- 2. Raw H.264 (no timestamps): timed from the frame rate -----------------------------------
 def test_stream_clock_times_untimed_frames_from_the_rate() -> None:
-    from stream_server.frames import DEFAULT_RATE, StreamClock
+    from stream_server.core.frames import DEFAULT_RATE, StreamClock
 
     clock = StreamClock(10.0)
     assert [round(clock(None), 6) for _ in range(3)] == [0.0, 0.1, 0.2]
@@ -170,7 +170,7 @@ def test_stream_clock_times_untimed_frames_from_the_rate() -> None:
 def test_raw_h264_is_analysed_like_the_same_clip_in_mp4(tmp_path: Path) -> None:
     import av
 
-    from stream_server.frames import sample_frames
+    from stream_server.core.frames import sample_frames
     from tests.media import write_video
 
     frames = face_frames(45, size=(160, 120))
@@ -396,10 +396,10 @@ def test_trickling_upload_neither_blocks_others_nor_lives_past_the_body_deadline
 
 # -- 6. Idle HTTP connections are closed; connections are capped --------------------------------
 class HardenedServer(LiveServer):
-    """LiveServer running the server `deepfake-serve` builds (stream_server.server)."""
+    """LiveServer running the server `deepfake-serve` builds (stream_server.shell.server)."""
 
     def __init__(self, **overrides: object) -> None:
-        from stream_server.server import build_server
+        from stream_server.shell.server import build_server
 
         super().__init__(**overrides)
         self.server = build_server(

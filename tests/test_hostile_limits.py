@@ -54,7 +54,7 @@ class LoopingTrack(FramesTrack):
 
 # -- 4. RTP clock jumps: a monotonic per-stream clock, a status message -------------------------
 def test_stream_clock_rebases_backward_and_forward_jumps() -> None:
-    from stream_server.frames import StreamClock
+    from stream_server.core.frames import StreamClock
 
     clock = StreamClock(10.0, max_jump=5.0)
     assert [clock(t, now=t) for t in (100.0, 100.1, 100.2)] == pytest.approx([0.0, 0.1, 0.2])
@@ -223,7 +223,7 @@ def test_offer_with_800_candidates_keeps_the_best_32_and_connects(tiny_bundle: P
 
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from stream_server.webrtc import cap_candidates
+    from stream_server.shell.webrtc import cap_candidates
 
     with LiveServer(bundle=tiny_bundle) as srv:
         assert srv.service.settings.max_remote_candidates == 32

@@ -1,7 +1,11 @@
-"""The import direction between the top-level packages, read from the source with `ast`:
+"""The import direction between the packages, read from the source with `ast`:
 
-- `stream_server/` (serving and the analysis core) imports none of `models/`, `export/`, `bench/`,
-  `tests/`, TensorFlow, Keras or tf2onnx;
+- `stream_server/` imports none of `models/`, `export/`, `bench/`, `tests/`, TensorFlow, Keras or
+  tf2onnx;
+- inside it, the analysis core (`stream_server/core/`) never imports the service shell
+  (`stream_server/shell/`), and the shell is the only place that imports starlette, uvicorn or
+  aiortc (HTTP and WebRTC);
+- `models/`, `export/` and `bench/` import only the core of `stream_server`;
 - `export/` may import `models/` (only `models.saving`: the model directory format) and the core;
 - `models/` never imports `export/`: `deepfake-train` runs `deepfake-export` as a process.
 (`bench/` still imports helpers from `tests/`; issue 16 lists that separately.)
@@ -50,6 +54,55 @@ def test_serving_imports_no_training_export_or_tensorflow() -> None:
             ("models", "export", "bench", "tests", "tensorflow", "keras", "tf2onnx"),
         )
         == {}
+    )
+
+
+WEB = ("starlette", "uvicorn", "aiortc", "aioice")
+
+
+def test_only_the_shell_imports_http_and_webrtc() -> None:
+    """starlette, uvicorn and aiortc belong to `stream_server/shell/`; the core, training and
+    export never import them. `bench/` never imports the HTTP stack either; its load client
+    plays the browser's part over WebRTC (aiortc as a client peer, in `bench/client.py` and the
+    soak run) and `bench/__main__.py` loads aiortc first for libsrtp's sake."""
+    for package in ("stream_server", "models", "export"):
+        bad = {
+            m: n
+            for m, n in offenders(package, WEB).items()
+            if not m.startswith("stream_server/shell/")
+        }
+        assert bad == {}, package
+    bench_clients = {"bench/client.py", "bench/soak.py", "bench/__main__.py"}
+    assert offenders("bench", ("starlette", "uvicorn")) == {}
+    assert set(offenders("bench", WEB)) <= bench_clients
+
+
+def test_core_never_imports_the_shell() -> None:
+    core = {
+        m: n for m, n in imports("stream_server").items() if m.startswith("stream_server/core/")
+    }
+    assert core, "no core modules found"
+    bad = {m: sorted(x for x in n if x.startswith("stream_server.shell")) for m, n in core.items()}
+    assert {m: n for m, n in bad.items() if n} == {}
+
+
+@pytest.mark.parametrize("package", ["models", "export", "bench"])
+def test_training_export_and_bench_import_only_the_core(package: str) -> None:
+    """From `stream_server` they import `stream_server.core...` and nothing else (not the shell,
+    not names from the top-level package)."""
+    bad = {}
+    for module, names in imports(package).items():
+        hits = sorted(
+            n
+            for n in names
+            if n.split(".")[0] == "stream_server"
+            and not (n == "stream_server.core" or n.startswith("stream_server.core."))
+        )
+        if hits:
+            bad[module] = hits
+    assert bad == {}
+    assert any(
+        n.startswith("stream_server.core.") for names in imports(package).values() for n in names
     )
 
 

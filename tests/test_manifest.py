@@ -1,4 +1,4 @@
-"""The manifest schema: `stream_server.manifest` (typed dataclasses) and `docs/manifest.schema.json`
+"""The manifest schema: `stream_server.core.manifest` (typed dataclasses) and `docs/manifest.schema.json`
 agree, a freshly exported bundle's manifest validates, and to_dict/from_dict round-trip.
 
 jsonschema is not a dependency: `validate` below checks the subset of JSON Schema the schema file
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from stream_server.bundle import BundleError, load_bundle, read_manifest, write_manifest
-from stream_server.manifest import Manifest
+from stream_server.core.bundle import BundleError, load_bundle, read_manifest, write_manifest
+from stream_server.core.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())

@@ -53,8 +53,8 @@ def test_max_frame_side_and_analysis_fps_override_on_a_live_stream(tiny_bundle: 
 
 
 def test_ice_servers_reach_the_peer_configuration_and_default_to_none() -> None:
-    from stream_server.settings import Settings, parse_settings
-    from stream_server.webrtc import rtc_configuration
+    from stream_server.shell.settings import Settings, parse_settings
+    from stream_server.shell.webrtc import rtc_configuration
 
     assert rtc_configuration(Settings()).iceServers == []  # no public STUN by default
     s = parse_settings(["--ice-servers", "stun:stun.invalid:3478, turn:turn.invalid:3478"], {})
@@ -157,7 +157,7 @@ def test_scan_exit_codes_unreadable_wins_over_fake_and_no_videos_is_2(
 def test_capture_hints_are_twice_the_analysis_rate_at_most_30_and_no_larger_than_analysed() -> None:
     """README, GET /v1/config `capture`: 640x480 or less, preview 30 fps, `max_fps` = analysis
     fps x 2, at most 30."""
-    from stream_server.api import capture_hints
+    from stream_server.shell.api import capture_hints
 
     assert capture_hints(5.0, 1280) == {
         "width": 640,

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stream_server.settings import Settings, SettingsError
+from stream_server.shell.settings import Settings, SettingsError
 from tests.browser import chromium, screenshot, write_y4m
 from tests.conftest import LiveServer, free_port
 from tests.media import face_frames
@@ -170,7 +170,7 @@ def test_given_certificate_and_bad_tls_flags(tmp_path: Path) -> None:
 
     from cryptography import x509
 
-    from stream_server.tls import ensure_self_signed, fingerprint, tls_files
+    from stream_server.shell.tls import ensure_self_signed, fingerprint, tls_files
 
     cert, key = ensure_self_signed(tmp_path / "a", "192.0.2.7")
     san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
@@ -326,12 +326,12 @@ def test_a_loopback_only_host_offers_loopback_and_says_so(
     nothing else it would offer nothing, so loopback is offered (with a warning)."""
     import aioice.ice
 
-    from stream_server import webrtc
+    from stream_server.shell import webrtc
 
     before = aioice.ice.get_host_addresses
     try:
         webrtc._AIOICE_HOST_ADDRESSES, real = (lambda **_: []), webrtc._AIOICE_HOST_ADDRESSES
-        with caplog.at_level("WARNING", logger="stream_server.webrtc"):
+        with caplog.at_level("WARNING", logger="stream_server.shell.webrtc"):
             assert webrtc.configure_ice(Settings()) == ["127.0.0.1", "::1"]
         assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
         assert "no network address but loopback" in caplog.text
@@ -351,9 +351,9 @@ class Threaded:
     Settings (LiveServer fixes --ice-addresses)."""
 
     def __init__(self, **overrides: Any) -> None:
-        from stream_server.api import create_app
-        from stream_server.server import build_server
-        from stream_server.service import Service
+        from stream_server.shell.api import create_app
+        from stream_server.shell.server import build_server
+        from stream_server.shell.service import Service
 
         self.port = free_port()
         settings = Settings(port=self.port, **overrides)
@@ -385,8 +385,8 @@ def test_livez_readyz_and_healthz_status_codes(tiny_bundle: Path) -> None:
     and once shutdown begins, 200 in between; /healthz keeps its fields either way."""
     import asyncio
 
-    from stream_server.api import create_app
-    from stream_server.service import Service
+    from stream_server.shell.api import create_app
+    from stream_server.shell.service import Service
 
     async def before_start() -> list[httpx.Response]:
         app = create_app(Service(Settings(bundle=tiny_bundle)))  # lifespan not run: not warm
@@ -418,7 +418,7 @@ def test_livez_readyz_and_healthz_status_codes(tiny_bundle: Path) -> None:
 def test_webrtc_libraries_log_at_warning_unless_debug() -> None:
     import logging
 
-    from stream_server.server import build_server
+    from stream_server.shell.server import build_server
 
     def app(*_: Any) -> None: ...
 
@@ -448,7 +448,7 @@ def test_every_command_has_version(command: str) -> None:
 def test_roc_without_matplotlib_is_one_line_before_any_scan(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from stream_server.scan_cli import main\n"
+        "from stream_server.shell.scan_cli import main\n"
         f"sys.exit(main([{str(tmp_path)!r}, '--roc', {str(tmp_path / 'roc.png')!r}]))"
     )
     t0 = time.monotonic()
@@ -509,7 +509,7 @@ def test_stop_watching_a_camera_clears_its_face_box(tiny_bundle: Path, tmp_path:
 
 
 def test_no_secret_of_an_ice_server_in_its_error() -> None:
-    from stream_server.settings import parse_ice_server
+    from stream_server.shell.settings import parse_ice_server
 
     with pytest.raises(SettingsError) as err:
         parse_ice_server("stun:alice:hunter2@127.0.0.1:3478")

@@ -266,7 +266,7 @@ class WebhookReceiver:
 
 def test_webhook_gets_the_alert(tiny_bundle: Path, rtsp: RtspServer, tmp_path: Path) -> None:
     """A bundle whose threshold the clip's scores exceed: the alert reaches the webhook."""
-    from stream_server.bundle import write_manifest
+    from stream_server.core.bundle import write_manifest
 
     bundle = tmp_path / "low-threshold"
     shutil.copytree(tiny_bundle, bundle)

@@ -23,7 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def scan_cli(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle), "--quiet", *args],
+        [
+            sys.executable,
+            "-m",
+            "stream_server.shell.scan_cli",
+            "--bundle",
+            str(bundle),
+            "--quiet",
+            *args,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

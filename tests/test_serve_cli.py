@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stream_server.settings import Settings, SettingsError, parse_settings
+from stream_server.shell.settings import Settings, SettingsError, parse_settings
 from tests.conftest import LiveServer, free_port, wait_serving
 from tests.timing import scaled
 

@@ -43,7 +43,7 @@ def test_train_with_bundle_groups_and_int8(
     from export.validate import validate_bundle
     from models.dfdc import identity_groups, read_folder, split_by_identity
     from models.train import main
-    from stream_server.bundle import load_bundle
+    from stream_server.core.bundle import load_bundle
 
     videos = read_folder(folder).videos
     plain = identity_groups(videos)

@@ -78,11 +78,12 @@ def test_training_crops_are_the_servers_crops(dfdc_folder: Path, tiny_bundle: Pa
     import av
 
     from models.extract import extract_video
-    from stream_server.bundle import load_bundle
-    from stream_server.engine import InferenceEngine
-    from stream_server.faces import Detectors
-    from stream_server.pipeline import FramePipeline, FrameSampler
-    from stream_server.runtime import open_sessions
+    from stream_server.core.bundle import load_bundle
+    from stream_server.core.engine import InferenceEngine
+    from stream_server.core.faces import Detectors
+    from stream_server.core.frames import FrameSampler
+    from stream_server.core.pipeline import FramePipeline
+    from stream_server.core.runtime import open_sessions
 
     bundle = load_bundle(tiny_bundle)
     s = open_sessions(bundle, "cpu")
@@ -255,7 +256,7 @@ def test_bundle_is_exported_by_deepfake_export_in_its_own_process(
 ) -> None:
     """`--bundle`: training hands its model directory to `deepfake-export build` (models/ never
     imports export/); the bundle carries the training's fps and margin and its model card."""
-    from stream_server.bundle import load_bundle
+    from stream_server.core.bundle import load_bundle
 
     out, bundle = tmp_path / "model", tmp_path / "bundle"
     r = _train(

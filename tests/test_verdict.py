@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stream_server.bundle import MANIFEST, load_bundle, write_manifest
+from stream_server.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import LiveServer
 from tests.media import face_frames, faceless_frames, write_video
 from tests.rtc_client import ClientPeer
@@ -82,7 +82,7 @@ def forced_server(forced: tuple[str, float, Path]) -> Iterator[LiveServer]:
 
 def scan_cli(bundle: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stream_server.scan_cli", "--bundle", str(bundle), "--quiet"]
+        [sys.executable, "-m", "stream_server.shell.scan_cli", "--bundle", str(bundle), "--quiet"]
         + ["--json", *map(str, paths)],
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def check_timeline(timeline: list[dict[str, Any]], want: str) -> None:
 def test_scan_cli_and_scanner_follow_the_rule_and_exit_codes(
     forced: tuple[str, float, Path], face_clip: Path, room_clip: Path
 ) -> None:
-    from stream_server.scan import Scanner
+    from stream_server.core.scan import Scanner
 
     want, thr, bundle = forced
     r = scan_cli(bundle, face_clip, room_clip)

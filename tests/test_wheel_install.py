@@ -56,7 +56,7 @@ def test_wheel_serves_the_packaged_default_bundle_and_static_dir(tmp_path: Path)
     }
     run = [sys.executable, "-S"]
     where = subprocess.run(
-        [*run, "-c", "import stream_server.settings as s; print(s.DEFAULT_BUNDLE)"],
+        [*run, "-c", "import stream_server.core.bundle as b; print(b.DEFAULT_BUNDLE)"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

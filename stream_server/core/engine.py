@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_server.bundle import Bundle
-from stream_server.metrics import Metrics
-from stream_server.runtime import Sessions
-from stream_server.window import FrameWindow
+from stream_server.core.bundle import Bundle
+from stream_server.core.metrics import Metrics
+from stream_server.core.runtime import Sessions
+from stream_server.core.window import FrameWindow
 
 log = logging.getLogger(__name__)
 

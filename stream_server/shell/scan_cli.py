@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stream_server.settings import DEFAULT_BUNDLE
+from stream_server.core.bundle import DEFAULT_BUNDLE
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m", ".ts"}
 
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
         description="Score video files (or folders of them) for deepfaked faces. A folder with a "
         "DFDC metadata.json is also evaluated against its labels (AUC, log loss, accuracy, EER).",
     )
-    from stream_server import version_string
+    from stream_server.core.version import version_string
 
     p.add_argument("--version", action="version", version=version_string("deepfake-scan"))
     p.add_argument("paths", nargs="+", type=Path, help="video files or folders")
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 
 def expand(paths: Sequence[Path]) -> tuple[list[Path], dict[str, int]]:
     """Files to scan, and labels from every DFDC-format folder given."""
-    from stream_server.labels import read_labels
+    from stream_server.core.labels import read_labels
 
     files: list[Path] = []
     labels: dict[str, int] = {}
@@ -76,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from tqdm import tqdm
 
-    from stream_server.bundle import BundleError
-    from stream_server.evaluate import compute, plot_roc
-    from stream_server.labels import DatasetError
-    from stream_server.scan import ScanError, ScanLimits, Scanner
+    from stream_server.core.bundle import BundleError
+    from stream_server.core.evaluate import compute, plot_roc
+    from stream_server.core.labels import DatasetError
+    from stream_server.core.scan import ScanError, ScanLimits, Scanner
 
     try:
         scanner = Scanner(

@@ -1,6 +1,6 @@
 """The model bundle contract: `manifest.json` plus the ONNX files it names.
 
-The manifest's schema is `stream_server.manifest.Manifest`. The export command writes bundles with
+The manifest's schema is `stream_server.core.manifest.Manifest`. The export command writes bundles with
 `write_manifest`; the server, `deepfake-export validate` and the evaluation read them with
 `load_bundle`, which refuses any bundle whose files, hashes or declared shapes disagree with the
 manifest (`BundleError`, one-line reason).
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_server.manifest import (
+from stream_server.core.manifest import (
     FORMAT,
     MANIFEST,
     BundleError,
@@ -26,7 +26,11 @@ from stream_server.manifest import (
     RoiSpec,
 )
 
+# The bundle the package ships (package data of `models`); every command's --bundle default.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default_bundle"
+
 __all__ = [
+    "DEFAULT_BUNDLE",
     "FORMAT",
     "MANIFEST",
     "Bundle",
@@ -197,7 +201,7 @@ def load_bundle(path: str | Path, precision: str = "auto", verify_hashes: bool =
     """Read and check a bundle directory: manifest, every named file present, sha256 equal.
 
     The ONNX graphs' real input/output shapes are checked against the manifest by
-    `stream_server.runtime.open_sessions` when the sessions are created.
+    `stream_server.core.runtime.open_sessions` when the sessions are created.
     """
     root = Path(path)
     if not root.is_dir():

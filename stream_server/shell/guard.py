@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stream_server.settings import Settings
+from stream_server.shell.settings import Settings
 
 if TYPE_CHECKING:
-    from stream_server.service import Service
+    from stream_server.shell.service import Service
 
 log = logging.getLogger(__name__)
 

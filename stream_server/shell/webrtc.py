@@ -22,10 +22,10 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from stream_server.messages import ScoreMessage, StatusMessage
-from stream_server.metrics import Metrics
-from stream_server.service import Service
-from stream_server.settings import Settings, parse_ice_server
+from stream_server.core.messages import ScoreMessage, StatusMessage
+from stream_server.core.metrics import Metrics
+from stream_server.shell.service import Service
+from stream_server.shell.settings import Settings, parse_ice_server
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_server.messages import ScoreMessage
+from stream_server.core.messages import ScoreMessage
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Per-stream analysis of the frames sampled by `stream_server.frames`: find and track faces, crop
+"""Per-stream analysis of the frames sampled by `stream_server.core.frames`: find and track faces, crop
 them, get each track's p_fake from the shared engine, and label the frame.
 
 Every source (WebRTC, RTSP, files) goes through `FramePipeline`; there is no second implementation.
@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_server.bundle import Bundle
-from stream_server.engine import FaceJob, InferenceEngine
-from stream_server.faces import Detectors, FaceDetector, FaceStage, Track, crop_face
-from stream_server.frames import FrameSampler as FrameSampler  # re-exported: it moved to frames
-from stream_server.messages import FaceScore, Label
-from stream_server.window import FrameWindow
+from stream_server.core.bundle import Bundle
+from stream_server.core.engine import FaceJob, InferenceEngine
+from stream_server.core.faces import Detectors, FaceDetector, FaceStage, Track, crop_face
+from stream_server.core.messages import FaceScore, Label
+from stream_server.core.window import FrameWindow
 
 
 @dataclass(frozen=True)

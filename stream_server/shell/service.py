@@ -11,14 +11,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from stream_server.bundle import Bundle, load_bundle
-from stream_server.engine import InferenceEngine
-from stream_server.faces import Detectors
-from stream_server.metrics import Metrics
-from stream_server.pipeline import FramePipeline
-from stream_server.runtime import Sessions, open_sessions, warm_up
-from stream_server.settings import Settings
-from stream_server.stream import Emit, StreamAnalyzer
+from stream_server.core.bundle import Bundle, load_bundle
+from stream_server.core.engine import InferenceEngine
+from stream_server.core.faces import Detectors
+from stream_server.core.metrics import Metrics
+from stream_server.core.pipeline import FramePipeline
+from stream_server.core.runtime import Sessions, open_sessions, warm_up
+from stream_server.core.stream import Emit, StreamAnalyzer
+from stream_server.shell.settings import Settings
 
 log = logging.getLogger(__name__)
 

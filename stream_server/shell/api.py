@@ -17,15 +17,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stream_server.camera_api import camera_routes
-from stream_server.camera_url import CameraUrlError
-from stream_server.cameras import CameraRegistry
-from stream_server.guard import Guard
-from stream_server.service import Capacity, Service
-from stream_server.settings import parse_ice_server
-from stream_server.slashes import relative_slash_redirects
-from stream_server.uploads import UploadAnalyzer
-from stream_server.webrtc import (
+from stream_server.shell.camera_api import camera_routes
+from stream_server.shell.camera_url import CameraUrlError
+from stream_server.shell.cameras import CameraRegistry
+from stream_server.shell.guard import Guard
+from stream_server.shell.service import Capacity, Service
+from stream_server.shell.settings import parse_ice_server
+from stream_server.shell.slashes import relative_slash_redirects
+from stream_server.shell.uploads import UploadAnalyzer
+from stream_server.shell.webrtc import (
     NoCandidate,
     OfferError,
     PeerSession,

@@ -22,8 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from stream_server.scan import ScanCancelled, ScanError, ScanLimits, scan_file
-from stream_server.service import Service
+from stream_server.core.scan import ScanCancelled, ScanError, ScanLimits, scan_file
+from stream_server.shell.service import Service
 
 CHUNK = 1 << 20
 

@@ -16,18 +16,18 @@ from urllib.parse import urlsplit
 
 import av
 
-from stream_server.alerts import AlertTracker, WebhookNotifier
-from stream_server.camera_url import (
+from stream_server.core.frames import FrameTooLarge, pixel_options
+from stream_server.core.messages import ScoreMessage, StatusMessage
+from stream_server.shell.alerts import AlertTracker, WebhookNotifier
+from stream_server.shell.camera_url import (
     CameraAddressError,
     check_url,
     identity,
     redact,
     resolve_checked,
 )
-from stream_server.frames import FrameTooLarge, pixel_options
-from stream_server.messages import ScoreMessage, StatusMessage
-from stream_server.rtsp_relay import RtspRelay
-from stream_server.service import Capacity, Service
+from stream_server.shell.rtsp_relay import RtspRelay
+from stream_server.shell.service import Capacity, Service
 
 log = logging.getLogger(__name__)
 

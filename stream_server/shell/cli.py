@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from stream_server.bundle import BundleError
-    from stream_server.settings import SettingsError, parse_settings
+    from stream_server.core.bundle import BundleError
+    from stream_server.shell.settings import SettingsError, parse_settings
 
     try:
         settings = parse_settings(argv)
@@ -19,8 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from stream_server.server import quiet_chatty_loggers
-    from stream_server.tls import tls_files
+    from stream_server.shell.server import quiet_chatty_loggers
+    from stream_server.shell.tls import tls_files
 
     quiet_chatty_loggers(settings.log_level)
     try:
@@ -28,9 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 2
-    from stream_server.api import create_app
-    from stream_server.server import build_server
-    from stream_server.service import Service
+    from stream_server.shell.api import create_app
+    from stream_server.shell.server import build_server
+    from stream_server.shell.service import Service
 
     try:
         service = Service(settings)

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from stream_server.camera_url import CameraUrlError
-from stream_server.cameras import Camera, CameraRegistry, DuplicateCamera
-from stream_server.service import Capacity
+from stream_server.shell.camera_url import CameraUrlError
+from stream_server.shell.cameras import Camera, CameraRegistry, DuplicateCamera
+from stream_server.shell.service import Capacity
 
 JsonReader = Callable[[Request, int], Awaitable[Any]]
 

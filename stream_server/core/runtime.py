@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_server.bundle import Bundle, BundleError
-from stream_server.faces import FaceDetector, ssd_anchors
-from stream_server.manifest import DetectorSpec
+from stream_server.core.bundle import Bundle, BundleError
+from stream_server.core.faces import FaceDetector, ssd_anchors
+from stream_server.core.manifest import DetectorSpec
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",

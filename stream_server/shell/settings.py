@@ -12,12 +12,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from stream_server.manifest import MAX_ANALYSIS_FPS
+from stream_server.core.bundle import DEFAULT_BUNDLE
+from stream_server.core.manifest import MAX_ANALYSIS_FPS
 
 ENV_PREFIX = "DEEPFAKE_"
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = ROOT / "models" / "default_bundle"
-DEFAULT_STATIC = ROOT / "client_web"
+DEFAULT_STATIC = Path(__file__).resolve().parents[2] / "client_web"
 
 
 class SettingsError(ValueError):
@@ -186,7 +185,7 @@ class Settings:
         if self.precision not in ("auto", "fp32", "int8"):
             bad(f"precision must be auto, fp32 or int8, got {self.precision!r}")
         if self.analysis_fps is not None and not 0 < self.analysis_fps <= MAX_ANALYSIS_FPS:
-            # the same range a bundle's analysis_fps has (stream_server.manifest owns it)
+            # the same range a bundle's analysis_fps has (stream_server.core.manifest owns it)
             bad(f"analysis fps must be in (0, {MAX_ANALYSIS_FPS:g}], got {self.analysis_fps}")
         if not 1 <= self.max_streams <= 1024:
             bad(f"max streams must be 1..1024, got {self.max_streams}")
@@ -358,7 +357,7 @@ def parse_settings(
 ) -> Settings:
     """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
     env = os.environ if environ is None else environ
-    from stream_server import version_string
+    from stream_server.core.version import version_string
 
     p = argparse.ArgumentParser(
         prog="deepfake-serve",

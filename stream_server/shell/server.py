@@ -19,10 +19,10 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import HANDLED_SIGNALS
 
-from stream_server.settings import Settings
+from stream_server.shell.settings import Settings
 
 if TYPE_CHECKING:
-    from stream_server.tls import TlsFiles
+    from stream_server.shell.tls import TlsFiles
 
 # Query parameters whose values never reach a log line (the bearer token may be passed as
 # ?token=, and the web page is opened as /?token=...). Keys are compared decoded (%74oken is

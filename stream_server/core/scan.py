@@ -13,10 +13,10 @@ from typing import Any
 import av
 import numpy as np
 
-from stream_server.bundle import Bundle
-from stream_server.engine import InferenceEngine
-from stream_server.faces import Detectors, FaceDetector
-from stream_server.frames import (
+from stream_server.core.bundle import Bundle
+from stream_server.core.engine import InferenceEngine
+from stream_server.core.faces import Detectors, FaceDetector
+from stream_server.core.frames import (
     MAX_FRAME_PIXELS,
     MAX_FRAME_SIDE,
     FrameSource,
@@ -24,7 +24,7 @@ from stream_server.frames import (
     decode_video,
     pixel_options,
 )
-from stream_server.pipeline import FramePipeline, FrameResult
+from stream_server.core.pipeline import FramePipeline, FrameResult
 
 
 class ScanError(Exception):
@@ -223,8 +223,8 @@ class Scanner:
         limits: ScanLimits = ScanLimits(),
         threads: int = 0,
     ) -> None:
-        from stream_server.bundle import load_bundle
-        from stream_server.runtime import open_sessions, warm_up
+        from stream_server.core.bundle import load_bundle
+        from stream_server.core.runtime import open_sessions, warm_up
 
         self.bundle = load_bundle(bundle_dir, precision=precision)
         self.sessions = open_sessions(self.bundle, providers, threads)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stream_server.manifest import CropSpec, DetectorSpec, RoiSpec
+from stream_server.core.manifest import CropSpec, DetectorSpec, RoiSpec
 
 RAW_SCORE_LIMIT = 80.0
 

@@ -14,11 +14,11 @@ from typing import Any
 import av
 import numpy as np
 
-from stream_server.engine import EngineBusy
-from stream_server.frames import MAX_FRAME_SIDE, FrameSampler, StreamClock, to_rgb
-from stream_server.messages import ScoreMessage, StatusMessage
-from stream_server.metrics import Metrics
-from stream_server.pipeline import FramePipeline, FrameResult
+from stream_server.core.engine import EngineBusy
+from stream_server.core.frames import MAX_FRAME_SIDE, FrameSampler, StreamClock, to_rgb
+from stream_server.core.messages import ScoreMessage, StatusMessage
+from stream_server.core.metrics import Metrics
+from stream_server.core.pipeline import FramePipeline, FrameResult
 
 log = logging.getLogger(__name__)
 
