@@ -16,6 +16,8 @@ import pytest
 from stream_server.shell import settings as settings_mod
 from stream_server.shell.settings import ENV_PREFIX, Settings, SettingsError, parse_settings
 
+ROOT = Path(__file__).resolve().parent.parent
+
 # One row per deepfake-serve flag: (what is typed, what Settings must hold). Every value differs
 # from the default, so a flag or variable that is ignored, or lands on another field, fails.
 # "<tmp>" is replaced by an existing directory, "<file>" by an existing file.
@@ -66,9 +68,9 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "static_dir": ("<tmp>", "<tmp>"),
     "log_level": ("debug", "debug"),
 }
-FLAGS = [name for name, _, _ in settings_mod._FLAGS]
-# Settings without a flag of their own (internal, or fixed).
-NO_FLAG = {"extra", "max_sdp_bytes"}
+FLAGS = [d.name for d in settings_mod.flagged()]
+# Settings without a flag of their own (fixed).
+NO_FLAG = {"max_sdp_bytes"}
 
 
 def test_every_flag_has_a_row_and_every_setting_a_flag() -> None:
@@ -77,6 +79,36 @@ def test_every_flag_has_a_row_and_every_setting_a_flag() -> None:
     fields = {f.name for f in settings_mod.fields(Settings)}
     assert set(FLAGS) <= fields
     assert fields - set(FLAGS) <= NO_FLAG, fields - set(FLAGS) - NO_FLAG
+
+
+def test_readme_configuration_reference_is_the_declaration() -> None:
+    """README's configuration reference is generated from the settings declaration
+    (`python -m stream_server.shell.settings --write-readme`); editing either alone fails here."""
+    readme = (ROOT / "README.md").read_text()
+    assert settings_mod.readme_with_reference(readme) == readme, (
+        "README's configuration reference is stale: run "
+        "python -m stream_server.shell.settings --write-readme"
+    )
+    table = readme.split(settings_mod.README_BEGIN)[1].split(settings_mod.README_END)[0]
+    for d in settings_mod.flagged():
+        assert f"| `{d.flag}` | `{d.env}` |" in table, d.name
+
+
+def test_each_setting_is_declared_once_with_help_and_its_bounds_enforced() -> None:
+    """The declaration drives validation: every bound and choice is refused one step outside it
+    with the setting's name, at construction as well as from the parser."""
+    for d in settings_mod.declarations():
+        assert d.how.help, d.name
+        bad: list[object] = []
+        if d.how.lo is not None:
+            bad.append(d.how.lo if d.how.lo_open else d.how.lo - (1 if d.kind is int else 0.01))
+        if d.how.hi is not None:
+            bad.append(d.how.hi + (1 if d.kind is int else 0.01))
+        if d.how.choices:
+            bad.append("nonsense")
+        for value in bad:
+            with pytest.raises(SettingsError, match=d.label):
+                Settings(**{d.name: d.kind(value) if d.kind in (int, float) else value})
 
 
 def _row(name: str, tmp_path: Path) -> tuple[str, Any]:

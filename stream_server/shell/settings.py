@@ -1,15 +1,21 @@
 """The one typed settings object: built from CLI flags and DEEPFAKE_* environment variables,
-validated once at start-up, then passed in. Nothing else reads the environment."""
+validated once at start-up, then passed in. Nothing else reads the environment.
+
+Each setting is declared once, as a `Settings` field made by `setting(default, help, bounds...)`;
+the command-line parser, the environment mapping, the validation and the README's configuration
+reference (`python -m stream_server.shell.settings --write-readme`) are derived from it."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import quote, unquote
 
 from stream_server.core.bundle import DEFAULT_BUNDLE
@@ -131,232 +137,355 @@ def _list(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """How one setting is given and checked: its help text, bounds, choices and extra checks.
+    Its name, type and default are the `Settings` field's; the flag (`--max-streams`), the
+    environment variable (`DEEPFAKE_MAX_STREAMS`), the parser, the validation and the README's
+    configuration reference are all derived from the two together."""
+
+    help: str
+    lo: float | None = None  # lowest allowed value (see lo_open)
+    hi: float | None = None  # highest allowed value, inclusive
+    lo_open: bool = False  # lo itself is not allowed: (lo, hi]
+    unit: str = ""  # shown after the range in messages and the reference ("s", "ms")
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None  # the value -> why it is refused, or None
+    parse: Callable[[str], Any] | None = None  # text -> value, where the type's own does not do
+    shown_default: str | None = None  # the default as the reference shows it (paths, computed)
+    flag: bool = True  # False: fixed, not settable from the command line or the environment
+
+    def range_text(self) -> str:
+        lo, hi, u = self.lo, self.hi, (" " + self.unit if self.unit else "")
+        if lo is not None and hi is not None:
+            return (
+                f"in ({_num(lo)}, {_num(hi)}]{u}" if self.lo_open else f"{_num(lo)}..{_num(hi)}{u}"
+            )
+        if lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(lo)}{u}"
+        if hi is not None:
+            return f"<= {_num(hi)}{u}"
+        return ""
+
+
+def _num(x: float) -> str:
+    """1073741824, 0.5, 30: whole numbers without a decimal point or an exponent."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def setting(default: Any, help: str, **how: Any) -> Any:
+    """A `Settings` field declared once: `port: int = setting(8080, "port to listen on", lo=1,
+    hi=65535)`."""
+    return field(default=default, metadata={"setting": Setting(help, **how)})
+
+
+def _problem(check: Callable[[Any], bool], why: str) -> Callable[[Any], str | None]:
+    return lambda v: None if check(v) else why
+
+
+def _each(check: Callable[[str], str | None]) -> Callable[[tuple[str, ...]], str | None]:
+    def run(values: tuple[str, ...]) -> str | None:
+        for v in values:
+            why = check(v)
+            if why is not None:
+                return why
+        return None
+
+    return run
+
+
+def _is_ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"ICE address {value!r} is not an IP address"
+    return None
+
+
+def _is_ice_server(value: str) -> str | None:
+    parse_ice_server(value)  # raises SettingsError with the reason
+    return None
+
+
+def _webhook(value: str) -> str | None:
+    if value.startswith(("http://", "https://")):
+        return None
+    return f"webhook {value!r} must be an http:// or https:// URL"
+
+
+def _path_check(what: str, kind: str) -> Callable[[Path], str | None]:
+    def run(path: Path) -> str | None:
+        p = Path(path)
+        if kind == "file" and not p.is_file():
+            return f"{what} {path} does not exist"
+        if kind == "dir" and not p.is_dir():
+            return f"{what} {path} is not a directory"
+        if kind == "dir if it exists" and p.exists() and not p.is_dir():
+            return f"{what} {path} is not a directory"
+        return None
+
+    return run
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    bundle: Path = DEFAULT_BUNDLE
-    precision: str = "auto"  # auto (what the manifest names) | fp32 | int8
-    providers: str = "auto"  # auto | cpu | cuda | tensorrt | comma list
-    threads: int = 0  # onnxruntime intra-op threads for the encoder (0 = all cores)
-    analysis_fps: float | None = None  # None: the bundle's
-    max_streams: int = 16
-    max_batch: int = 16
-    max_wait_ms: float = 0.0  # 0: never wait; batches form from what queued while busy
-    max_frame_side: int = 1280  # larger frames are downscaled before analysis
-    max_frame_pixels: int = 3840 * 2160  # larger frames: uploads 413, cameras refused
-    max_sdp_bytes: int = 64 * 1024
-    max_remote_candidates: int = 32  # distinct ICE candidates kept from an offer
-    peer_setup_seconds: float = 15.0  # a WebRTC peer not connected by then is closed
-    peer_idle_seconds: float = 30.0  # a connected peer sending no video this long is closed
-    max_body_bytes: int = 1024 * 1024  # any request body except uploads
-    token: str | None = None  # bearer token for /offer, /v1/* and feeds; none: open
-    metrics_public: bool = True  # /metrics without the token
-    offer_rate_per_minute: float = 60.0  # POST /offer per client address
-    offer_burst: float = 10.0
-    max_upload_bytes: int = 200 * 1024 * 1024  # POST /v1/analyze body limit
-    max_video_seconds: float = 300.0  # longest uploaded video analysed
-    max_analyses: int = 2  # uploads analysed at once; more get 429
-    body_timeout_seconds: float = 120.0  # a request body not fully received by then gets 408
-    keep_alive_seconds: float = 5.0  # idle connections (and ones sending no request) closed
-    max_connections: int = 512  # open HTTP connections; more are closed at once
-    upload_dir: Path | None = None  # temporary files (default: the system's temp dir)
-    cameras_file: Path | None = None  # JSON list of {"url": "rtsp://...", "name": ...} at start-up
-    max_cameras: int = 16
-    camera_allow: tuple[str, ...] = ()  # allowed camera hosts / networks; empty: public only
-    camera_stall_seconds: float = 5.0  # no frames for this long: source_lost, reconnect
-    camera_backoff_max: float = 30.0  # longest wait between reconnect attempts
-    alert_seconds: float = 3.0  # a face above the threshold this long fires an alert
-    webhooks: tuple[str, ...] = ()  # http(s) URLs that receive alerts as JSON POSTs
-    ice_addresses: tuple[str, ...] = ()  # local addresses ICE offers; empty: all but loopback
-    ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; none by default (no public STUN)
-    tls_cert: Path | None = None  # PEM certificate (chain): serve HTTPS
-    tls_key: Path | None = None  # its PEM private key
-    tls_self_signed: bool = False  # make (once) and keep a self-signed certificate in data_dir
-    data_dir: Path | None = None  # state; None: default_data_dir()
-    static_dir: Path = DEFAULT_STATIC
-    log_level: str = "info"
+    """Every setting of `deepfake-serve`, each declared once (see `Setting`)."""
 
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise SettingsError(msg)
-
-        if not 0 < self.port < 65536:
-            bad(f"port must be 1..65535, got {self.port}")
-        if self.precision not in ("auto", "fp32", "int8"):
-            bad(f"precision must be auto, fp32 or int8, got {self.precision!r}")
-        if self.analysis_fps is not None and not 0 < self.analysis_fps <= MAX_ANALYSIS_FPS:
-            # the same range a bundle's analysis_fps has (stream_server.core.manifest owns it)
-            bad(f"analysis fps must be in (0, {MAX_ANALYSIS_FPS:g}], got {self.analysis_fps}")
-        if not 1 <= self.max_streams <= 1024:
-            bad(f"max streams must be 1..1024, got {self.max_streams}")
-        if not 1 <= self.max_batch <= 256:
-            bad(f"max batch must be 1..256, got {self.max_batch}")
-        if not 0 <= self.max_wait_ms <= 1000:
-            bad(f"max wait must be 0..1000 ms, got {self.max_wait_ms}")
-        if self.threads < 0:
-            bad("threads must be >= 0")
-        if self.max_frame_side < 64:
-            bad("max frame side must be >= 64")
-        if not 64 * 64 <= self.max_frame_pixels <= 1 << 30:
-            bad(f"max frame pixels must be 4096..{1 << 30}, got {self.max_frame_pixels}")
-        if self.token is not None and len(self.token) < 16:
-            bad("token must be at least 16 characters")
-        if self.offer_rate_per_minute <= 0 or self.offer_burst < 1:
-            bad("offer rate must be > 0 per minute with a burst of at least 1")
-        if not 1 <= self.max_remote_candidates <= 1000:
-            bad(f"max remote candidates must be 1..1000, got {self.max_remote_candidates}")
-        if not 0 < self.peer_setup_seconds <= 600:
-            bad(f"peer setup seconds must be in (0, 600], got {self.peer_setup_seconds}")
-        if not 0 < self.peer_idle_seconds <= 3600:
-            bad(f"peer idle seconds must be in (0, 3600], got {self.peer_idle_seconds}")
-        if not 0 < self.body_timeout_seconds <= 3600:
-            bad(f"body timeout seconds must be in (0, 3600], got {self.body_timeout_seconds}")
-        if not 0 < self.keep_alive_seconds <= 600:
-            bad(f"keep alive seconds must be in (0, 600], got {self.keep_alive_seconds}")
-        if not 4 <= self.max_connections <= 100_000:
-            bad(f"max connections must be 4..100000, got {self.max_connections}")
-        if self.max_upload_bytes < 1024:
-            bad("max upload bytes must be >= 1024")
-        if not 1 <= self.max_analyses <= 64:
-            bad(f"max analyses must be 1..64, got {self.max_analyses}")
-        if self.max_video_seconds <= 0:
-            bad("max video seconds must be > 0")
-        if self.upload_dir is not None and not Path(self.upload_dir).is_dir():
-            bad(f"upload dir {self.upload_dir} is not a directory")
-        if not 1 <= self.max_cameras <= 256:
-            bad(f"max cameras must be 1..256, got {self.max_cameras}")
-        if not 0.5 <= self.camera_stall_seconds <= 120:
-            bad("camera stall seconds must be 0.5..120")
-        if not 1 <= self.camera_backoff_max <= 3600:
-            bad("camera backoff max must be 1..3600 s")
-        if self.alert_seconds < 0:
-            bad("alert seconds must be >= 0")
-        for w in self.webhooks:
-            if not w.startswith(("http://", "https://")):
-                bad(f"webhook {w!r} must be an http:// or https:// URL")
-        if self.cameras_file is not None and not Path(self.cameras_file).is_file():
-            bad(f"cameras file {self.cameras_file} does not exist")
-        for a in self.ice_addresses:
-            try:
-                ipaddress.ip_address(a)
-            except ValueError:
-                bad(f"ICE address {a!r} is not an IP address")
-        for s in self.ice_servers:
-            parse_ice_server(s)
-        for what, path in (("TLS certificate", self.tls_cert), ("TLS key", self.tls_key)):
-            if path is not None and not Path(path).is_file():
-                bad(f"{what} {path} does not exist")
-        if self.data_dir is not None and Path(self.data_dir).exists():
-            if not Path(self.data_dir).is_dir():
-                bad(f"data dir {self.data_dir} is not a directory")
-        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
-            bad(f"log level {self.log_level!r} is not one of critical, error, warning, info, debug")
-
-
-_FLAGS: list[tuple[str, type, str]] = [
-    ("host", str, "address to listen on"),
-    ("port", int, "port to listen on"),
-    ("bundle", Path, "model bundle directory (default: the bundled default model)"),
-    ("precision", str, "encoder precision: auto (the manifest's choice), fp32 or int8"),
-    (
-        "providers",
-        str,
-        "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ...",
-    ),
-    ("threads", int, "onnxruntime threads for the encoder (0 = all cores)"),
-    ("analysis_fps", float, "analysed frames per second per stream (default: the bundle's)"),
-    (
-        "max_streams",
-        int,
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(8080, "port to listen on", lo=1, hi=65535)
+    bundle: Path = setting(
+        DEFAULT_BUNDLE,
+        "model bundle directory",
+        shown_default="the bundled default model (models/default_bundle)",
+    )
+    precision: str = setting(
+        "auto",
+        "encoder precision: auto (the manifest's choice), fp32 or int8",
+        choices=("auto", "fp32", "int8"),
+    )
+    providers: str = setting(
+        "auto", "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ..."
+    )
+    threads: int = setting(0, "onnxruntime threads for the encoder (0 = all cores)", lo=0)
+    analysis_fps: float | None = setting(
+        None,
+        "analysed frames per second per stream, live and uploads alike",
+        # the same range a bundle's analysis_fps has (stream_server.core.manifest owns it)
+        lo=0,
+        hi=MAX_ANALYSIS_FPS,
+        lo_open=True,
+        shown_default="the bundle's",
+    )
+    max_streams: int = setting(
+        16,
         "concurrent streams (WebRTC peers, cameras and camera viewers); the next gets 503",
-    ),
-    ("max_batch", int, "largest encoder micro-batch (face crops from all streams)"),
-    (
-        "max_wait_ms",
-        float,
+        lo=1,
+        hi=1024,
+    )
+    max_batch: int = setting(
+        16, "largest encoder micro-batch (face crops from all streams)", lo=1, hi=256
+    )
+    max_wait_ms: float = setting(
+        0.0,
         "extra wait to fill a micro-batch (0: take what is queued; batches still form under load)",
-    ),
-    ("max_frame_side", int, "frames larger than this are downscaled before analysis"),
-    (
-        "max_frame_pixels",
-        int,
+        lo=0,
+        hi=1000,
+    )
+    max_frame_side: int = setting(
+        1280, "frames larger than this are downscaled before analysis", lo=64
+    )
+    max_frame_pixels: int = setting(
+        3840 * 2160,
         "uploads, scans and cameras whose frames have more pixels than this are refused before "
-        "decoding",
-    ),
-    (
-        "max_remote_candidates",
-        int,
+        "decoding (uploads get 413, cameras an error status)",
+        lo=64 * 64,
+        hi=1 << 30,
+    )
+    max_sdp_bytes: int = setting(64 * 1024, "largest SDP offer accepted", flag=False)
+    max_remote_candidates: int = setting(
+        32,
         "remote ICE candidates kept from an offer (the highest-priority ones; more are dropped)",
-    ),
-    ("peer_setup_seconds", float, "a WebRTC peer not connected within this is closed"),
-    ("peer_idle_seconds", float, "a connected WebRTC peer sending no video this long is closed"),
-    ("token", str, "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...)"),
-    ("metrics_public", str, "true/false: serve /metrics without the token"),
-    ("offer_rate_per_minute", float, "POST /offer allowed per client address per minute"),
-    ("offer_burst", float, "POST /offer burst per client address"),
-    ("max_body_bytes", int, "largest request body (uploads have their own limit)"),
-    ("max_upload_bytes", int, "largest video upload accepted by POST /v1/analyze"),
-    ("max_video_seconds", float, "longest uploaded video analysed"),
-    ("max_analyses", int, "uploads analysed at once (more get 429)"),
-    (
-        "body_timeout_seconds",
-        float,
+        lo=1,
+        hi=1000,
+    )
+    peer_setup_seconds: float = setting(
+        15.0, "a WebRTC peer not connected within this is closed", lo=0, hi=600, lo_open=True
+    )
+    peer_idle_seconds: float = setting(
+        30.0,
+        "a connected WebRTC peer sending no video this long is closed",
+        lo=0,
+        hi=3600,
+        lo_open=True,
+    )
+    max_body_bytes: int = setting(
+        1024 * 1024, "largest request body (uploads have their own limit)"
+    )
+    token: str | None = setting(
+        None,
+        "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...); none: open",
+        check=_problem(lambda t: len(t) >= 16, "token must be at least 16 characters"),
+    )
+    metrics_public: bool = setting(True, "true/false: serve /metrics without the token")
+    offer_rate_per_minute: float = setting(
+        60.0, "POST /offer allowed per client address per minute", lo=0, lo_open=True
+    )
+    offer_burst: float = setting(10.0, "POST /offer burst per client address", lo=1)
+    max_upload_bytes: int = setting(
+        200 * 1024 * 1024, "largest video upload accepted by POST /v1/analyze", lo=1024
+    )
+    max_video_seconds: float = setting(300.0, "longest uploaded video analysed", lo=0, lo_open=True)
+    max_analyses: int = setting(2, "uploads analysed at once (more get 429)", lo=1, hi=64)
+    body_timeout_seconds: float = setting(
+        120.0,
         "a request body (upload) not fully received within this gets 408",
-    ),
-    (
-        "keep_alive_seconds",
-        float,
+        lo=0,
+        hi=3600,
+        lo_open=True,
+    )
+    keep_alive_seconds: float = setting(
+        5.0,
         "idle HTTP connections, and new ones that send no request, are closed after this",
-    ),
-    ("max_connections", int, "most open HTTP connections; more are closed on arrival"),
-    ("upload_dir", Path, "directory for temporary upload files"),
-    ("cameras_file", Path, "JSON list of cameras to register at start-up"),
-    ("max_cameras", int, "most RTSP cameras registered at once"),
-    (
-        "camera_allow",
-        str,
+        lo=0,
+        hi=600,
+        lo_open=True,
+    )
+    max_connections: int = setting(
+        512, "most open HTTP connections; more are closed on arrival", lo=4, hi=100_000
+    )
+    upload_dir: Path | None = setting(
+        None,
+        "directory for temporary upload files",
+        check=_path_check("upload dir", "dir"),
+        shown_default="the system's temporary directory",
+    )
+    cameras_file: Path | None = setting(
+        None,
+        'JSON list of cameras ({"url": "rtsp://...", "name": ...}) to register at start-up',
+        check=_path_check("cameras file", "file"),
+    )
+    max_cameras: int = setting(16, "most RTSP cameras registered at once", lo=1, hi=256)
+    camera_allow: tuple[str, ...] = setting(
+        (),
         "comma list of camera hosts or networks (CIDR) allowed, e.g. 192.168.1.0/24 or "
         "127.0.0.1 (empty: public addresses only; loopback, link-local and private refused)",
-    ),
-    ("camera_stall_seconds", float, "no frames for this long marks a camera lost"),
-    ("camera_backoff_max", float, "longest wait between camera reconnect attempts"),
-    ("alert_seconds", float, "seconds a face must stay above the threshold to alert"),
-    ("webhooks", str, "comma list of http(s) URLs that receive alerts"),
-    ("ice_addresses", str, "comma list of local IPs that ICE offers (e.g. 127.0.0.1)"),
-    (
-        "ice_servers",
-        str,
+    )
+    camera_stall_seconds: float = setting(
+        5.0, "no frames for this long marks a camera lost (then it reconnects)", lo=0.5, hi=120
+    )
+    camera_backoff_max: float = setting(
+        30.0, "longest wait between camera reconnect attempts", lo=1, hi=3600, unit="s"
+    )
+    alert_seconds: float = setting(
+        3.0, "seconds a face must stay above the threshold to alert", lo=0
+    )
+    webhooks: tuple[str, ...] = setting(
+        (), "comma list of http(s) URLs that receive alerts as JSON POSTs", check=_each(_webhook)
+    )
+    ice_addresses: tuple[str, ...] = setting(
+        (),
+        "comma list of local IPs that ICE offers, e.g. 127.0.0.1 (empty: every address but "
+        "loopback, and loopback when the host has nothing else)",
+        check=_each(_is_ip),
+    )
+    ice_servers: tuple[str, ...] = setting(
+        (),
         "STUN/TURN servers for the server and the page (none by default): a comma list of "
         "stun:HOST:PORT and turn:USER:CREDENTIAL@HOST:PORT?transport=udp|tcp URLs "
         "(turns: for TLS), or a JSON array like the browser's iceServers",
-    ),
-    ("tls_cert", Path, "PEM certificate (chain) file: serve HTTPS (with --tls-key)"),
-    ("tls_key", Path, "PEM private key file of --tls-cert"),
-    (
-        "tls_self_signed",
-        str,
+        check=_each(_is_ice_server),
+        parse=_ice_entries,
+    )
+    tls_cert: Path | None = setting(
+        None,
+        "PEM certificate (chain) file: serve HTTPS (with --tls-key)",
+        check=_path_check("TLS certificate", "file"),
+    )
+    tls_key: Path | None = setting(
+        None, "PEM private key file of --tls-cert", check=_path_check("TLS key", "file")
+    )
+    tls_self_signed: bool = setting(
+        False,
         "serve HTTPS with a self-signed certificate made once and kept in --data-dir "
         "(for a LAN; browsers warn until it is accepted; its SHA-256 fingerprint is printed)",
-    ),
-    (
-        "data_dir",
-        Path,
-        "directory for kept state such as the self-signed certificate "
-        "(default: $XDG_DATA_HOME/deepfake-live or ~/.local/share/deepfake-live)",
-    ),
-    ("static_dir", Path, "web client directory"),
-    ("log_level", str, "critical, error, warning, info or debug"),
-]
+    )
+    data_dir: Path | None = setting(
+        None,
+        "directory for kept state such as the self-signed certificate",
+        check=_path_check("data dir", "dir if it exists"),
+        shown_default="$XDG_DATA_HOME/deepfake-live or ~/.local/share/deepfake-live",
+    )
+    static_dir: Path = setting(
+        DEFAULT_STATIC, "web client directory", shown_default="client_web/ of the checkout"
+    )
+    log_level: str = setting(
+        "info",
+        "log level (aioice/aiortc log only warnings unless it is debug)",
+        choices=LOG_LEVELS,
+    )
+
+    def __post_init__(self) -> None:
+        for d in declarations():
+            why = d.problem(getattr(self, d.name))
+            if why is not None:
+                raise SettingsError(why)
 
 
-BOOL_FLAGS = ("metrics_public", "tls_self_signed")
+@dataclass(frozen=True)
+class Declared:
+    """One setting as declared: the field's name, type and default with its `Setting`."""
+
+    name: str
+    kind: type  # int, float, str, bool, Path or tuple (a comma list of strings)
+    optional: bool  # None allowed (and the default)
+    default: Any
+    how: Setting
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ")
+
+    def from_text(self, raw: str) -> Any:
+        """A flag's or environment variable's text as the field's value (ValueError if not)."""
+        if self.how.parse is not None:
+            return self.how.parse(raw)
+        if self.kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise SettingsError(f"{self.label} must be true or false")
+            return raw.lower() in ("true", "1", "yes")
+        if self.kind is tuple:
+            return _list(raw)
+        return self.kind(raw)
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is refused, or None."""
+        how = self.how
+        if value is None and self.optional:
+            return None
+        if how.choices and value not in how.choices:
+            return f"{self.label} {value!r} is not one of {', '.join(how.choices)}"
+        if self.kind in (int, float) and (how.lo is not None or how.hi is not None):
+            low_ok = how.lo is None or (value > how.lo if how.lo_open else value >= how.lo)
+            if not (low_ok and (how.hi is None or value <= how.hi)):
+                return f"{self.label} must be {how.range_text()}, got {_num(value)}"
+        return how.check(value) if how.check is not None else None
 
 
-def parse_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
-    env = os.environ if environ is None else environ
+def _kind(hint: Any) -> tuple[type, bool]:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    optional = len(args) < len(get_args(hint))
+    base = args[0] if optional else hint
+    origin = get_origin(base)
+    return (origin if origin is not None else base), optional
+
+
+@functools.cache
+def declarations() -> tuple[Declared, ...]:
+    """Every setting in declaration order."""
+    hints = get_type_hints(Settings)
+    out = []
+    for f in fields(Settings):
+        kind, optional = _kind(hints[f.name])
+        out.append(Declared(f.name, kind, optional, f.default, f.metadata["setting"]))
+    return tuple(out)
+
+
+def flagged() -> tuple[Declared, ...]:
+    """The settings a flag and an environment variable set (all but the fixed ones)."""
+    return tuple(d for d in declarations() if d.how.flag)
+
+
+def build_parser() -> argparse.ArgumentParser:
     from stream_server.core.version import version_string
 
     p = argparse.ArgumentParser(
@@ -366,40 +495,108 @@ def parse_settings(
         "also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
     )
     p.add_argument("--version", action="version", version=version_string("deepfake-serve"))
-    for name, typ, help_ in _FLAGS:
-        extra: dict[str, object] = {}
-        if name in BOOL_FLAGS and name != "metrics_public":
+    for d in flagged():
+        extra: dict[str, Any] = {}
+        if d.kind is bool:
             extra = {"nargs": "?", "const": "true"}  # `--tls-self-signed` alone means true
         p.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=typ if typ is not str else str,
+            d.flag,
+            dest=d.name,
+            type=d.kind if d.kind in (int, float, Path) else str,
             default=None,
-            help=f"{help_} [env {ENV_PREFIX}{name.upper()}]",
-            **extra,  # type: ignore[arg-type]
+            help=f"{d.how.help} [env {d.env}]",
+            **extra,
         )
-    args = p.parse_args(argv)
-    values: dict[str, object] = {}
-    types = {f.name: f for f in fields(Settings)}
-    for name, typ, _ in _FLAGS:
-        raw = getattr(args, name)
-        if raw is None and (ENV_PREFIX + name.upper()) in env:
-            try:
-                raw = typ(env[ENV_PREFIX + name.upper()])
-            except ValueError:
-                raise SettingsError(
-                    f"{ENV_PREFIX}{name.upper()} is not a valid {typ.__name__}"
-                ) from None
+    return p
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for d in flagged():
+        raw = getattr(args, d.name)
+        if raw is None and d.env in env:
+            raw = env[d.env]
+            if d.kind in (int, float):
+                try:
+                    raw = d.kind(raw)
+                except ValueError:
+                    raise SettingsError(f"{d.env} is not a valid {d.kind.__name__}") from None
         if raw is None:
             continue
-        if name in ("ice_addresses", "camera_allow", "webhooks"):
-            raw = _list(str(raw))
-        if name == "ice_servers":
-            raw = _ice_entries(str(raw))
-        if name in BOOL_FLAGS:
-            if str(raw).lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise SettingsError(f"{name.replace('_', ' ')} must be true or false")
-            raw = str(raw).lower() in ("true", "1", "yes")
-        values[name] = raw
-    assert set(values) <= set(types)
-    return Settings(**values)  # type: ignore[arg-type]
+        values[d.name] = d.from_text(raw) if isinstance(raw, str) else raw
+    return Settings(**values)
+
+
+def _shown(d: Declared) -> str:
+    if d.how.shown_default is not None:
+        return d.how.shown_default
+    if d.default is None or d.default == ():
+        return "none"
+    if isinstance(d.default, bool):
+        return str(d.default).lower()
+    if isinstance(d.default, int | float):
+        return _num(d.default)
+    return str(d.default)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference: one row per flag, from the declarations."""
+    rows = [
+        "| flag | environment | type | default | allowed | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in flagged():
+        allowed = d.how.range_text() or ", ".join(d.how.choices)
+        if d.kind is bool:
+            allowed = "true, false"
+        kind = "list" if d.kind is tuple else "path" if d.kind is Path else d.kind.__name__
+        rows.append(
+            f"| `{d.flag}` | `{d.env}` | {kind} | {_cell(_shown(d))} | {_cell(allowed)} "
+            f"| {_cell(d.how.help)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_BEGIN = (
+    "<!-- settings: generated by python -m stream_server.shell.settings --write-readme -->"
+)
+README_END = "<!-- settings: end -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """`readme` with the text between the markers replaced by `reference_markdown()`."""
+    head, sep, rest = readme.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise SettingsError("README.md has no settings reference markers")
+    return f"{head}{README_BEGIN}\n{reference_markdown()}{README_END}{tail}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`--markdown`: print the configuration reference; `--write-readme [PATH]`: put it into
+    README.md between its markers."""
+    p = argparse.ArgumentParser(prog="python -m stream_server.shell.settings")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--markdown", action="store_true", help="print the reference")
+    g.add_argument("--write-readme", type=Path, nargs="?", const=README, metavar="PATH")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(reference_markdown(), end="")
+        return 0
+    path: Path = args.write_readme
+    path.write_text(readme_with_reference(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
