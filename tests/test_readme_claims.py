@@ -1,4 +1,5 @@
 """README claims that no other test pins: --max-frame-side and --analysis-fps on a live stream,
+--analysis-fps on uploads,
 --cameras-file, --ice-servers, --max-analyses (429), and deepfake-scan's exit-code precedence
 (3 over 1) and "no video files found" (2)."""
 
@@ -50,6 +51,21 @@ def test_max_frame_side_and_analysis_fps_override_on_a_live_stream(tiny_bundle: 
     gaps = np.diff([m["t"] for m in scores])
     intervals = 1 + np.diff([m["dropped"] for m in scores])
     assert 0.3 <= float(np.median(gaps / intervals)) <= 0.55, (gaps, intervals)
+
+
+def test_analysis_fps_override_applies_to_uploads(tiny_bundle: Path, tmp_path: Path) -> None:
+    """README: --analysis-fps overrides the bundle's rate for uploads too. A 4 s clip posted to
+    POST /v1/analyze is analysed at 2.5 frames/s (10 frames), not the bundle's 5 (20)."""
+    clip = write_video(tmp_path / "face.mp4", face_frames(60, size=(320, 240)), fps=15)
+    counts = {}
+    for fps in (None, 2.5):
+        with LiveServer(bundle=tiny_bundle, analysis_fps=fps) as srv, clip.open("rb") as f:
+            r = httpx.post(
+                srv.url + "/v1/analyze", files={"file": ("face.mp4", f, "video/mp4")}, timeout=120
+            )
+            assert r.status_code == 200, r.text
+            counts[fps] = r.json()["frames_analysed"]
+    assert counts == {None: 20, 2.5: 10}, counts
 
 
 def test_ice_servers_reach_the_peer_configuration_and_default_to_none() -> None:
