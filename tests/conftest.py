@@ -33,6 +33,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test keeps its state (the service's state database, certificates) in a fresh
+    $XDG_DATA_HOME, which servers started without --data-dir use, in this process and in the
+    processes it starts: no test sees another's cameras, none touches the user's home."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight CNN-GRU saved the way deepfake-train saves models."""
@@ -162,6 +172,8 @@ COMPONENTS = {
     "browser": "Chromium (apt-get install chromium)",
     "rtsp": "GStreamer's RTSP server (apt-get install gir1.2-gst-rtsp-server-1.0)",
     "torch_reference": "the PyTorch reference model (pip install torch efficientnet_lite_pytorch)",
+    "turn": "the coturn TURN server (apt-get install coturn)",
+    "mqtt": "the mosquitto MQTT broker (apt-get install mosquitto) and paho-mqtt",
     "loopback": "the loopback-only network namespace (scripts/test.sh as root: unshare -n)",
 }
 

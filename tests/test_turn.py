@@ -62,6 +62,7 @@ def frames_received(url: str) -> float:
 
 
 @pytest.mark.browser
+@pytest.mark.turn
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_a_browser_session_relayed_by_coturn_gets_scores(
     tiny_bundle: Path, tmp_path: Path, transport: str
@@ -101,6 +102,7 @@ def test_a_browser_session_relayed_by_coturn_gets_scores(
 
 
 @pytest.mark.browser
+@pytest.mark.turn
 def test_a_wrong_turn_password_relays_nothing(tiny_bundle: Path, tmp_path: Path) -> None:
     """The same with a password coturn does not know: coturn refuses the allocation (401), the
     browser has no relayed candidate, and no frame reaches the service."""

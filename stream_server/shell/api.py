@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from stream_server.shell.alerts import Notifiers, Publisher, WebhookNotifier
 from stream_server.shell.camera_api import camera_routes
-from stream_server.shell.camera_url import CameraUrlError
 from stream_server.shell.cameras import CameraRegistry
 from stream_server.shell.guard import Guard
 from stream_server.shell.service import Capacity, Service
-from stream_server.shell.settings import parse_ice_server
+from stream_server.shell.settings import Settings, default_data_dir, parse_ice_server
 from stream_server.shell.slashes import relative_slash_redirects
+from stream_server.shell.store import Store
 from stream_server.shell.uploads import UploadAnalyzer
 from stream_server.shell.webrtc import (
     NoCandidate,
@@ -86,10 +88,32 @@ async def read_json(request: Request, limit: int) -> Any:
         raise HTTPException(400, f"body is not valid JSON ({exc.msg})") from None
 
 
+def state_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) if settings.data_dir is not None else default_data_dir()
+
+
+def notifiers(service: Service) -> Notifiers:
+    """Webhooks (signed with --webhook-secret) and, with --mqtt, the MQTT publisher; their
+    delivery counters go into the service's /metrics."""
+    s = service.settings
+    registry = service.metrics.registry
+    webhooks = WebhookNotifier(s.webhooks, secret=s.webhook_secret, registry=registry)
+    publishers: list[Publisher] = []
+    if s.mqtt is not None:
+        from stream_server.shell.mqtt import MqttPublisher, parse_mqtt_url, require_paho
+
+        require_paho()
+        publishers.append(
+            MqttPublisher(parse_mqtt_url(s.mqtt), f"deepfake-live-{os.getpid()}", registry)
+        )
+    return Notifiers(webhooks, publishers)
+
+
 def create_app(service: Service) -> Starlette:
     settings = service.settings
     configure_ice(settings)
-    registry = CameraRegistry(service)
+    store = Store(state_dir(settings), settings.history_days)
+    registry = CameraRegistry(service, store, notifiers(service))
 
     async def index(request: Request) -> Response:
         page = settings.static_dir / "index.html"
@@ -198,16 +222,12 @@ def create_app(service: Service) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
         registry.start()
-        for entry in load_cameras_file(settings.cameras_file):
-            try:
-                registry.add(entry.get("url"), entry.get("name"))
-            except (CameraUrlError, ValueError, Capacity) as exc:
-                log.error("camera from %s refused: %s", settings.cameras_file, exc)
         try:
             yield
         finally:
             await registry.close()
             await service.close()
+            store.close()
 
     routes: list[Route | Mount] = [
         Route("/", index),
@@ -232,18 +252,3 @@ def create_app(service: Service) -> Starlette:
     relative_slash_redirects(app.router)  # never a Location built from the Host header
     app.state.cameras = registry  # for code that embeds the app (and tests): its camera registry
     return app
-
-
-def load_cameras_file(path: Path | None) -> list[dict[str, Any]]:
-    """Cameras to register at start-up: a JSON list of {"url": ..., "name": ...}."""
-    if path is None:
-        return []
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.error("cameras file %s is unreadable: %s", path, exc)
-        return []
-    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
-        log.error("cameras file %s must hold a JSON list of objects", path)
-        return []
-    return data

@@ -9,8 +9,8 @@ import errno
 import logging
 import threading
 import time
-import uuid
 from collections import deque
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,9 +18,10 @@ import av
 
 from stream_server.core.frames import FrameTooLarge, pixel_options
 from stream_server.core.messages import ScoreMessage, StatusMessage
-from stream_server.shell.alerts import AlertTracker, WebhookNotifier
+from stream_server.shell.alerts import AlertTracker, Notifiers, WebhookNotifier
 from stream_server.shell.camera_url import (
     CameraAddressError,
+    CameraUrlError,
     check_url,
     identity,
     redact,
@@ -28,6 +29,19 @@ from stream_server.shell.camera_url import (
 )
 from stream_server.shell.rtsp_relay import RtspRelay
 from stream_server.shell.service import Capacity, Service
+from stream_server.shell.store import (
+    CameraSpec,
+    Minute,
+    Source,
+    Store,
+    StoreError,
+    check_alert_seconds,
+    check_camera_id,
+    check_name,
+    load_cameras_file,
+    slugify,
+    unknown_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +215,11 @@ class RtspReader:
 
 
 class Camera:
-    def __init__(self, registry: CameraRegistry, url: str, name: str) -> None:
+    def __init__(self, registry: CameraRegistry, spec: CameraSpec) -> None:
         self.registry = registry
-        self.id = uuid.uuid4().hex[:10]
-        self.url = url
-        self.key = identity(url)
-        self.name = name
+        self.spec = spec
+        self.id = spec.id
+        self.key = identity(spec.url)
         self.status = "connecting"
         self.error: str | None = None
         self.reconnects = 0
@@ -217,11 +230,44 @@ class Camera:
         self.latest: av.VideoFrame | None = None
         self.frame_seq = 0
         self.new_frame = asyncio.Event()
+        self.minute: Minute | None = None  # this wall-clock minute's scores, not yet kept
         svc = registry.service
-        self.alerts = AlertTracker(svc.bundle.threshold, svc.settings.alert_seconds)
+        self.alerts = AlertTracker(svc.bundle.threshold, self.alert_seconds)
         self.stream = svc.new_stream(self.id, self.publish, self)
         self.reader = RtspReader(self, asyncio.get_running_loop())
         self.reader.start()
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def alert_seconds(self) -> float:
+        own = self.spec.alert_seconds
+        return self.registry.service.settings.alert_seconds if own is None else own
+
+    def apply(self, spec: CameraSpec) -> None:
+        """New settings for this camera: a new URL reconnects it."""
+        old, self.spec = self.spec, spec
+        self.alerts.hold_seconds = self.alert_seconds
+        if spec.url != old.url:
+            self.key = identity(spec.url)
+            self.reader.stop()
+            self.status, self.error = "connecting", None
+            self.reader = RtspReader(self, asyncio.get_running_loop())
+            self.reader.start()
+
+    def flush_minute(self, now: float | None = None) -> None:
+        """Keeps the minute being counted once it is over (or at once when `now` is None)."""
+        m = self.minute
+        if m is None or (now is not None and int(now // 60) == m.minute):
+            return
+        self.minute = None
+        self.registry.minute_done(self, m)
 
     # -- from the decode thread (via the loop) ---------------------------------------------------
     def on_frame(self, frame: av.VideoFrame) -> None:
@@ -241,11 +287,13 @@ class Camera:
             self.publish(StatusMessage("reconnected", self.id, f"reconnect {self.reconnects}"))
         else:
             self.publish(StatusMessage("connected", self.id, self.name))
+        self.registry.status_changed(self)
 
     def on_lost(self, reason: str) -> None:
         self.status, self.error = "lost", reason
         log.info("camera %s lost: %s", self.id, reason)
         self.publish(StatusMessage("source_lost", self.id, reason))
+        self.registry.status_changed(self)
 
     def on_error(self, reason: str) -> None:
         first = self.error != reason
@@ -253,6 +301,7 @@ class Camera:
         if first:
             log.info("camera %s: %s", self.id, reason)
             self.publish(StatusMessage("error", self.id, reason))
+            self.registry.status_changed(self)
 
     # -- out ---------------------------------------------------------------------------------
     def publish(self, msg: Message) -> None:
@@ -263,17 +312,13 @@ class Camera:
                 "label": msg.label,
                 "faces": len(msg.faces),
             }
+            now = time.time()
+            self.flush_minute(now)
+            if self.minute is None:
+                self.minute = Minute(int(now // 60))
+            self.minute.add(msg.p_fake, msg.label)
             for alert in self.alerts.update(msg):
-                self.registry.notifier.notify(
-                    {
-                        "type": "alert",
-                        "camera": self.id,
-                        "name": self.name,
-                        **alert,
-                        "model": msg.model,
-                        "t": msg.t,
-                    }
-                )
+                self.registry.alert(self, alert, msg, now)
         for q in list(self.subscribers):
             if q.full():  # a slow reader loses the oldest message, never blocks scoring
                 q.get_nowait()
@@ -297,6 +342,8 @@ class Camera:
             "id": self.id,
             "name": self.name,
             "url": redact(self.url),
+            "alert_seconds": self.spec.alert_seconds,
+            "source": self.spec.source,
             "status": self.status,
             "error": self.error,
             "fps": self.fps,
@@ -309,6 +356,7 @@ class Camera:
 
     async def close(self) -> None:
         self.reader.stop()
+        self.flush_minute()
         await self.registry.service.end_stream(self.id)
         self.registry.cameras.pop(self.id, None)
         # The relay is cut, so FFmpeg returns at once; a thread stuck in a name lookup is a
@@ -316,43 +364,234 @@ class Camera:
         await asyncio.get_running_loop().run_in_executor(None, self.reader.thread.join, 3)
 
 
+class ReadOnlyCamera(Exception):
+    """A camera declared in --cameras-file: the file, not the API, changes it."""
+
+    def __init__(self, camera_id: str) -> None:
+        super().__init__(
+            f"camera {camera_id} is declared in --cameras-file: change or remove it there"
+        )
+
+
+class CameraTaken(Exception):
+    """The id asked for is another camera's."""
+
+    def __init__(self, camera_id: str) -> None:
+        super().__init__(f"camera id {camera_id!r} is taken")
+        self.camera_id = camera_id
+
+
 class CameraRegistry:
-    def __init__(self, service: Service) -> None:
+    """The cameras being monitored, kept in the state database (`store`): registered ones
+    come back with the same id and settings after a restart."""
+
+    def __init__(self, service: Service, store: Store, notifiers: Notifiers) -> None:
         self.service = service
+        self.store = store
         self.cameras: dict[str, Camera] = {}
-        self.notifier = WebhookNotifier(service.settings.webhooks)
+        self.notifiers = notifiers
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def notifier(self) -> WebhookNotifier:
+        return self.notifiers.webhooks
 
     def start(self) -> None:
-        self.notifier.start()
+        """Starts the notifiers, prunes old history, brings back the kept cameras and applies
+        --cameras-file."""
+        self.notifiers.start()
+        self.store.prune()
+        kept = self.store.cameras()
+        declared = self._declared()
+        for spec in kept:
+            if spec.source == "file" and declared is not None and spec.id not in declared:
+                log.info("camera %s is no longer in --cameras-file: removed", spec.id)
+                self.store.delete_camera(spec.id)
+                continue
+            if spec.source == "file" and declared is not None:
+                continue  # started from the file below, with its current settings
+            try:
+                self._start(spec)
+            except (CameraUrlError, Capacity) as exc:
+                log.error("kept camera %s not started: %s", spec.id, exc)
+        for entry in (declared or {}).values():
+            try:
+                spec = self.spec(entry, source="file")
+                self._start(self.store.put_camera(spec))
+            except (CameraUrlError, ValueError, Capacity, DuplicateCamera, CameraTaken) as exc:
+                log.error("camera from %s refused: %s", self.service.settings.cameras_file, exc)
+        self._task = asyncio.get_running_loop().create_task(self._tick(), name="camera-history")
 
-    def add(self, url: object, name: object = None) -> Camera:
+    def _declared(self) -> dict[str, dict[str, Any]] | None:
+        """--cameras-file's entries by the id each gets (None: no file, or an unusable one:
+        then the kept file cameras stay as they are)."""
+        path = self.service.settings.cameras_file
+        if path is None:
+            return None
+        try:
+            entries = load_cameras_file(path)
+        except StoreError as exc:
+            log.error("%s", exc)
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            try:
+                unknown_keys(entry)
+                cid = entry.get("id")
+                if cid is None:
+                    name = entry.get("name")
+                    url = check_url(entry.get("url"), self.service.settings.camera_allow)
+                    cid = slugify(check_name(name) if name is not None else redact(url))
+                cid = check_camera_id(cid)
+            except (CameraUrlError, ValueError) as exc:
+                log.error("camera from %s refused: %s", path, exc)
+                continue
+            if cid in out:
+                log.error("camera from %s refused: id %r is declared twice", path, cid)
+                continue
+            out[cid] = {**entry, "id": cid}
+        return out
+
+    def spec(self, entry: dict[str, Any], source: Source = "api") -> CameraSpec:
+        """A new camera from a POST body or a --cameras-file entry (the same keys): checks
+        every value; the id is the given one or a slug of the name, made unique."""
         s = self.service.settings
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 100):
-            raise ValueError("name must be a string of 1 to 100 characters")
-        checked = check_url(url, s.camera_allow)
-        if name is None:
-            name = redact(checked)
-        key = identity(checked)
+        unknown_keys(entry)
+        url = check_url(entry.get("url"), s.camera_allow)
+        name = entry.get("name")
+        name = check_name(name) if name is not None else redact(url)
+        alert_seconds = check_alert_seconds(entry.get("alert_seconds"))
+        key = identity(url)
         same = next((c for c in self.cameras.values() if c.key == key), None)
         if same is not None:
             raise DuplicateCamera(same.id)
-        if len(self.cameras) >= s.max_cameras:
-            raise Capacity(f"camera limit reached ({s.max_cameras} cameras)")
-        cam = Camera(self, checked, name)
+        # A file camera replaces its own kept row; an API camera takes no kept id.
+        taken = set(self.cameras)
+        if source == "api":
+            taken |= {c.id for c in self.store.cameras()}
+        if entry.get("id") is not None:
+            cid = check_camera_id(entry["id"])
+            if cid in taken:
+                raise CameraTaken(cid)
+        else:
+            base = cid = slugify(name)
+            n = 2
+            while cid in taken:
+                cid = f"{base[:36].rstrip('-')}-{n}"
+                n += 1
+        return CameraSpec(id=cid, name=name, url=url, alert_seconds=alert_seconds, source=source)
+
+    def _start(self, spec: CameraSpec) -> Camera:
+        if len(self.cameras) >= self.service.settings.max_cameras:
+            raise Capacity(f"camera limit reached ({self.service.settings.max_cameras} cameras)")
+        check_url(spec.url, self.service.settings.camera_allow)
+        cam = Camera(self, spec)
         self.cameras[cam.id] = cam
-        log.info("camera %s registered: %s (%s)", cam.id, name, redact(checked))
+        log.info("camera %s started: %s (%s)", cam.id, spec.name, redact(spec.url))
+        return cam
+
+    def add(self, entry: dict[str, Any]) -> Camera:
+        """POST /v1/cameras: registers, keeps and starts a camera."""
+        if len(self.cameras) >= self.service.settings.max_cameras:
+            raise Capacity(f"camera limit reached ({self.service.settings.max_cameras} cameras)")
+        spec = self.spec(entry)
+        cam = self._start(spec)
+        self.store.put_camera(spec)
+        return cam
+
+    def update(self, camera_id: str, changes: dict[str, Any]) -> Camera:
+        """PATCH /v1/cameras/{id}: a new name, URL or alert_seconds (the id stays)."""
+        cam = self.cameras[camera_id]
+        if cam.spec.source == "file":
+            raise ReadOnlyCamera(camera_id)
+        unknown_keys(changes, ("name", "url", "alert_seconds"))
+        spec = cam.spec
+        if "name" in changes:
+            spec = replace(spec, name=check_name(changes["name"]))
+        if "alert_seconds" in changes:
+            spec = replace(spec, alert_seconds=check_alert_seconds(changes["alert_seconds"]))
+        if "url" in changes:
+            url = check_url(changes["url"], self.service.settings.camera_allow)
+            key = identity(url)
+            same = next((c for c in self.cameras.values() if c.key == key), None)
+            if same is not None and same is not cam:
+                raise DuplicateCamera(same.id)
+            spec = replace(spec, url=url)
+        spec = self.store.put_camera(spec)
+        cam.apply(spec)
         return cam
 
     async def remove(self, camera_id: str) -> bool:
         cam = self.cameras.get(camera_id)
         if cam is None:
             return False
+        if cam.spec.source == "file":
+            raise ReadOnlyCamera(camera_id)
         await cam.close()
+        self.store.delete_camera(camera_id)
+        log.info("camera %s removed with its history", camera_id)
         return True
 
+    # -- history and notifications -----------------------------------------------------------
+    def status_changed(self, cam: Camera) -> None:
+        now = time.time()
+        detail = cam.error or ""
+        self.store.add_status(cam.id, cam.status, detail, now)
+        self.notifiers.publish(
+            "status",
+            cam.id,
+            {"camera": cam.id, "name": cam.name, "status": cam.status, "detail": detail},
+            now,
+        )
+
+    def minute_done(self, cam: Camera, m: Minute) -> None:
+        self.store.add_minute(cam.id, m)
+        self.notifiers.publish("summary", cam.id, {"camera": cam.id, **m.view()}, time.time())
+
+    def alert(self, cam: Camera, alert: dict[str, Any], msg: ScoreMessage, now: float) -> None:
+        alert_id = self.store.add_alert(cam.id, alert, msg.model, now)
+        self.notifiers.alert(
+            {
+                "type": "alert",
+                "id": alert_id,
+                "camera": cam.id,
+                "name": cam.name,
+                **alert,
+                "model": msg.model,
+                "t": msg.t,
+            },
+            now,
+        )
+
+    def history(self, camera_id: str, since: float, until: float) -> dict[str, Any]:
+        out = self.store.history(camera_id, since, until)
+        cam = self.cameras.get(camera_id)
+        if cam is not None and cam.minute is not None and since // 60 <= cam.minute.minute:
+            if cam.minute.minute * 60 < until:
+                out["summaries"].append(cam.minute.view(partial=True))
+        return {"camera": camera_id, "since": since, "until": until, **out}
+
+    async def _tick(self) -> None:
+        """Keeps each finished minute even when scores stop; prunes history hourly."""
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(5)
+            now = time.time()
+            for cam in list(self.cameras.values()):
+                cam.flush_minute(now)
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                self.store.prune()
+
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
         cams = list(self.cameras.values())
         for cam in cams:  # cut every camera first, then wait for them together
             cam.reader.stop()
         await asyncio.gather(*(cam.close() for cam in cams), return_exceptions=True)
-        await self.notifier.close()
+        await self.notifiers.close()

@@ -30,7 +30,7 @@ class SettingsError(ValueError):
 
 
 def default_data_dir() -> Path:
-    """Where state (the self-signed certificate, later the database) lives without --data-dir:
+    """Where state (the state database, the self-signed certificate) lives without --data-dir:
     $XDG_DATA_HOME/deepfake-live, else ~/.local/share/deepfake-live."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "deepfake-live"
@@ -206,6 +206,16 @@ def _is_ice_server(value: str) -> str | None:
     return None
 
 
+def _mqtt_url(value: str) -> str | None:
+    from stream_server.shell.mqtt import MqttUrlError, parse_mqtt_url
+
+    try:
+        parse_mqtt_url(value)
+    except MqttUrlError as exc:
+        return str(exc)
+    return None
+
+
 def _webhook(value: str) -> str | None:
     if value.startswith(("http://", "https://")):
         return None
@@ -343,7 +353,8 @@ class Settings:
     )
     cameras_file: Path | None = setting(
         None,
-        'JSON list of cameras ({"url": "rtsp://...", "name": ...}) to register at start-up',
+        "TOML ([[cameras]] tables, by the .toml suffix) or JSON file declaring cameras with "
+        "the keys of POST /v1/cameras (url, name, id, alert_seconds); applied at every start",
         check=_path_check("cameras file", "file"),
     )
     max_cameras: int = setting(16, "most RTSP cameras registered at once", lo=1, hi=256)
@@ -363,6 +374,26 @@ class Settings:
     )
     webhooks: tuple[str, ...] = setting(
         (), "comma list of http(s) URLs that receive alerts as JSON POSTs", check=_each(_webhook)
+    )
+    webhook_secret: str | None = setting(
+        None,
+        "key that signs webhook POSTs: X-Deepfake-Signature is sha256=HMAC-SHA256 of "
+        "'TIMESTAMP.BODY' with X-Deepfake-Timestamp (Unix seconds); at least 16 characters",
+        check=_problem(lambda t: len(t) >= 16, "webhook secret must be at least 16 characters"),
+    )
+    mqtt: str | None = setting(
+        None,
+        "MQTT broker that receives camera status, minute summaries and alerts: "
+        "mqtt://[USER:PASSWORD@]HOST[:PORT]/PREFIX (mqtts:// for TLS; needs paho-mqtt, the "
+        "mqtt extra)",
+        check=_mqtt_url,
+    )
+    history_days: float = setting(
+        30.0,
+        "days of camera history (minute summaries, status changes, alerts) kept",
+        lo=0,
+        hi=3650,
+        lo_open=True,
     )
     ice_addresses: tuple[str, ...] = setting(
         (),
@@ -393,7 +424,8 @@ class Settings:
     )
     data_dir: Path | None = setting(
         None,
-        "directory for kept state such as the self-signed certificate",
+        "directory for kept state: the cameras and their history (state.sqlite3) and the "
+        "self-signed certificate",
         check=_path_check("data dir", "dir if it exists"),
         shown_default="$XDG_DATA_HOME/deepfake-live or ~/.local/share/deepfake-live",
     )
