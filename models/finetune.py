@@ -83,6 +83,7 @@ class Clip:
     crops: np.ndarray  # (n, S, S, 3) uint8
     times: np.ndarray  # (n,)
     original: str | None = None
+    group: str | None = None  # identity group (who is in it), for `--adversary`
 
 
 @dataclass
@@ -115,6 +116,9 @@ class BatchMaker:
         self.pairs = [
             (c, by_name[c.original]) for c in clips if c.label == 1 and c.original in by_name
         ]
+        # Identity groups of the training clips, numbered: what `--adversary` must not learn.
+        self.groups = sorted({c.group for c in clips if c.group is not None})
+        self._gid = {g: i for i, g in enumerate(self.groups)}
         avail = {
             "pair": bool(self.pairs),
             "clip": bool(self.reals) and bool(self.fakes_by_family),
@@ -149,12 +153,16 @@ class BatchMaker:
         i = int(rng.integers(len(c.crops)))
         return c.crops[i], float(c.times[i])
 
-    def _real_crop(self, rng: np.random.Generator) -> np.ndarray:
+    def _gi(self, c: Clip) -> int:
+        return self._gid.get(c.group, -1) if c.group is not None else -1
+
+    def _real_crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         sp = self.pool.still_pairs
         if self.reals and (sp is None or rng.random() < 0.75):
-            return self._frame(self.reals[int(rng.integers(len(self.reals)))], rng)[0]
+            c = self.reals[int(rng.integers(len(self.reals)))]
+            return self._frame(c, rng)[0], self._gi(c)
         assert sp is not None
-        return sp[0][int(rng.integers(len(sp[0])))]
+        return sp[0][int(rng.integers(len(sp[0])))], -1
 
     def _fake_clip(self, rng: np.random.Generator) -> Clip:
         fams = sorted(self.fakes_by_family)
@@ -162,48 +170,69 @@ class BatchMaker:
         return pool[int(rng.integers(len(pool)))]
 
     def unit(self, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        real, fake, _ = self.unit_with_groups(kind, rng)
+        return real, fake
+
+    def unit_with_groups(
+        self, kind: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """(real crop, fake crop, (identity index of each, -1 where unknown))."""
         if kind == "pair":
             fake, real = self.pairs[int(rng.integers(len(self.pairs)))]
             f, t = self._frame(fake, rng)
             j = int(np.argmin(np.abs(real.times - t)))
-            return real.crops[j], f
+            return real.crops[j], f, (self._gi(real), self._gi(fake))
         if kind == "clip":
             real = self.reals[int(rng.integers(len(self.reals)))]
-            return self._frame(real, rng)[0], self._frame(self._fake_clip(rng), rng)[0]
+            fk = self._fake_clip(rng)
+            return (
+                self._frame(real, rng)[0],
+                self._frame(fk, rng)[0],
+                (self._gi(real), self._gi(fk)),
+            )
         if kind == "still_pair":
             assert self.pool.still_pairs is not None
             r, f = self.pool.still_pairs
             k = int(rng.integers(len(r)))
-            return r[k], f[k]
+            return r[k], f[k], (-1, -1)
         if kind == "still":
             assert self.pool.stills is not None
             crops, labels = self.pool.stills
             ri, fi = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-            return crops[int(rng.choice(ri))], crops[int(rng.choice(fi))]
+            return crops[int(rng.choice(ri))], crops[int(rng.choice(fi))], (-1, -1)
         if kind == "synth":
             from models.synth import make_fake
 
             assert self.landmarks is not None
-            target = self._real_crop(rng)
+            target, g = self._real_crop(rng)
             pts = self.landmarks(target)
             which = self.pool.synth_kinds[int(rng.integers(len(self.pool.synth_kinds)))]
             donor = None
             if which == "swap":
-                d = self._real_crop(rng)
+                d, _ = self._real_crop(rng)
                 donor = (d, self.landmarks(d))
             fake, _ = make_fake(which, target, pts, rng, donor, self.margin)
-            return target, fake
+            return target, fake, (g, g)
         raise ValueError(f"unknown unit kind {kind!r}")
 
     def batch(self, rng: np.random.Generator, units: int) -> tuple[np.ndarray, np.ndarray]:
         """`units` (real, fake) units: 2 * units crops, each unit's two crops side by side and
         degraded together."""
+        x, y, _ = self.batch_with_groups(rng, units)
+        return x, y
+
+    def batch_with_groups(
+        self, rng: np.random.Generator, units: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`batch` plus each crop's identity index (-1: unknown, e.g. stills)."""
         xs: list[np.ndarray] = []
+        gs: list[int] = []
         for kind in rng.choice(self.kinds, size=units, p=self.probs):
-            real, fake = self.unit(str(kind), rng)
+            real, fake, g = self.unit_with_groups(str(kind), rng)
             xs.extend(degrade([real, fake], rng))
+            gs.extend(g)
         y = np.tile(np.array([0.0, 1.0], np.float32), units)
-        return np.stack(xs), y
+        return np.stack(xs), y, np.asarray(gs, np.int32)
 
 
 # -- training loop -------------------------------------------------------------------------------
@@ -268,6 +297,27 @@ def unit_loss(rank: float) -> Callable[[Any, Any], Any]:
     return loss
 
 
+def reverse_gradient(t: Any, strength: float) -> Any:
+    """`t` forward; -`strength` x the incoming gradient backward."""
+    from keras import ops
+
+    lam = float(strength)
+    return ops.stop_gradient(t * (1.0 + lam)) - lam * t
+
+
+def identity_adversary(clf: Any, groups: int, strength: float) -> Any:
+    """A training-only model: `clf`'s output plus an identity classifier (`groups` classes) on
+    the encoder's embedding behind a gradient reversal (identity forward, -`strength` x the
+    gradient backward), the domain-adversarial recipe of Ganin & Lempitsky (2015)."""
+    import keras
+
+    emb = clf.get_layer("frame_dropout").input
+    rev = keras.layers.Lambda(lambda t: reverse_gradient(t, strength), name="reverse_gradient")(emb)
+    h = keras.layers.Dense(256, activation="relu", name="identity_hidden")(rev)
+    who = keras.layers.Dense(groups, activation="softmax", name="identity")(h)
+    return keras.Model(clf.input, [clf.output, who], name="identity_adversarial")
+
+
 @dataclass
 class FinetuneResult:
     steps: int
@@ -286,6 +336,7 @@ def finetune(
     lr: float = 2e-4,
     ema: float = 0.0,
     rank: float = 0.0,
+    adversary: float = 0.0,
     seed: int = 0,
     resume: bool = False,
     val: list[Clip] | None = None,
@@ -296,7 +347,10 @@ def finetune(
     """Fine-tune `clf` (a `frame_classifier`) for `steps` batches, checkpointing its weights and
     the step to `ckpt` every `save_every` steps; `resume` continues from the checkpoint (the
     learning-rate schedule continues; the batches are a function of (seed, step), so a resumed
-    run draws the same batches as an uninterrupted one)."""
+    run draws the same batches as an uninterrupted one). With `adversary` L > 0 an identity
+    classifier reads the embedding through a gradient reversal of strength L, so the encoder is
+    pushed to drop what tells the training people apart (it is not saved: on resume it starts
+    afresh)."""
     import keras
     from tqdm import tqdm
 
@@ -316,15 +370,23 @@ def finetune(
         if ema > 0
         else keras.optimizers.Adam(schedule)
     )
-    clf.compile(optimizer=opt, loss=unit_loss(rank) if rank > 0 else "binary_crossentropy")
+    main_loss = unit_loss(rank) if rank > 0 else "binary_crossentropy"
+    adv = adversary > 0 and len(maker.groups) >= 2
+    model = identity_adversary(clf, len(maker.groups), adversary) if adv else clf
+    model.compile(
+        optimizer=opt,
+        loss=[main_loss, "sparse_categorical_crossentropy"] if adv else main_loss,
+    )
+    if adversary > 0 and not adv:
+        say("--adversary: fewer than two identity groups among the training clips; off")
     start, losses, val_auc = 0, [], []
     if resume and wfile.is_file() and sfile.is_file():
         state = json.loads(sfile.read_text())
         clf.load_weights(wfile)
         start, losses = int(state["step"]), list(state.get("losses", []))
         val_auc = [tuple(v) for v in state.get("val_auc", [])]
-        clf.optimizer.build(clf.trainable_variables)
-        clf.optimizer.iterations.assign(start)
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(start)
         say(f"resumed encoder fine-tuning at step {start}/{steps}")
     t0 = time.monotonic()
 
@@ -349,16 +411,30 @@ def finetune(
         initial=start,
         total=steps,
     )
-    run_loss = None
+    run_loss = run_id = None
     for step in bar:
-        x, y = maker.batch(np.random.default_rng([seed, step]), units)
-        loss = float(np.asarray(clf.train_on_batch(x, y)).reshape(-1)[0])
+        x, y, g = maker.batch_with_groups(np.random.default_rng([seed, step]), units)
+        if adv:
+            out = np.asarray(
+                model.train_on_batch(
+                    x,
+                    [y, np.maximum(g, 0)],
+                    sample_weight=[np.ones_like(y), (g >= 0).astype(np.float32)],
+                )
+            ).reshape(-1)
+            loss, id_loss = float(out[1]), float(out[2])
+            run_id = id_loss if run_id is None else 0.95 * run_id + 0.05 * id_loss
+        else:
+            loss = float(np.asarray(model.train_on_batch(x, y)).reshape(-1)[0])
         losses.append(loss)
         run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
-        bar.set_postfix(loss=f"{run_loss:.3f}")
+        post = {"loss": f"{run_loss:.3f}"}
+        if run_id is not None:
+            post["identity"] = f"{run_id:.2f}"
+        bar.set_postfix(post)
         done = step + 1
         if ema > 0 and done == steps:
-            clf.optimizer.finalize_variable_values(clf.trainable_variables)
+            model.optimizer.finalize_variable_values(model.trainable_variables)
         if done % save_every == 0 or done == steps:
             save(done)
         if eval_every and (done % eval_every == 0 or done == steps):

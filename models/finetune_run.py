@@ -103,11 +103,17 @@ def end_to_end(
     ckpt: Path,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
+    import json
+
+    from models.dfdc import identity_groups
     from stream_server.core.evaluate import auc
+
+    groups = identity_groups(videos, json.loads(args.groups.read_text()) if args.groups else {})
 
     def clip(v: Video) -> Clip:
         c = crops[v.name]
-        return Clip(v.name, v.label, family_of(v.generator, v.label), c.crops, c.times, v.original)
+        fam = family_of(v.generator, v.label)
+        return Clip(v.name, v.label, fam, c.crops, c.times, v.original, groups.get(v.name))
 
     train_clips = [clip(v) for v in train if len(crops[v.name].crops)]
     val_clips = [clip(v) for v in val if len(crops[v.name].crops)]
@@ -131,6 +137,7 @@ def end_to_end(
         lr=args.lr,
         ema=args.ema,
         rank=args.rank,
+        adversary=args.adversary,
         seed=args.seed,
         resume=args.resume,
         val=val_clips,
@@ -184,6 +191,7 @@ def end_to_end(
         "units_per_batch": args.units,
         "ema": args.ema,
         "rank": args.rank,
+        "adversary": args.adversary,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),
     }

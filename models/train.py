@@ -129,6 +129,13 @@ def parser() -> argparse.ArgumentParser:
         help="weight of a ranking loss inside each real/fake unit (the fake above its real)",
     )
     p.add_argument(
+        "--adversary",
+        type=float,
+        default=0.0,
+        help="strength of an identity-adversarial head (gradient reversal) that pushes the "
+        "encoder to forget who is in the training clips (e.g. 0.1; 0 = off)",
+    )
+    p.add_argument(
         "--pairs",
         type=Path,
         nargs="*",
