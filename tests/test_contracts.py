@@ -70,6 +70,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "data_dir": ("<tmp>", "<tmp>"),
     "static_dir": ("<tmp>", "<tmp>"),
     "log_level": ("debug", "debug"),
+    "log_format": ("json", "json"),
 }
 FLAGS = [d.name for d in settings_mod.flagged()]
 # Settings without a flag of their own (fixed).

@@ -22,6 +22,7 @@ from stream_server.shell.alerts import Notifiers, Publisher, WebhookNotifier
 from stream_server.shell.camera_api import camera_routes
 from stream_server.shell.cameras import CameraRegistry
 from stream_server.shell.guard import Guard
+from stream_server.shell.openapi import DocstringSchema
 from stream_server.shell.service import Capacity, Service
 from stream_server.shell.settings import Settings, default_data_dir, parse_ice_server
 from stream_server.shell.slashes import relative_slash_redirects
@@ -116,12 +117,14 @@ def create_app(service: Service) -> Starlette:
     registry = CameraRegistry(service, store, notifiers(service))
 
     async def index(request: Request) -> Response:
+        """The web client (HTML)."""
         page = settings.static_dir / "index.html"
         if not page.is_file():
             return error(404, "web client not found")
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
     async def healthz(request: Request) -> JSONResponse:
+        """Service health: model, providers, streams and limits; 503 while degraded."""
         health = service.health()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
@@ -164,15 +167,21 @@ def create_app(service: Service) -> Starlette:
         )
 
     async def favicon(request: Request) -> Response:
+        """The page's icon (SVG)."""
         icon = settings.static_dir / "favicon.svg"
         if not icon.is_file():
             return error(404, "no favicon")
         return FileResponse(icon, media_type="image/svg+xml")
 
     async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text exposition format)."""
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def offer(request: Request) -> JSONResponse:
+        """Start a WebRTC session: {"sdp", "type": "offer"} (and "camera": ID to watch a
+        camera), answered with the SDP answer; scores arrive on the "scores" data channel.
+
+        400 bad offer, 404 no such camera, 500 no ICE candidate, 503 no room."""
         body = await read_json(request, settings.max_sdp_bytes + 4096)
         try:
             desc = check_offer(body, settings.max_sdp_bytes)
@@ -214,6 +223,12 @@ def create_app(service: Service) -> Starlette:
             }
         )
 
+    schema = DocstringSchema()
+
+    async def openapi(request: Request) -> JSONResponse:
+        """This description of the HTTP API (OpenAPI 3.1)."""
+        return JSONResponse(schema.get_schema(request.app.routes))
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return error(exc.status_code, str(exc.detail))
@@ -237,6 +252,7 @@ def create_app(service: Service) -> Starlette:
         Route("/favicon.ico", favicon),
         Route("/v1/config", config),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
         Route("/offer", offer, methods=["POST"]),
         Route("/v1/analyze", UploadAnalyzer(service).handle, methods=["POST"]),
         *camera_routes(registry, read_json),

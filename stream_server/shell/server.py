@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -61,6 +63,35 @@ class RedactSecrets(logging.Filter):
 
 
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """--log-format json: one JSON object a line: time (ISO 8601 UTC), level, logger, message
+    (already redacted by `RedactSecrets`), and the exception text when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def apply_log_format(log_format: str) -> None:
+    """Give every handler of the root and uvicorn loggers the JSON formatter (for json); call
+    it after logging is configured (uvicorn.Config reconfigures its own loggers)."""
+    if log_format != "json":
+        return
+    formatter = JsonFormatter()
+    for name in LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(formatter)
 
 
 def install_log_redaction() -> RedactSecrets:
@@ -190,4 +221,5 @@ def build_server(
     )
     quiet_chatty_loggers(log_level or settings.log_level)
     install_log_redaction()  # uvicorn.Config has just (re)configured logging
+    apply_log_format(settings.log_format)
     return Server(config, on_shutdown)

@@ -437,6 +437,11 @@ class Settings:
         "log level (aioice/aiortc log only warnings unless it is debug)",
         choices=LOG_LEVELS,
     )
+    log_format: str = setting(
+        "text",
+        "log lines as text, or json: one JSON object a line (time, level, logger, message)",
+        choices=("text", "json"),
+    )
 
     def __post_init__(self) -> None:
         for d in declarations():

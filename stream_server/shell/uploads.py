@@ -35,6 +35,10 @@ class UploadAnalyzer:
         self.running = 0
 
     async def handle(self, request: Request) -> JSONResponse:
+        """Analyse an uploaded video (multipart/form-data, field 'file'): the verdict, with
+        per-window scores.
+
+        413 too large, 415 not multipart, 429 too many analyses at once."""
         s = self.settings
         ctype = request.headers.get("content-type", "").lower()
         if not ctype.startswith("multipart/form-data"):
