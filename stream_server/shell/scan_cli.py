@@ -39,6 +39,14 @@ def parser() -> argparse.ArgumentParser:
         help="with a labelled folder: write the ROC curve (PNG; needs matplotlib)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--ray-address",
+        help="scan on a Ray cluster (an address or 'auto'; needs the cluster extra): files and "
+        "bundle must be at the same paths on every node",
+    )
+    p.add_argument(
+        "--ray-workers", type=int, help="scanning actors on the cluster (default: one per node)"
+    )
     return p
 
 
@@ -74,20 +82,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    from tqdm import tqdm
-
     from stream_server.core.bundle import BundleError
     from stream_server.core.evaluate import compute, plot_roc
     from stream_server.core.labels import DatasetError
-    from stream_server.core.scan import ScanError, ScanLimits, Scanner
+    from stream_server.core.scan import ScanLimits, Scanner
 
+    limits = ScanLimits(max_seconds=args.max_seconds)
     try:
-        scanner = Scanner(
-            args.bundle,
-            providers=args.providers,
-            precision=args.precision,
-            limits=ScanLimits(max_seconds=args.max_seconds),
-        )
+        if args.ray_address is not None:
+            from stream_server.core.bundle import load_bundle
+
+            # Checked here; each node opens it itself.
+            bundle = load_bundle(args.bundle, precision=args.precision)
+        else:
+            scanner = Scanner(
+                args.bundle, providers=args.providers, precision=args.precision, limits=limits
+            )
         files, labels = expand(args.paths)
         if not files:
             raise FileNotFoundError("no video files found in the given paths")
@@ -96,21 +106,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results: list[dict[str, Any]] = []
     failed = 0
-    with scanner:
-        for f in tqdm(files, desc="scanning", unit="video", file=sys.stderr, disable=args.quiet):
-            try:
-                r = scanner.scan(f).to_dict()
-            except ScanError as exc:
-                failed += 1
-                r = {"path": str(f), "error": str(exc)}
+    cluster: dict[str, Any] | None = None
+    if args.ray_address is not None:
+        from stream_server.shell.cluster import ClusterError
+        from stream_server.shell.cluster_scan import scan_on_cluster
+
+        try:
+            results, per_node = scan_on_cluster(
+                args.ray_address,
+                files,
+                args.bundle,
+                providers=args.providers,
+                precision=args.precision,
+                limits=limits,
+                workers=args.ray_workers,
+                quiet=args.quiet,
+            )
+        except ClusterError as exc:
+            print(f"deepfake-scan: error: {exc}", file=sys.stderr)
+            return 2
+        cluster = {"address": args.ray_address, "files_per_node": per_node}
+        for f, r in zip(files, results, strict=True):
+            failed += "error" in r
             if str(f) in labels:
                 r["label"] = "fake" if labels[str(f)] else "real"
-            results.append(r)
             if not args.json:
-                tqdm.write(_line(r), file=sys.stdout)
-        threshold = scanner.bundle.threshold
-        model = scanner.bundle.model_id
+                print(_line(r))
+        threshold, model = bundle.threshold, bundle.model_id
+    else:
+        threshold, model = _scan_here(scanner, files, labels, args, results)
+        failed = sum("error" in r for r in results)
     doc: dict[str, Any] = {"model": model, "threshold": threshold, "results": results}
+    if cluster is not None:
+        doc["cluster"] = cluster
     scored = [r for r in results if "label" in r and r.get("p_fake") is not None]
     if scored:
         y = [int(r["label"] == "fake") for r in scored]
@@ -131,6 +159,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         return 3
     return 1 if any(r.get("verdict") == "fake" for r in results) else 0
+
+
+def _scan_here(
+    scanner: Any,
+    files: list[Path],
+    labels: dict[str, int],
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+) -> tuple[float, str]:
+    """The local scan: one file after another on this machine's engine."""
+    from tqdm import tqdm
+
+    from stream_server.core.scan import ScanError
+
+    with scanner:
+        for f in tqdm(files, desc="scanning", unit="video", file=sys.stderr, disable=args.quiet):
+            try:
+                r = scanner.scan(f).to_dict()
+            except ScanError as exc:
+                r = {"path": str(f), "error": str(exc)}
+            if str(f) in labels:
+                r["label"] = "fake" if labels[str(f)] else "real"
+            results.append(r)
+            if not args.json:
+                tqdm.write(_line(r), file=sys.stdout)
+        return scanner.bundle.threshold, scanner.bundle.model_id
 
 
 def _line(r: dict[str, Any]) -> str:

@@ -1,0 +1,82 @@
+"""Running on a Ray cluster (the `cluster` extra): connecting, what each node offers, and the
+per-node `streams` resource that places live streams.
+
+Ray is imported only here and in the modules that use it (`cluster_scan`, `cluster_cameras`),
+and only when `--ray-address` is given: the single-process service never needs it.
+
+A node offers stream slots by starting with a custom resource, sized by its own `--max-streams`:
+`ray start --address HEAD:6379 --resources '{"streams": N}'` (`node_resources(N)`). Every
+camera actor asks for one slot, so Ray's scheduler places it on a node with a free slot, and
+restarts it on another such node when its node dies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+STREAMS = "streams"  # the custom resource: one unit per live stream a node takes
+NAMESPACE = "deepfake-live"
+
+
+class ClusterError(Exception):
+    """Ray is missing or the cluster cannot be reached; one line saying why."""
+
+
+def node_resources(max_streams: int) -> dict[str, float]:
+    """The custom resources a node started for streams carries."""
+    return {STREAMS: float(max_streams)}
+
+
+def ray_start_args(address: str, max_streams: int) -> list[str]:
+    """The `ray start` command line that joins a node to `address` with `max_streams` slots."""
+    return [
+        "ray",
+        "start",
+        "--address",
+        address,
+        "--resources",
+        json.dumps(node_resources(max_streams)),
+    ]
+
+
+def ray_module() -> Any:
+    """`ray`, imported now (typed loosely: Ray ships partial annotations)."""
+    return importlib.import_module("ray")
+
+
+def connect(address: str) -> Any:
+    """`ray.init` on an existing cluster (an address, or `auto`); returns the `ray` module."""
+    try:
+        ray = ray_module()
+    except ImportError:
+        raise ClusterError(
+            "--ray-address needs Ray: pip install 'deepfake-live[cluster]'"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    return ray
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's live nodes: id, address, its stream slots and CPUs (total)."""
+    ray = ray_module()
+    out = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        out.append(
+            {
+                "node": n["NodeID"],
+                "address": n.get("NodeManagerAddress", ""),
+                "streams": int(res.get(STREAMS, 0)),
+                "cpus": float(res.get("CPU", 0)),
+            }
+        )
+    return out
