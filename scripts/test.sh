@@ -6,7 +6,7 @@ cd "$root"
 bash scripts/setup_env.sh full
 venv="${VENV:-$root/.venv}"
 export PATH="$venv/bin:$PATH"
-run=(python -m pytest "$@")
+run=(bash scripts/pytest_passes.sh "$@")  # two passes: without TensorFlow, then with it
 # Tests talk to loopback only; a network namespace with nothing but `lo` guarantees it (root only).
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
   exec unshare -n bash -c 'ip link set lo up && exec "$@"' _ "${run[@]}"

@@ -45,7 +45,8 @@ def _own_data_dir(
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight CNN-GRU saved the way deepfake-train saves models."""
+    """A tiny random-weight CNN-GRU saved the way deepfake-train saves models (Keras: the tests
+    that use it are marked `tensorflow`)."""
     from models.config import ModelConfig
     from models.saving import new_model, save_model_dir
 
@@ -54,11 +55,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checked-in test bundle `tiny-test@1` (tests/data/tiny_bundle, made by
+    scripts/make_test_bundle.py) with the default bundle's face stage: no TensorFlow needed."""
+    from tests.bundles import tiny_bundle as assemble
+
+    return assemble(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_model_dir` exported now, for the tests that compare Keras with its ONNX export."""
     from export.bundle_export import export_bundle
     from models.saving import load_model_dir
 
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    out = tmp_path_factory.mktemp("bundles") / "exported"
     return export_bundle(load_model_dir(tiny_model_dir), out, name="tiny-test", version="1")
 
 

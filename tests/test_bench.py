@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.tensorflow  # the prototype baseline is Keras InceptionV3
 def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     r = subprocess.run(

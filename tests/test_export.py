@@ -74,6 +74,7 @@ def test_tiny_bundle_manifest_matches_contract(tiny_bundle: Path) -> None:
     assert m["parity"]["max_prob_diff_masked"] <= 1e-4
 
 
+@pytest.mark.tensorflow
 def test_cli_build_and_validate(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     r = run_cli(
@@ -219,8 +220,9 @@ def face_crop(frame: np.ndarray, box: tuple[float, float, float, float], size: i
     return np.asarray(Image.fromarray(crop).resize((size, size)))
 
 
+@pytest.mark.tensorflow
 def test_onnx_equals_keras_full_and_partial_windows(
-    tiny_model_dir: Path, tiny_bundle: Path
+    tiny_model_dir: Path, exported_tiny_bundle: Path
 ) -> None:
     """The served graphs give Keras' embeddings and probabilities, full window and masked."""
     from models.saving import load_model_dir
@@ -230,14 +232,15 @@ def test_onnx_equals_keras_full_and_partial_windows(
     random = np.random.default_rng(3).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
     faces = np.stack([face_crop(f, face_box(i, 20), 64) for i, f in enumerate(face_frames(20))])
     for crops in (random, faces):
-        diff = keras_vs_onnx(km, tiny_bundle, crops)
+        diff = keras_vs_onnx(km, exported_tiny_bundle, crops)
         assert diff["embedding"] <= 1e-5 and diff["p_fake"] <= 1e-4, diff
     # The manifest's own record says no worse (it is what `validate` and the model card show).
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    m = json.loads((exported_tiny_bundle / "manifest.json").read_text())
     assert m["parity"]["max_prob_diff_masked"] <= 1e-4
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow
 @pytest.mark.parametrize(
     ("backbone", "size", "weights"),
     [("efficientnet_lite0", 224, "imagenet"), ("inception_v3", 299, None)],

@@ -72,8 +72,9 @@ class Shifted:
         return [o + self.by for o in self.inner.run(names, feeds)]
 
 
+@pytest.mark.tensorflow
 def test_parity_passes_the_real_conversion_and_catches_a_broken_one(
-    tiny_model_dir: Path, tiny_bundle: Path
+    tiny_model_dir: Path, exported_tiny_bundle: Path
 ) -> None:
     from export.convert import ExportError
     from export.parity import PROB_TOLERANCE, _windows, check_parity
@@ -81,10 +82,10 @@ def test_parity_passes_the_real_conversion_and_catches_a_broken_one(
     from models.saving import load_model_dir
 
     model = load_model_dir(tiny_model_dir)
-    window = load_bundle(tiny_bundle).window
+    window = load_bundle(exported_tiny_bundle).window
     sessions = {
-        "encoder": session(tiny_bundle / "encoder.onnx"),
-        "head": session(tiny_bundle / "head.onnx"),
+        "encoder": session(exported_tiny_bundle / "encoder.onnx"),
+        "head": session(exported_tiny_bundle / "head.onnx"),
     }
     inputs = {"random": crops(12), "more": crops(12, seed=5)}
     report = check_parity(model, sessions, inputs, window, ONNX_NAMES)
@@ -101,6 +102,7 @@ def test_parity_passes_the_real_conversion_and_catches_a_broken_one(
     assert masks[4:].sum(1).tolist() == [1, window // 3, window - 1, window]
 
 
+@pytest.mark.tensorflow
 @pytest.mark.parametrize("bounds", ["relaxed", "impossible"])
 def test_export_cli_quantize_int8(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounds: str

@@ -166,6 +166,7 @@ def _texture_clips(n_clips: int, size: int, rng: np.random.Generator) -> list[Cl
     return out
 
 
+@pytest.mark.tensorflow
 def test_tiny_finetune_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     from models.cnn_gru import build_encoder
     from models.config import ModelConfig
@@ -210,6 +211,7 @@ def test_tiny_finetune_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path:
     assert json.loads((ckpt / "finetune.json").read_text())["step"] == 90
 
 
+@pytest.mark.tensorflow
 def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> None:
     def train(*extra: str) -> subprocess.CompletedProcess[str]:
         cmd = [
@@ -304,6 +306,7 @@ def test_every_shared_generator_has_a_family_and_identity_rules_hold() -> None:
     )
 
 
+@pytest.mark.tensorflow
 def test_ema_keeps_an_average_of_the_fine_tuned_weights(tmp_path: Path) -> None:
     import keras
 
@@ -338,6 +341,7 @@ def test_ema_keeps_an_average_of_the_fine_tuned_weights(tmp_path: Path) -> None:
     assert any(not np.allclose(a, b) for a, b in zip(kept[0], kept[1], strict=True))
 
 
+@pytest.mark.tensorflow
 def test_unit_ranking_loss_counts_only_misordered_units() -> None:
     from models.finetune import unit_loss
 

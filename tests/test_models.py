@@ -7,6 +7,8 @@ import pytest
 
 from models.config import ModelConfig
 
+pytestmark = pytest.mark.tensorflow  # Keras models throughout
+
 
 def test_encoder_and_head_shapes() -> None:
     from models.cnn_gru import build_encoder, build_head

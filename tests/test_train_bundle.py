@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import tinted
 from tests.media import face_frames
 
+pytestmark = pytest.mark.tensorflow  # trains and exports a Keras model
+
 N = 6  # people; one real and one fake clip each, unrelated in metadata (no "original")
 
 

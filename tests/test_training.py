@@ -44,6 +44,7 @@ def test_metadata_errors(tmp_path: Path, content: str | None, error: str) -> Non
         read_folder(tmp_path)
 
 
+@pytest.mark.tensorflow  # deepfake-train loads Keras before it reads the data
 def test_cli_rejects_folder_not_in_dfdc_layout(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "models", "--data", str(tmp_path), "--out", str(tmp_path / "m")],
@@ -160,6 +161,7 @@ def _head_losses(stderr: str) -> list[float]:
     ]
 
 
+@pytest.mark.tensorflow
 def test_tiny_training_lowers_loss_and_resumes(dfdc_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     r = _train(dfdc_folder, out, "--head-epochs", "4", "--cache", str(tmp_path / "cache"))
@@ -227,6 +229,7 @@ def test_image_folder_reading_and_errors(image_folder: Path, tmp_path: Path) -> 
             read_image_folder(tmp_path)
 
 
+@pytest.mark.tensorflow
 def test_training_with_face_images(dfdc_folder: Path, image_folder: Path, tmp_path: Path) -> None:
     """Face images join the training side as clips of different faces; counts are recorded."""
     out = tmp_path / "model"
@@ -251,6 +254,7 @@ def test_training_with_face_images(dfdc_folder: Path, image_folder: Path, tmp_pa
     assert info["face_crops"] == 12 and info["pseudo_clips"] == 6 and info["without_face"] == 1
 
 
+@pytest.mark.tensorflow
 def test_bundle_is_exported_by_deepfake_export_in_its_own_process(
     dfdc_folder: Path, tmp_path: Path
 ) -> None:
