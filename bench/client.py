@@ -13,6 +13,7 @@ default), which on a small machine competes with the server for the same cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -105,7 +106,10 @@ def encode_h264(frames: list[av.VideoFrame], fps: int) -> list[bytes]:
     return units
 
 
-async def peer(url: str, track: Clip | EncodedClip, seconds: float) -> dict[str, object]:
+async def peer(
+    url: str, track: Clip | EncodedClip, seconds: float, stop_after_scores: int | None = None
+) -> dict[str, object]:
+    """One peer sending `track` for `seconds` (or until `stop_after_scores` scores arrived)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     if isinstance(track, EncodedClip):
         transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -116,6 +120,7 @@ async def peer(url: str, track: Clip | EncodedClip, seconds: float) -> dict[str,
         pc.addTrack(track)
     pacer = track.pacer
     ch = pc.createDataChannel("scores")
+    enough = asyncio.Event()
     lat: list[float] = []
     server_lat: list[float] = []
     last: dict[str, object] = {}
@@ -126,6 +131,8 @@ async def peer(url: str, track: Clip | EncodedClip, seconds: float) -> dict[str,
             lat.append(time.monotonic() - (pacer.start + float(m["t"])))
             server_lat.append(float(m["latency_ms"]) / 1000.0)
             last.update(m)
+            if stop_after_scores is not None and len(lat) >= stop_after_scores:
+                enough.set()
 
     ch.on("message", on_message)
     await pc.setLocalDescription(await pc.createOffer())
@@ -135,7 +142,8 @@ async def peer(url: str, track: Clip | EncodedClip, seconds: float) -> dict[str,
         await pc.close()
         return {"error": r.text}
     await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
-    await asyncio.sleep(seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(enough.wait(), seconds)
     await pc.close()
     return {
         "latencies_s": lat,
@@ -150,7 +158,7 @@ async def run_peers() -> list[dict[str, object]]:
     url, peers, seconds, fps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     codec = sys.argv[6] if len(sys.argv) > 6 else "h264"
     sys.path.insert(0, ".")
-    from tests.media import face_frames
+    from bench.media import face_frames
 
     frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(60, (640, 480))]
     units = encode_h264(frames, fps) if codec == "h264" else []

@@ -57,6 +57,6 @@ def machine() -> dict[str, Any]:
 
 
 def face_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarray]:
-    from tests.media import face_frames as ff
+    from bench.media import face_frames as ff
 
     return ff(n, size)

@@ -46,19 +46,18 @@ def proc_counts(pid: int) -> dict[str, float]:
 
 
 async def cycles(url: str, n: int) -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.media import face_frames
-    from tests.rtc_client import ClientPeer
+    """`n` WebRTC sessions one after another: connect, wait for a first score (5 s), close."""
+    import av
 
-    frames = face_frames(10, (320, 240))
+    from bench.client import Clip, peer
+    from bench.media import face_frames
+
+    frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(10, (320, 240))]
     ok = 0
     for _ in range(n):
-        peer = ClientPeer(url, frames, fps=15)
-        try:
-            await peer.connect()
-            ok += bool(await peer.wait_scores(1, within=5))
-        finally:
-            await peer.close()
+        r = await peer(url, Clip(frames, 15), seconds=5.0, stop_after_scores=1)
+        scores = r.get("scores", 0)
+        ok += int(isinstance(scores, int) and scores >= 1)
     return ok
 
 

@@ -16,13 +16,13 @@ import av
 import numpy as np
 
 from bench.common import face_frames, stats_ms, time_it
+from bench.media import write_video
 from stream_server.core.bundle import load_bundle
 from stream_server.core.engine import FaceJob, InferenceEngine
 from stream_server.core.faces import Detectors
 from stream_server.core.pipeline import FramePipeline
 from stream_server.core.runtime import open_sessions, warm_up
 from stream_server.core.window import FrameWindow
-from tests.media import write_video
 
 
 def decode_cost(frames: list[np.ndarray], codec: str) -> dict[str, float]:
@@ -149,7 +149,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
-from tests.media import face_frames
+from bench.media import face_frames
 frames = face_frames(int(sys.argv[2]))
 model = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg", input_shape=(224, 224, 3))
 x = [np.asarray(Image.fromarray(f).resize((224, 224)), np.float32)[None] / 127.5 - 1 for f in frames]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.media import write_video
+from bench.media import write_video
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +85,8 @@ def page_watching_a_camera(bundle: Path, tmp_path: Path, name: str) -> Iterator[
     served by GStreamer), registered on a LiveServer that allows its loopback address."""
     import httpx
 
+    from bench.media import face_frames
     from tests.conftest import LiveServer, free_port
-    from tests.media import face_frames
     from tests.rtsp import RtspServer
 
     clip = write_video(

@@ -152,7 +152,7 @@ def tinted(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def dfdc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.media import face_frames, faceless_frames, write_video
+    from bench.media import face_frames, faceless_frames, write_video
 
     d = tmp_path_factory.mktemp("dfdc")
     meta = {}

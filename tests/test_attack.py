@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 
-from tests.media import face_frames, write_video
+from bench.media import face_frames, write_video
 from tests.rtc_client import ClientPeer
 from tests.test_hostile import (
     BOUNDARY,

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.media import face_frames, faceless_frames
 from tests.browser import chromium, page_watching_a_camera, screenshot, write_y4m
 from tests.conftest import LiveServer
-from tests.media import face_frames, faceless_frames
 from tests.timing import ms, poll, scaled
 
 pytestmark = pytest.mark.browser
@@ -146,7 +146,7 @@ def test_page_loads_nothing_from_other_origins(live_server: LiveServer) -> None:
 def test_analyze_a_file_view_shows_verdict_and_timeline(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    from tests.media import write_video
+    from bench.media import write_video
 
     clip = write_video(tmp_path / "interview.mp4", face_frames(45, size=(320, 240)), fps=15)
     with chromium(None) as ctx:

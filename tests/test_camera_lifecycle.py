@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
-from tests.media import face_frames, write_video
 from tests.rtsp import RtspServer
 from tests.test_rtsp import FAST, Feed
 from tests.timing import poll, scaled

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.media import face_frames, write_video
+from bench.media import face_frames, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20

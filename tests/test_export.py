@@ -225,8 +225,8 @@ def test_onnx_equals_keras_full_and_partial_windows(
     tiny_model_dir: Path, exported_tiny_bundle: Path
 ) -> None:
     """The served graphs give Keras' embeddings and probabilities, full window and masked."""
+    from bench.media import face_box, face_frames
     from models.saving import load_model_dir
-    from tests.media import face_box, face_frames
 
     km = load_model_dir(tiny_model_dir)
     random = np.random.default_rng(3).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.media import face_box, face_frames, faceless_frames
 from stream_server.core.bundle import BundleError, load_bundle, parse_roi
 from stream_server.core.faces import Detectors, FaceStage, iou
 from stream_server.core.runtime import open_sessions
-from tests.media import face_box, face_frames, faceless_frames
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def face() -> np.ndarray:
     """A 160x160 crop as the face stage cuts it (the face's box is the centre 1/1.25)."""
     from PIL import Image
 
-    from tests.media import face_frames
+    from bench.media import face_frames
 
     img = Image.fromarray(face_frames(1, size=(300, 300))[0])
     return np.asarray(img.crop((70, 20, 250, 200)).resize((160, 160)))

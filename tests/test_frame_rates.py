@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.media import face_frames, write_video
 from tests.conftest import LiveServer
-from tests.media import face_frames, write_video
 from tests.rtc_client import ClientPeer
 
 ANALYSIS_FPS = 5.0  # the tiny bundle's rate

@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 
+from bench.media import face_frames, faceless_frames, write_video
 from stream_server.core.frames import (
     MAX_FRAME_SIDE,
     FrameSource,
@@ -21,7 +22,6 @@ from stream_server.core.frames import (
     sample_frames,
     to_rgb,
 )
-from tests.media import face_frames, faceless_frames, write_video
 from tests.timing import scaled
 
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from bench.media import face_frames
 from tests.conftest import LiveServer
-from tests.media import face_frames
 from tests.rtc_client import ClientPeer
 from tests.timing import poll
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+from bench.media import face_frames
 from tests.conftest import LiveServer, wait_serving
-from tests.media import face_frames
 from tests.rtc_client import ClientPeer
 
 
@@ -170,8 +170,8 @@ def test_stream_clock_times_untimed_frames_from_the_rate() -> None:
 def test_raw_h264_is_analysed_like_the_same_clip_in_mp4(tmp_path: Path) -> None:
     import av
 
+    from bench.media import write_video
     from stream_server.core.frames import sample_frames
-    from tests.media import write_video
 
     frames = face_frames(45, size=(160, 120))
     raw = write_video(tmp_path / "clip.h264", frames, fps=15, codec="h264", format="h264")
@@ -185,7 +185,7 @@ def test_raw_h264_is_analysed_like_the_same_clip_in_mp4(tmp_path: Path) -> None:
 
 
 def test_raw_h264_upload_sampling_and_duration_limit(tiny_bundle: Path, tmp_path: Path) -> None:
-    from tests.media import write_video
+    from bench.media import write_video
 
     frames = face_frames(45, size=(160, 120))
     raw = write_video(tmp_path / "clip.h264", frames, fps=15, codec="h264", format="h264")
@@ -286,7 +286,7 @@ class LogCatcher(logging.Handler):
 
 
 def small_clip(tmp_path: Path, n: int = 30) -> Path:
-    from tests.media import write_video
+    from bench.media import write_video
 
     return write_video(tmp_path / "small.mp4", face_frames(n, size=(160, 120)), fps=15)
 
@@ -466,8 +466,8 @@ def test_sigterm_with_uploads_in_flight_exits_0_without_tracebacks(
     import subprocess
     import sys
 
+    from bench.media import write_video
     from tests.conftest import free_port
-    from tests.media import write_video
 
     root = Path(__file__).resolve().parent.parent
     long_clip = write_video(

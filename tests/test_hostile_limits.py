@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_frames
 from tests.conftest import LiveServer
-from tests.media import face_frames
 from tests.rtc_client import ClientPeer, FramesTrack
 from tests.test_hostile import metric, wait_for
 
@@ -320,7 +320,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def test_frame_pixel_limit_is_checked_before_decoding(tiny_bundle: Path, tmp_path: Path) -> None:
-    from tests.media import write_video
+    from bench.media import write_video
 
     png = huge_png(tmp_path / "huge.png", 16000, 16000)
     assert png.stat().st_size < 2_000_000
@@ -355,7 +355,7 @@ def test_frame_pixel_limit_is_checked_before_decoding(tiny_bundle: Path, tmp_pat
 def test_upload_errors_are_in_words(live_server: LiveServer, tmp_path: Path) -> None:
     import re
 
-    from tests.media import write_video
+    from bench.media import write_video
 
     clip = write_video(tmp_path / "clip.mp4", face_frames(20, size=(160, 120)), fps=10)
     data = clip.read_bytes()

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
-from tests.media import face_frames, write_video
 from tests.mqtt_broker import Broker, Subscriber
 from tests.rtsp import RtspServer
 from tests.timing import deadline, poll

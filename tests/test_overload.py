@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_frames
 from tests.conftest import LiveServer
-from tests.media import face_frames
 from tests.rtc_client import ClientPeer
 from tests.timing import scaled
 

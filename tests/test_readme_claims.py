@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_frames, write_video
 from tests.conftest import LiveServer
-from tests.media import face_frames, write_video
 from tests.rtc_client import ClientPeer
 
 ROOT = Path(__file__).resolve().parent.parent

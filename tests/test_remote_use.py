@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.media import face_frames
 from stream_server.shell.settings import Settings, SettingsError
 from tests.browser import chromium, screenshot, write_y4m
 from tests.conftest import LiveServer, free_port
-from tests.media import face_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "camera.test"  # a name that is not localhost: the page is not a secure context over http

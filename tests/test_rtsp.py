@@ -16,8 +16,8 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
-from tests.media import face_frames, write_video
 from tests.rtsp import RtspServer
 from tests.timing import deadline, poll, scaled
 

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_frames, faceless_frames, write_video
 from tests.conftest import LiveServer
-from tests.media import face_frames, faceless_frames, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -107,7 +107,7 @@ def test_serves_then_sigterm_exits_cleanly_and_restarts(tiny_bundle: Path) -> No
 def test_healthz_and_metrics_after_a_stream(live_server: LiveServer) -> None:
     import asyncio
 
-    from tests.media import face_frames
+    from bench.media import face_frames
     from tests.rtc_client import ClientPeer
 
     async def run() -> None:
@@ -175,7 +175,7 @@ def test_wrong_content_type_and_bad_json(live_server: LiveServer) -> None:
 def test_sigterm_with_a_live_peer_closes_it_and_exits_fast(tiny_bundle: Path) -> None:
     import asyncio
 
-    from tests.media import face_frames
+    from bench.media import face_frames
     from tests.rtc_client import ClientPeer
 
     port = free_port()

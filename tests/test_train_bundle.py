@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.media import face_frames
 from tests.conftest import tinted
-from tests.media import face_frames
 
 pytestmark = pytest.mark.tensorflow  # trains and exports a Keras model
 
@@ -23,7 +23,7 @@ N = 6  # people; one real and one fake clip each, unrelated in metadata (no "ori
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.media import write_video
+    from bench.media import write_video
 
     d = tmp_path_factory.mktemp("train_bundle")
     base = face_frames(20, size=(320, 240))

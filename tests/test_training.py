@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.media import face_frames, faceless_frames
 from models.dfdc import DatasetError, identity_groups, read_folder, split_by_identity
 from tests.conftest import tinted
-from tests.media import face_frames, faceless_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.media import face_frames
 from tests.browser import chromium, write_y4m
 from tests.conftest import LiveServer
-from tests.media import face_frames
 from tests.timing import scaled
 from tests.turn import TurnServer
 

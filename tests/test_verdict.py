@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.media import face_frames, faceless_frames, write_video
 from stream_server.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import LiveServer
-from tests.media import face_frames, faceless_frames, write_video
 from tests.rtc_client import ClientPeer
 from tests.timing import ms, scaled
 

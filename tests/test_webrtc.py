@@ -10,11 +10,11 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.media import face_box, face_frames, faceless_frames
 from stream_server.core.engine import InferenceEngine
 from stream_server.core.faces import iou
 from stream_server.core.pipeline import FramePipeline
 from tests.conftest import LiveServer
-from tests.media import face_box, face_frames, faceless_frames
 from tests.rtc_client import ClientPeer
 from tests.timing import poll, scaled
 

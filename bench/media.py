@@ -1,5 +1,5 @@
-"""Media the tests generate: a real face (scikit-image's astronaut photo) panned and zoomed, and
-faceless scenes."""
+"""Media the tests and the benchmarks generate (both import it from here; bench/ never imports
+tests/): a real face (scikit-image's astronaut photo) panned and zoomed, and faceless scenes."""
 
 from __future__ import annotations
 
