@@ -352,3 +352,69 @@ def test_unit_ranking_loss_counts_only_misordered_units() -> None:
     gap_ordered = float(ranked(y, ordered)) - float(plain(y, ordered))
     gap_swapped = float(ranked(y, swapped)) - float(plain(y, swapped))
     assert gap_ordered > 0 and gap_swapped > gap_ordered + 0.5
+
+
+@pytest.mark.tensorflow
+def test_gradient_reversal_passes_values_and_negates_gradients() -> None:
+    import tensorflow as tf
+
+    from models.finetune import reverse_gradient
+
+    t = tf.Variable([[1.0, -2.0, 3.0]])
+    with tf.GradientTape() as tape:
+        out = reverse_gradient(t, 0.3)
+        s = tf.reduce_sum(out * tf.constant([[1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(out.numpy(), t.numpy())
+    np.testing.assert_allclose(tape.gradient(s, t).numpy(), [[-0.3, -0.6, -0.9]], rtol=1e-6)
+
+
+def test_batches_carry_each_crops_identity_group() -> None:
+    rng = np.random.default_rng(0)
+    clips = _texture_clips(6, 16, rng)
+    for k, c in enumerate(clips):
+        c.group = f"person{k // 2}"  # clips 0/1, 2/3, 4/5: one real and one fake each
+    stills = (np.stack([c.crops[0] for c in clips]), np.array([c.label for c in clips]))
+    maker = BatchMaker(Pool(clips, stills=stills, weights={"clip": 1.0, "still": 1.0}), None, 0.25)
+    assert maker.groups == ["person0", "person1", "person2"]
+    x, y, g = maker.batch_with_groups(np.random.default_rng(3), 40)
+    assert len(x) == len(y) == len(g) == 80
+    units = g.reshape(-1, 2)
+    stills_drawn = (units == -1).all(axis=1)
+    assert 0 < stills_drawn.sum() < len(units)  # stills carry no identity
+    assert ((units[~stills_drawn] >= 0) & (units[~stills_drawn] < 3)).all()
+    # Same (seed, step) -> same batch with or without the groups.
+    x2, y2 = maker.batch(np.random.default_rng(3), 40)
+    np.testing.assert_array_equal(x, x2)
+
+
+@pytest.mark.tensorflow
+def test_identity_adversarial_finetune_still_learns_and_resumes(tmp_path: Path) -> None:
+    from models.cnn_gru import build_encoder
+    from models.config import ModelConfig
+    from models.finetune import clip_scores, finetune, frame_classifier
+    from stream_server.core.evaluate import auc
+
+    clips = _texture_clips(12, 32, np.random.default_rng(0))
+    for k, c in enumerate(clips):
+        c.group = f"person{k % 3}"
+    maker = BatchMaker(Pool(clips, weights={"clip": 1.0}), None, 0.25)
+    cfg = ModelConfig(backbone="tiny_cnn", input_size=32, weights=None)
+    clf = frame_classifier(build_encoder(cfg))
+    kw = {"units": 8, "lr": 3e-3, "adversary": 0.2, "seed": 1, "eval_every": 0}
+    first = finetune(clf, maker, 60, tmp_path / "ck", say=lambda m: None, **kw)  # type: ignore[arg-type]
+    assert np.mean(first.losses[-10:]) < 0.8 * np.mean(first.losses[:10])
+    y = np.array([c.label for c in clips])
+    assert auc(y, clip_scores(clf, clips)) >= 0.8
+    # The saved model is the frame classifier alone (the identity head is training-only).
+    assert [layer.name for layer in clf.layers if layer.name.startswith("identity")] == []
+    msgs: list[str] = []
+    again = finetune(
+        frame_classifier(build_encoder(cfg)),
+        maker,
+        80,
+        tmp_path / "ck",
+        resume=True,
+        say=msgs.append,
+        **kw,  # type: ignore[arg-type]
+    )
+    assert "resumed encoder fine-tuning at step 60/80" in msgs and len(again.losses) == 80
