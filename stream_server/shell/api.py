@@ -115,6 +115,12 @@ def create_app(service: Service) -> Starlette:
     configure_ice(settings)
     store = Store(state_dir(settings), settings.history_days)
     registry = CameraRegistry(service, store, notifiers(service))
+    if settings.ray_address is not None:  # cameras run in Ray actors on the cluster's nodes
+        from stream_server.shell.cluster import connect
+        from stream_server.shell.cluster_cameras import RemoteCamera
+
+        connect(settings.ray_address)
+        registry.camera_class = RemoteCamera
 
     async def index(request: Request) -> Response:
         """The web client (HTML)."""

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -337,6 +338,10 @@ class Camera:
         ts = [t for t in self._frame_times if t > time.monotonic() - 5]
         return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
 
+    @property
+    def dropped(self) -> int:
+        return self.stream.dropped
+
     def view(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -349,7 +354,7 @@ class Camera:
             "fps": self.fps,
             "frames": self.frames,
             "reconnects": self.reconnects,
-            "dropped": self.stream.dropped,
+            "dropped": self.dropped,
             "last_score": self.last_score,
             "viewers": len(self.subscribers),
         }
@@ -391,6 +396,9 @@ class CameraRegistry:
         self.cameras: dict[str, Camera] = {}
         self.notifiers = notifiers
         self._task: asyncio.Task[None] | None = None
+        # What runs a camera: here (a decode thread), or with --ray-address a Ray actor on a
+        # cluster node (stream_server.shell.cluster_cameras.RemoteCamera).
+        self.camera_class: Callable[[CameraRegistry, CameraSpec], Camera] = Camera
 
     @property
     def notifier(self) -> WebhookNotifier:
@@ -485,7 +493,7 @@ class CameraRegistry:
         if len(self.cameras) >= self.service.settings.max_cameras:
             raise Capacity(f"camera limit reached ({self.service.settings.max_cameras} cameras)")
         check_url(spec.url, self.service.settings.camera_allow)
-        cam = Camera(self, spec)
+        cam = self.camera_class(self, spec)
         self.cameras[cam.id] = cam
         log.info("camera %s started: %s (%s)", cam.id, spec.name, redact(spec.url))
         return cam

@@ -38,11 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BundleError as exc:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 1
+    from stream_server.shell.cluster import ClusterError
     from stream_server.shell.store import StoreError
 
     try:
         app = create_app(service)
-    except StoreError as exc:
+    except (StoreError, ClusterError) as exc:
         print(f"deepfake-serve: error: {exc}", file=sys.stderr)
         return 2
     server = build_server(app, settings, service.begin_shutdown, tls=tls)

@@ -381,6 +381,11 @@ class Settings:
         "'TIMESTAMP.BODY' with X-Deepfake-Timestamp (Unix seconds); at least 16 characters",
         check=_problem(lambda t: len(t) >= 16, "webhook secret must be at least 16 characters"),
     )
+    ray_address: str | None = setting(
+        None,
+        "run every RTSP camera in a Ray actor on a cluster node with a free 'streams' slot "
+        "(an address, or 'auto'; needs the cluster extra; see docs/cluster.md)",
+    )
     mqtt: str | None = setting(
         None,
         "MQTT broker that receives camera status, minute summaries and alerts: "

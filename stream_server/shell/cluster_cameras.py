@@ -1,0 +1,293 @@
+"""`deepfake-serve --ray-address`: every RTSP camera runs in a Ray actor that Ray places on a node
+with a free `streams` slot, and restarts on another such node when its node dies
+(`max_restarts=-1`: the restart is Ray's, not a loop written here).
+
+On the node, `CameraActor` runs what a camera runs in one process: `RtspReader` (the relay, the
+address checks, reconnects with back-off) feeding a `StreamAnalyzer` on a `Service` of its own
+(bundle, sessions, face stage and engine, loaded in the constructor, so a restarted actor loads
+them again on its new node). It keeps a short numbered log of what happened (connected, lost,
+error, score and status messages).
+
+In the API's process `RemoteCamera` stands in for `Camera`: the registry, the state database,
+the SSE feeds, alerts, webhooks and MQTT work on it unchanged. Its `ActorLink` long-polls the
+actor for new log entries. A poll that fails because the node died marks the camera `lost`; when
+the actor answers again from a new incarnation (restarted by Ray elsewhere), the camera reports
+`reconnected` with the node it now runs on, and scores resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, cast
+
+import av
+
+from stream_server.core.messages import ScoreMessage, StatusMessage
+from stream_server.shell.alerts import AlertTracker
+from stream_server.shell.camera_url import identity
+from stream_server.shell.cameras import Camera, CameraRegistry, Message, RtspReader
+from stream_server.shell.cluster import STREAMS, ray_module
+from stream_server.shell.settings import Settings
+from stream_server.shell.store import CameraSpec
+
+log = logging.getLogger(__name__)
+
+Event = tuple[
+    str, Any
+]  # ("connected", reconnect) | ("lost", why) | ("error", why) | ("message", m)
+LOG_SIZE = 512  # log entries an actor keeps for a poll that is late
+POLL_WAIT = 1.0  # seconds a poll waits for something new
+PENDING_NOTICE = 10.0  # seconds without an answer before a new camera says it waits for a slot
+
+
+class NodeCamera:
+    """The camera on its node: what `RtspReader` calls back into, as `Camera` in one process."""
+
+    def __init__(self, actor: CameraActor, spec: CameraSpec) -> None:
+        self.actor = actor
+        self.spec = spec
+        self.id = spec.id
+        self.registry = SimpleNamespace(service=actor.service)  # RtspReader reads its settings
+        self.frames = 0
+        self._frame_times: deque[float] = deque(maxlen=60)
+        self.stream = actor.service.new_stream(spec.id, self._emit, self)
+        # RtspReader needs only url, id, registry.service and the on_* calls below.
+        self.reader = RtspReader(cast(Camera, self), asyncio.get_running_loop())
+        self.reader.start()
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def fps(self) -> float:
+        ts = [t for t in self._frame_times if t > time.monotonic() - 5]
+        return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
+
+    def _emit(self, msg: ScoreMessage | StatusMessage) -> None:
+        self.actor.push(("message", msg))
+
+    def on_frame(self, frame: av.VideoFrame) -> None:
+        now = time.monotonic()
+        self.frames += 1
+        self._frame_times.append(now)
+        self.stream.offer_frame(frame, t=now)
+
+    def on_connected(self, reconnect: bool) -> None:
+        self.actor.push(("connected", reconnect))
+
+    def on_lost(self, reason: str) -> None:
+        self.actor.push(("lost", reason))
+
+    def on_error(self, reason: str) -> None:
+        self.actor.push(("error", reason))
+
+    async def close(self) -> None:
+        self.reader.stop()
+
+
+class CameraActor:
+    """One camera on the node Ray placed it on (made a Ray actor class by `ActorLink`)."""
+
+    def __init__(self, settings: Settings, spec: CameraSpec) -> None:
+        from stream_server.shell.service import Service
+
+        ctx = ray_module().get_runtime_context()
+        self.node: str = ctx.get_node_id()
+        self.restarts = 0 if not ctx.was_current_actor_reconstructed else 1
+        self.incarnation = uuid.uuid4().hex
+        self.spec = spec
+        self.service = Service(replace(settings, ray_address=None))
+        self.log: deque[tuple[int, Event]] = deque(maxlen=LOG_SIZE)
+        self.seq = 0
+        self.changed: asyncio.Event | None = None
+        self.camera: NodeCamera | None = None
+
+    def push(self, event: Event) -> None:
+        self.seq += 1
+        self.log.append((self.seq, event))
+        if self.changed is not None:
+            self.changed.set()
+
+    async def poll(self, cursor: int, wait: float = POLL_WAIT) -> dict[str, Any]:
+        """The log entries after `cursor` (waiting up to `wait` s for one), and the counters."""
+        if self.camera is None:  # the first poll starts it, on this actor's event loop
+            self.changed = asyncio.Event()
+            self.service.start()
+            self.camera = NodeCamera(self, self.spec)
+        assert self.changed is not None
+        if self.seq <= cursor:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), wait)
+            except TimeoutError:
+                pass
+        return {
+            "incarnation": self.incarnation,
+            "node": self.node,
+            "cursor": self.seq,
+            "events": [e for s, e in self.log if s > cursor],
+            "frames": self.camera.frames,
+            "fps": self.camera.fps,
+            "dropped": self.camera.stream.dropped,
+        }
+
+    async def stop(self) -> None:
+        if self.camera is not None:
+            self.camera.reader.stop()
+        await self.service.close()
+
+
+class ActorLink:
+    """The API's side of one camera actor: creates it (one `streams` slot, restarted by Ray on
+    another node when its node dies) and long-polls it, handing what happened to the camera."""
+
+    def __init__(self, cam: RemoteCamera) -> None:
+        self.cam = cam
+        self.ray = ray_module()
+        actor_class = self.ray.remote(CameraActor)
+        self.actor = actor_class.options(
+            num_cpus=0,
+            resources={STREAMS: 1},
+            max_restarts=-1,
+            max_task_retries=0,
+            scheduling_strategy="SPREAD",
+        ).remote(cam.registry.service.settings, cam.spec)
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"actor-{cam.id}")
+
+    def stop(self) -> None:
+        self.task.cancel()
+        try:
+            self.ray.kill(self.actor, no_restart=True)
+        except Exception:  # already gone with its node or the cluster
+            log.debug("camera %s: actor already gone", self.cam.id)
+
+    async def _run(self) -> None:
+        cam = self.cam
+        cursor = 0
+        incarnation: str | None = None
+        started = time.monotonic()
+        while True:
+            fut = asyncio.wrap_future(self.actor.poll.remote(cursor).future())
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=PENDING_NOTICE)
+                if done:
+                    break
+                if cam.node is None and time.monotonic() - started > PENDING_NOTICE:
+                    cam.on_error("waiting for a cluster node with a free 'streams' slot")
+            try:
+                r = fut.result()
+            except self.ray.exceptions.RayActorError as exc:
+                if exc.actor_init_failed:
+                    text = str(exc).strip().splitlines()
+                    cam.on_error(f"camera actor failed to start: {text[-1] if text else exc}")
+                    return
+                if cam.status != "lost":
+                    cam.on_lost(f"node {(cam.node or '?')[:12]} lost; Ray restarts the camera")
+                await asyncio.sleep(0.5)
+                continue
+            if r["incarnation"] != incarnation:
+                first = incarnation is None
+                incarnation, cam.node = r["incarnation"], r["node"]
+                if not first:  # restarted by Ray: its log starts again, so ask from 0
+                    cam.restarted = True
+                    cursor = 0
+                    continue
+            cursor = r["cursor"]
+            cam.remote_frames, cam.remote_fps, cam.remote_dropped = (
+                r["frames"],
+                r["fps"],
+                r["dropped"],
+            )
+            for kind, payload in r["events"]:
+                if kind == "connected":
+                    cam.on_connected(bool(payload))
+                elif kind == "lost":
+                    cam.on_lost(str(payload))
+                elif kind == "error":
+                    cam.on_error(str(payload))
+                else:
+                    cam.publish(payload)
+
+
+class RemoteCamera(Camera):
+    """A camera whose decoding and analysis run in a Ray actor on a cluster node."""
+
+    reader: ActorLink  # type: ignore[assignment]  # in place of the local decode thread
+
+    def __init__(self, registry: CameraRegistry, spec: CameraSpec) -> None:
+        # What Camera's methods use; none of its local decode thread or analysed stream.
+        self.registry = registry
+        self.spec = spec
+        self.id = spec.id
+        self.key = identity(spec.url)
+        self.status = "connecting"
+        self.error: str | None = None
+        self.reconnects = 0
+        self.last_score: dict[str, Any] | None = None
+        self.frames = 0
+        self._frame_times: deque[float] = deque(maxlen=60)
+        self.subscribers: set[asyncio.Queue[Message]] = set()
+        self.latest = None
+        self.frame_seq = 0
+        self.new_frame = asyncio.Event()
+        self.minute = None
+        self.alerts = AlertTracker(registry.service.bundle.threshold, self.alert_seconds)
+        self.node: str | None = None
+        self.restarted = False  # the actor was restarted by Ray since it last connected
+        self.failovers = 0
+        self.remote_frames = 0
+        self.remote_fps = 0.0
+        self.remote_dropped = 0
+        self.reader = ActorLink(self)
+
+    @property
+    def fps(self) -> float:
+        return self.remote_fps
+
+    @property
+    def dropped(self) -> int:
+        return self.remote_dropped
+
+    def apply(self, spec: CameraSpec) -> None:
+        old, self.spec = self.spec, spec
+        self.alerts.hold_seconds = self.alert_seconds
+        if spec.url != old.url:  # a new camera actor for the new URL
+            self.key = identity(spec.url)
+            self.reader.stop()
+            self.status, self.error, self.node = "connecting", None, None
+            self.reader = ActorLink(self)
+
+    def on_connected(self, reconnect: bool) -> None:
+        if not self.restarted:
+            super().on_connected(reconnect)
+            return
+        self.restarted = False
+        self.failovers += 1
+        self.reconnects += 1
+        self.status, self.error = "live", None
+        self.publish(StatusMessage("reconnected", self.id, f"restarted by Ray on node {self.node}"))
+        self.registry.status_changed(self)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            **super().view(),
+            "frames": self.remote_frames,
+            "node": self.node,
+            "failovers": self.failovers,
+        }
+
+    async def close(self) -> None:
+        self.reader.stop()
+        self.flush_minute()
+        self.registry.cameras.pop(self.id, None)
+        try:
+            await self.reader.task
+        except (asyncio.CancelledError, Exception):
+            pass
