@@ -5,6 +5,7 @@ No part of Ray is mocked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
+from tests.rtc_client import ClientPeer
 from tests.rtsp import RtspServer
 from tests.test_rtsp import FAST, Feed, register
 from tests.timing import deadline, scaled
@@ -178,6 +180,11 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert Counter(placed.values()) == Counter({w: 2 for w in workers}), placed
         assert all(views[cid]["status"] == "live" for cid in ids)
 
+        health = httpx.get(srv.url + "/healthz").json()["cluster"]
+        by_node = {n["node"]: n for n in health["nodes"]}
+        assert all(by_node[w]["streams"] == 4 and by_node[w]["streams_used"] == 2 for w in workers)
+        assert health["streams_capacity"] == 8 and health["streams_used"] == 4
+
         victim = placed[ids[0]]
         moved = [cid for cid in ids if placed[cid] == victim]
         stayed = [cid for cid in ids if placed[cid] != victim]
@@ -209,6 +216,14 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert {views[cid]["node"] for cid in ids} == {survivor}
         assert all(views[cid]["status"] == "live" for cid in ids)
         assert [views[cid]["failovers"] for cid in moved] == [1, 1]
+        health = httpx.get(srv.url + "/healthz").json()["cluster"]
+        assert [(n["node"], n["streams_used"]) for n in health["nodes"] if n["streams"]] == [
+            (survivor, 4)
+        ]
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert f'deepfake_cluster_node_streams{{node="{survivor}"}} 4.0' in metrics
+        assert f'deepfake_cluster_node_capacity{{node="{survivor}"}} 4.0' in metrics
+        assert victim not in metrics
         assert all(first[cid] >= 0 for cid in ids)
 
 
@@ -224,3 +239,32 @@ def test_the_single_process_service_never_imports_ray() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_webcam_session_runs_in_a_worker_nodes_actor(tiny_bundle: Path) -> None:
+    """A real aiortc client offers to the API; a webcam actor on a worker node answers with its
+    own peer, and the scores come on the data channel from that node."""
+    with local_cluster() as cluster:
+        workers = {n.node_id for n in cluster.worker_nodes}
+        with LiveServer(bundle=tiny_bundle, ray_address=cluster.address) as srv:
+
+            async def session() -> tuple[dict[str, Any], float, list[dict[str, Any]], Any]:
+                peer = ClientPeer(srv.url, face_frames(30, size=(320, 240)))
+                started = time.monotonic()
+                answer = await peer.connect()
+                answered = time.monotonic() - started
+                try:
+                    scores = await peer.wait_scores(5, 60)
+                    async with httpx.AsyncClient() as client:
+                        health = (await client.get(srv.url + "/healthz")).json()["cluster"]
+                finally:
+                    await peer.close()
+                return answer, answered, scores, health
+
+            answer, answered, scores, health = asyncio.run(session())
+            print(f"offer answered by a new webcam actor in {answered:.2f} s")
+            assert answer["node"] in workers
+            assert len(scores) >= 5 and {s["stream"] for s in scores} == {answer["stream"]}
+            assert all(len(s["faces"]) == 1 for s in scores)
+            used = {n["node"]: n["streams_used"] for n in health["nodes"]}
+            assert used[answer["node"]] == 1 and sum(used.values()) == 1

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +36,9 @@ from stream_server.shell.webrtc import (
     check_offer,
     configure_ice,
 )
+
+if TYPE_CHECKING:
+    from stream_server.shell.cluster_webrtc import RemoteWebcam
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +118,14 @@ def create_app(service: Service) -> Starlette:
     configure_ice(settings)
     store = Store(state_dir(settings), settings.history_days)
     registry = CameraRegistry(service, store, notifiers(service))
+    cluster = None
     if settings.ray_address is not None:  # cameras run in Ray actors on the cluster's nodes
         from stream_server.shell.cluster import connect
-        from stream_server.shell.cluster_cameras import RemoteCamera
+        from stream_server.shell.cluster_cameras import ClusterView, RemoteCamera
 
         connect(settings.ray_address)
         registry.camera_class = RemoteCamera
+        cluster = ClusterView(registry, service.metrics.registry)
 
     async def index(request: Request) -> Response:
         """The web client (HTML)."""
@@ -132,6 +137,8 @@ def create_app(service: Service) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         """Service health: model, providers, streams and limits; 503 while degraded."""
         health = service.health()
+        if cluster is not None:
+            health["cluster"] = cluster.snapshot()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def livez(request: Request) -> JSONResponse:
@@ -181,6 +188,8 @@ def create_app(service: Service) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (text exposition format)."""
+        if cluster is not None:
+            cluster.snapshot()  # per-node streams and capacity, as of now
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def offer(request: Request) -> JSONResponse:
@@ -193,7 +202,7 @@ def create_app(service: Service) -> Starlette:
             desc = check_offer(body, settings.max_sdp_bytes)
         except OfferError as exc:
             return error(400, str(exc))
-        peer: PeerSession | ViewerSession
+        peer: PeerSession | ViewerSession | RemoteWebcam
         if isinstance(body, dict) and body.get("camera") is not None:
             camera = registry.cameras.get(str(body["camera"]))
             if camera is None:
@@ -204,7 +213,12 @@ def create_app(service: Service) -> Starlette:
                 return error(503, str(exc))
         else:
             try:
-                peer = PeerSession(service, settings)
+                if cluster is None:
+                    peer = PeerSession(service, settings)
+                else:  # a webcam actor on a cluster node answers, with its node's candidates
+                    from stream_server.shell.cluster_webrtc import RemoteWebcam
+
+                    peer = RemoteWebcam(service, cluster)
             except Capacity as exc:
                 return error(503, str(exc))
         try:
@@ -215,6 +229,9 @@ def create_app(service: Service) -> Starlette:
         except NoCandidate as exc:
             await peer.close()
             return error(500, str(exc))
+        except Capacity as exc:  # no cluster node took the session
+            await peer.close()
+            return error(503, str(exc))
         except Exception:
             await peer.close()
             raise
@@ -226,6 +243,7 @@ def create_app(service: Service) -> Starlette:
                 "model": service.bundle.model_id,
                 "analysis_fps": service.fps,
                 "threshold": service.bundle.threshold,
+                **({"node": getattr(peer, "node", None)} if cluster is not None else {}),
             }
         )
 

@@ -21,12 +21,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
 import av
+from prometheus_client import CollectorRegistry, Gauge
 
 from stream_server.core.messages import ScoreMessage, StatusMessage
 from stream_server.shell.alerts import AlertTracker
@@ -291,3 +292,49 @@ class RemoteCamera(Camera):
             await self.reader.task
         except (asyncio.CancelledError, Exception):
             pass
+
+
+class ClusterView:
+    """Per-node streams and capacity for /healthz and /metrics: each live node's `streams`
+    slots (from Ray) and the streams this API runs on it (its cameras and webcam sessions)."""
+
+    def __init__(self, registry: CameraRegistry, prometheus: CollectorRegistry) -> None:
+        self.registry = registry
+        self.remote_streams: dict[str, str | None] = {}  # webcam session id -> its node
+        self.nodes_alive = Gauge(
+            "deepfake_cluster_nodes", "Live Ray nodes in the cluster", registry=prometheus
+        )
+        self.capacity = Gauge(
+            "deepfake_cluster_node_capacity",
+            "'streams' slots each live Ray node offers",
+            ["node"],
+            registry=prometheus,
+        )
+        self.streams = Gauge(
+            "deepfake_cluster_node_streams",
+            "Streams this API runs on each live Ray node (cameras and webcam sessions)",
+            ["node"],
+            registry=prometheus,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        from stream_server.shell.cluster import nodes
+
+        placed = [c.node for c in self.registry.cameras.values() if isinstance(c, RemoteCamera)]
+        used = Counter(n for n in [*placed, *self.remote_streams.values()] if n is not None)
+        live = nodes()
+        self.nodes_alive.set(len(live))
+        self.capacity.clear()
+        self.streams.clear()
+        out = []
+        for n in live:
+            self.capacity.labels(n["node"]).set(n["streams"])
+            self.streams.labels(n["node"]).set(used.get(n["node"], 0))
+            out.append({**n, "streams_used": used.get(n["node"], 0)})
+        waiting = sum(1 for n in placed if n is None)
+        return {
+            "nodes": out,
+            "streams_capacity": sum(n["streams"] for n in live),
+            "streams_used": sum(used.values()),
+            "streams_waiting": waiting,
+        }

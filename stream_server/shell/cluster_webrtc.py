@@ -1,0 +1,143 @@
+"""Webcam sessions on a Ray cluster (`deepfake-serve --ray-address`): the API forwards the
+browser's offer to a `WebcamActor` that Ray places on a node with a free `streams` slot. That
+actor's own aiortc peer (the same `PeerSession` as in one process) answers with candidates of
+its node, so media goes from the browser straight to that node, and scores come back on the
+data channel from there. The API keeps only the actor's handle (`RemoteWebcam`).
+
+A webcam actor is not restarted (`max_restarts=0`): a browser's session cannot move to
+another node; when its node dies the browser's peer connection fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+from aiortc import RTCSessionDescription
+
+from stream_server.shell.cluster import STREAMS, ray_module
+from stream_server.shell.cluster_cameras import ClusterView
+from stream_server.shell.service import Capacity, Service
+from stream_server.shell.settings import Settings
+from stream_server.shell.webrtc import NoCandidate, OfferError
+
+log = logging.getLogger(__name__)
+
+PLACE_SECONDS = 30.0  # the longest an offer waits for its actor to be placed and answer
+
+
+class WebcamActor:
+    """One webcam session on a node: a Service of its own (bundle and engine, loaded in the
+    constructor) and one PeerSession."""
+
+    def __init__(self, settings: Settings) -> None:
+        from stream_server.shell.webrtc import configure_ice
+
+        self.node: str = ray_module().get_runtime_context().get_node_id()
+        self.settings = replace(settings, ray_address=None)
+        configure_ice(self.settings)
+        self.service = Service(self.settings)
+        self.session: Any = None
+
+    async def answer(self, sdp: str) -> dict[str, Any]:
+        from stream_server.shell.webrtc import PeerSession
+
+        self.service.start()
+        self.session = PeerSession(self.service, self.settings)
+        try:
+            answer = await self.session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
+        except OfferError as exc:
+            await self.session.close()
+            return {"error": str(exc), "status": 400}
+        except NoCandidate as exc:
+            await self.session.close()
+            return {"error": str(exc), "status": 500}
+        return {
+            "sdp": answer.sdp,
+            "type": answer.type,
+            "stream": self.session.id,
+            "node": self.node,
+        }
+
+    async def wait_closed(self) -> None:
+        """Returns once the session has closed (PeerSession has no event for it: checked
+        twice a second)."""
+        while True:
+            if self.session is None or self.session.closed:
+                return
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await self.service.close()
+
+
+class RemoteWebcam:
+    """The API's side of one webcam session: what `/offer` needs of a session (id, answer,
+    close)."""
+
+    def __init__(self, service: Service, view: ClusterView) -> None:
+        snap = view.snapshot()
+        if snap["streams_used"] + snap["streams_waiting"] >= snap["streams_capacity"]:
+            raise Capacity(
+                f"every cluster node's 'streams' slots are taken ({snap['streams_capacity']})"
+            )
+        self.ray = ray_module()
+        self.service = service
+        self.view = view
+        self.id = ""
+        self.node: str | None = None
+        self.watch: asyncio.Task[None] | None = None
+        self.actor = (
+            self.ray.remote(WebcamActor)
+            .options(
+                num_cpus=0,
+                resources={STREAMS: 1},
+                max_restarts=0,
+                scheduling_strategy="SPREAD",
+            )
+            .remote(service.settings)
+        )
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        fut = asyncio.wrap_future(self.actor.answer.remote(offer.sdp).future())
+        try:
+            r = await asyncio.wait_for(fut, PLACE_SECONDS)
+        except TimeoutError:
+            raise Capacity(f"no cluster node took the session within {PLACE_SECONDS:g} s") from None
+        if "error" in r:
+            raise (OfferError if r["status"] == 400 else NoCandidate)(r["error"])
+        self.id, self.node = r["stream"], r["node"]
+        self.view.remote_streams[self.id] = self.node
+        self.service.owners[f"remote-{self.id}"] = self  # closed at shutdown
+        self.watch = asyncio.get_running_loop().create_task(self._watch())
+        return RTCSessionDescription(sdp=r["sdp"], type=r["type"])
+
+    async def _watch(self) -> None:
+        """Until the session ends on its node (or the node dies), then let the actor go."""
+        try:
+            await asyncio.wrap_future(self.actor.wait_closed.remote().future())
+        except self.ray.exceptions.RayActorError:
+            log.info("webcam session %s: its node %s is gone", self.id, self.node)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.view.remote_streams.pop(self.id, None)
+        self.service.owners.pop(f"remote-{self.id}", None)
+        try:
+            self.ray.kill(self.actor)
+        except Exception:
+            log.debug("webcam session %s: actor already gone", self.id)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.actor.close.remote().future()), 5)
+        except (TimeoutError, self.ray.exceptions.RayError):
+            pass
+        if self.watch is not None:
+            self.watch.cancel()
+        self._release()
