@@ -8,9 +8,10 @@ export function authHeaders() {
 }
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, reason = null) {
     super(message);
     this.status = status;
+    this.reason = reason; // the server's own words ({"error": ...}), when it gave any
   }
 }
 
@@ -24,13 +25,15 @@ export async function request(path, options = {}) {
     throw new ApiError(0, UNREACHABLE);
   }
   let body = null;
+  if (response.status === 204) return null;
   try {
     body = await response.json();
   } catch {
     body = null;
   }
   if (!response.ok) {
-    throw new ApiError(response.status, explain(response.status, body && body.error));
+    const reason = (body && body.error) || null;
+    throw new ApiError(response.status, explain(response.status, reason), reason);
   }
   return body;
 }

@@ -7,6 +7,7 @@ TensorFlow nor an export at test time.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,13 @@ def tiny_bundle(out: Path) -> Path:
     for f in TINY.iterdir():
         shutil.copy2(f, out / f.name)
     return with_default_face_stage(out)
+
+
+def low_threshold(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """The tiny bundle with threshold 0.01: every face scores 'fake', so alerts fire."""
+    bundle = tmp_path / "low-threshold"
+    shutil.copytree(tiny_bundle, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["threshold"] = 0.01
+    write_manifest(bundle, m)
+    return bundle

@@ -6,9 +6,7 @@ only."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import sqlite3
 import threading
@@ -20,6 +18,7 @@ import httpx
 import pytest
 
 from bench.media import face_frames, write_video
+from tests.bundles import low_threshold
 from tests.conftest import LiveServer, free_port
 from tests.rtsp import RtspServer
 from tests.timing import poll
@@ -35,18 +34,6 @@ def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fps=15,
         options={"tune": "zerolatency", "g": "15"},
     )
-
-
-def low_threshold(tiny_bundle: Path, tmp_path: Path) -> Path:
-    """The tiny bundle with threshold 0.01: every face scores 'fake', so alerts fire."""
-    from stream_server.core.bundle import write_manifest
-
-    bundle = tmp_path / "low-threshold"
-    shutil.copytree(tiny_bundle, bundle)
-    m = json.loads((bundle / "manifest.json").read_text())
-    m["threshold"] = 0.01
-    write_manifest(bundle, m)
-    return bundle
 
 
 def closed_port_url() -> str:

@@ -1,0 +1,148 @@
+"""The page's Cameras view manages cameras through the HTTP API (issue 17): in a real Chromium,
+against a real server on loopback and a real GStreamer RTSP camera, a user adds a camera, watches
+it until scores show, stops, renames it, reads its history (the last hour's chart and its alerts)
+and removes it; the API agrees at each step. Failures show the API's own reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.media import face_frames, write_video
+from tests.browser import chromium, screenshot
+from tests.bundles import low_threshold
+from tests.conftest import LiveServer, free_port
+from tests.rtsp import RtspServer
+from tests.timing import ms, poll
+
+pytestmark = [pytest.mark.browser, pytest.mark.rtsp]
+
+SCORED = (
+    "['real','fake','warming_up'].includes(document.querySelector('#camera-verdict').dataset.label)"
+)
+
+
+def test_add_watch_rename_history_and_remove_a_camera_from_the_page(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    clip = write_video(
+        tmp_path / "cam.mp4",
+        face_frames(90, size=(320, 240)) * 6,
+        fps=15,
+        options={"tune": "zerolatency", "g": "15"},
+    )
+    # Threshold 0.01: every face scores above it, so the camera raises an alert to list.
+    bundle = low_threshold(tiny_bundle, tmp_path)
+    with (
+        RtspServer(clip, free_port()) as cam,
+        LiveServer(bundle=bundle, camera_allow=("127.0.0.1",)) as srv,
+        chromium(None) as ctx,
+    ):
+        page = ctx.new_page()
+        page.goto(srv.url + "/#cameras")
+        assert "No cameras are registered" in page.locator("#camera-list").inner_text()
+        # The stage (player and verdict) stays hidden until a camera is watched.
+        assert not page.locator("#camera-stage").is_visible()
+
+        # Add: name, rtsp:// URL, an id of the user's choosing and a short alert hold.
+        page.get_by_label("Name", exact=True).fill("Back yard")
+        page.get_by_label("RTSP URL").fill(cam.url)
+        page.get_by_label("Id (optional)").fill("yard")
+        page.get_by_label("Alert after, s (optional)").fill("0.5")
+        page.get_by_role("button", name="Add camera").click()
+        page.locator("#cameras-note").get_by_text("Added Back yard (id yard).").wait_for(
+            timeout=ms(10)
+        )
+        listed = httpx.get(srv.url + "/v1/cameras").json()["cameras"]
+        assert [(c["id"], c["name"], c["alert_seconds"]) for c in listed] == [
+            ("yard", "Back yard", 0.5)
+        ]
+        assert page.get_by_label("Name", exact=True).input_value() == ""  # the form is cleared
+
+        # Another camera with the same id: the API's 409 reason is shown, nothing is added.
+        page.get_by_label("Name", exact=True).fill("Another")
+        page.get_by_label("RTSP URL").fill(f"rtsp://127.0.0.1:{free_port()}/other")
+        page.get_by_label("Id (optional)").fill("yard")
+        page.get_by_role("button", name="Add camera").click()
+        error = page.locator("#cameras-error")
+        error.wait_for(timeout=ms(10))
+        assert "could not be added" in error.inner_text()
+        assert "camera id 'yard' is taken" in error.inner_text()
+        assert len(httpx.get(srv.url + "/v1/cameras").json()["cameras"]) == 1
+        page.get_by_label("Id (optional)").fill("")
+        page.get_by_label("RTSP URL").fill("http://example.com/cam")
+        page.get_by_role("button", name="Add camera").click()
+        page.wait_for_function(
+            "document.querySelector('#cameras-error').textContent.includes("
+            "'only rtsp:// and rtsps:// camera URLs are accepted, not http: URLs')",
+            timeout=ms(10),
+        )
+        assert len(httpx.get(srv.url + "/v1/cameras").json()["cameras"]) == 1
+        assert page.get_by_label("RTSP URL").input_value() == "http://example.com/cam"  # kept
+
+        # Watch until scores show, with live stats.
+        page.get_by_role("button", name="Watch Back yard").click()
+        page.wait_for_function(SCORED, timeout=ms(20))
+        page.wait_for_function(
+            "document.querySelector('#camera-video').videoWidth === 320", timeout=ms(10)
+        )
+        page.wait_for_function(
+            "document.querySelector('#camera-stat-fps').textContent.includes('frames/s')",
+            timeout=ms(10),
+        )
+        assert httpx.get(srv.url + "/v1/cameras/yard").json()["viewers"] == 1
+
+        # Stop: the stage goes, its stats are reset, the server drops the viewer.
+        page.get_by_role("button", name="Stop watching").click()
+        assert not page.locator("#camera-stage").is_visible()
+        assert page.locator("#camera-stat-fps").inner_text() == "–"
+        assert page.locator("#camera-stat-latency").inner_text() == "–"
+        page.wait_for_function(
+            "document.querySelector('#camera-list').textContent.includes('fake')", timeout=ms(10)
+        )
+
+        # Rename inline.
+        page.get_by_role("button", name="Rename Back yard").click()
+        page.get_by_label("New name for Back yard").fill("Garden")
+        page.get_by_role("button", name="Save the name of Back yard").click()
+        page.get_by_role("button", name="Watch Garden").wait_for(timeout=ms(10))
+        assert httpx.get(srv.url + "/v1/cameras/yard").json()["name"] == "Garden"
+
+        # History: the last hour's chart has the minute being counted, and the alert is listed
+        # (the camera kept scoring, watched or not).
+        api = poll(
+            lambda: httpx.get(srv.url + "/v1/alerts", params={"camera": "yard"}).json()["alerts"],
+            20,
+            every=0.2,
+        )
+        assert api, "the camera raised no alert"
+        page.get_by_role("button", name="History of Garden").click()
+        details = page.locator("#camera-details")
+        details.wait_for(timeout=ms(10))
+        assert page.locator("#camera-details-title").inner_text() == "History: Garden"
+        page.wait_for_function(
+            "Number(document.querySelector('#camera-alerts').dataset.count) >= 1", timeout=ms(10)
+        )
+        history = page.locator("#camera-history")
+        assert int(history.get_attribute("data-minutes") or 0) >= 1
+        assert page.locator("#camera-history circle.minute").count() >= 1
+        assert page.locator("#camera-history path.mean").count() == 1
+        assert page.locator("#camera-history line.threshold").count() == 1
+        assert int(history.get_attribute("data-alerts") or 0) >= 1
+        assert page.locator("#camera-history line.alert").count() >= 1
+        assert "fake" in page.locator("#camera-alerts li").first.inner_text()
+        assert page.locator("#camera-alerts li").count() == len(api)
+        box = history.bounding_box()
+        assert box is not None and box["width"] > 200 and box["height"] > 40
+        screenshot(page, "camera-history")
+
+        # Remove, confirming inline; the API no longer has it and the page says so.
+        page.get_by_role("button", name="Remove Garden").click()
+        page.get_by_role("button", name="Confirm removing Garden").click()
+        page.locator("#cameras-note").get_by_text("Removed Garden.").wait_for(timeout=ms(10))
+        assert "No cameras are registered" in page.locator("#camera-list").inner_text()
+        assert not details.is_visible()
+        assert httpx.get(srv.url + "/v1/cameras").json()["cameras"] == []
+        assert httpx.get(srv.url + "/v1/cameras/yard").status_code == 404
