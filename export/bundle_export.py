@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +17,22 @@ import numpy as np
 
 from export.convert import ExportError, keras_to_onnx
 from export.detector import export_detector, export_roi_detector
-from export.parity import check_parity
+from export.parity import ParityReport, check_parity
 from export.quantize import check_drift, measure_drift, quantize_encoder, session
 from export.reference_faces import astronaut_frames, face_crops
 from stream_server.core.bundle import load_bundle, write_manifest
+from stream_server.core.faces import FaceDetector
 from stream_server.core.manifest import (
     DEFAULT_ANALYSIS_FPS,
     DEFAULT_MARGIN,
     DEFAULT_THRESHOLD,
     CropSpec,
+    DetectorSpec,
     EncoderInput,
     EncoderSection,
     HeadSpec,
     Manifest,
+    RoiSpec,
     default_warmup,
 )
 from stream_server.core.runtime import open_detector
@@ -43,169 +46,241 @@ ONNX_NAMES = {
 }
 
 
-def _say(msg: str, t0: float) -> None:
-    print(f"[export {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `export_bundle` makes of a model: the bundle's identity, its face stage, the numbers
+    the server runs with, and whether to add an INT8 encoder."""
+
+    name: str = "deepfake-cnn-gru"
+    version: str = "0.0.0"
+    quantize: str | None = None  # None (fp32 only) or "int8"
+    detector: str = "full_range"  # BlazeFace model for the full-frame search
+    roi_detector: bool = True  # add the short-range detector for tracked faces
+    threshold: float = DEFAULT_THRESHOLD
+    analysis_fps: float = DEFAULT_ANALYSIS_FPS
+    margin: float = DEFAULT_MARGIN
+    warmup_frames: int | None = None  # None: default_warmup(window)
+    force: bool = False  # replace a non-empty output directory
+
+    def __post_init__(self) -> None:
+        if self.quantize not in (None, "int8"):
+            raise ExportError(f"unknown quantization {self.quantize!r} (supported: int8)")
+
+
+@dataclass(frozen=True)
+class FaceStage:
+    """The converted detectors: their manifest sections and the opened full-frame detector."""
+
+    detector: DetectorSpec
+    roi_detector: RoiSpec | None
+    opened: FaceDetector
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[export {time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def export_bundle(
     model: Any,
     out_dir: Path,
+    config: ExportConfig | None = None,
     *,
-    name: str = "deepfake-cnn-gru",
-    version: str = "0.0.0",
-    quantize: str | None = None,
     calibration_crops: np.ndarray | None = None,
-    detector: str = "full_range",
-    roi_detector: bool = True,
-    threshold: float = DEFAULT_THRESHOLD,
-    analysis_fps: float = DEFAULT_ANALYSIS_FPS,
-    margin: float = DEFAULT_MARGIN,
-    warmup_frames: int | None = None,
-    force: bool = False,
 ) -> Path:
     """Write a bundle for `model` (a `models.saving.KerasModel`) and verify it; returns its path.
 
-    Work happens in a temporary directory next to `out_dir`; nothing is left behind on failure.
+    The steps: convert the encoder and head, convert the face stage, check Keras/onnxruntime
+    parity, quantize (optional), write the manifest, publish. Work happens in a temporary
+    directory next to `out_dir`; nothing is left behind on failure.
     """
-    import tensorflow as tf
-
-    t0 = time.monotonic()
+    cfg = config or ExportConfig()
+    log = _Log()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.force:
         raise ExportError(f"{out_dir} exists and is not empty (use --force to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    cfg, dim = model.config, model.feature_dim
-    size = cfg.input_size
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
-        _say(f"converting encoder ({cfg.backbone}, {size}x{size}, {dim}-d)", t0)
-        keras_to_onnx(
-            model.encoder,
-            (tf.TensorSpec((None, size, size, 3), tf.uint8, name=ONNX_NAMES["encoder_in"]),),
-            [ONNX_NAMES["encoder_out"]],
-            tmp / "encoder.onnx",
-        )
-        _say(f"converting head (window {cfg.window}, GRU {list(cfg.gru_units)})", t0)
-        keras_to_onnx(
-            model.head,
-            (
-                tf.TensorSpec((None, cfg.window, dim), tf.float32, name=ONNX_NAMES["head_emb"]),
-                tf.TensorSpec((None, cfg.window), tf.bool, name=ONNX_NAMES["head_mask"]),
-            ),
-            [ONNX_NAMES["head_out"]],
-            tmp / "head.onnx",
-        )
-        _say(f"converting face detector (BlazeFace {detector})", t0)
-        det_spec = export_detector(tmp, detector)
-        det = open_detector(det_spec, tmp)
-        roi_spec = None
-        if roi_detector:
-            _say("converting tracked-face detector (BlazeFace short_range) and calibrating it", t0)
-            roi_spec = export_roi_detector(tmp, det)
-        crop = CropSpec(margin=margin)
-
-        _say("checking Keras/onnxruntime parity on random and real face crops", t0)
-        sessions = {"encoder": session(tmp / "encoder.onnx"), "head": session(tmp / "head.onnx")}
-        rng = np.random.default_rng(0)
-        faces = face_crops(astronaut_frames(24), det, crop, size)
-        if len(faces) < 8:
-            raise ExportError("the face detector found too few faces in the reference photo")
-        inputs = {
-            "random": rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
-            "faces": faces,
-        }
-        parity = check_parity(model, sessions, inputs, cfg.window, ONNX_NAMES)
-        _say(
-            f"parity ok: max probability difference "
-            f"{max(parity.max_prob_diff_full, parity.max_prob_diff_masked):.2e}",
-            t0,
-        )
-
-        encoder_section = EncoderSection(
-            file="encoder.onnx",
-            precision="fp32",
-            input=EncoderInput(
-                name=ONNX_NAMES["encoder_in"],
-                size=size,
-                preprocessing="in graph: (x - mean) / std per the backbone; pass raw 0..255 RGB",
-            ),
-            output=ONNX_NAMES["encoder_out"],
-        )
-        if quantize == "int8":
-            calib = (
-                calibration_crops
-                if calibration_crops is not None
-                else face_crops(astronaut_frames(64, seed=1), det, crop, size)
-            )
-            _say(
-                f"quantizing encoder to INT8 (static QDQ per-channel, {len(calib)} calibration crops)",
-                t0,
-            )
-            quantize_encoder(
-                tmp / "encoder.onnx", tmp / "encoder_int8.onnx", ONNX_NAMES["encoder_in"], calib
-            )
-            evaluation = face_crops(astronaut_frames(32, seed=2), det, crop, size)
-            if calibration_crops is not None and len(calibration_crops) > 8:
-                evaluation = np.concatenate([evaluation, calibration_crops[-32:]])
-            drift = measure_drift(
-                sessions["encoder"],
-                session(tmp / "encoder_int8.onnx"),
-                sessions["head"],
-                ONNX_NAMES,
-                evaluation,
-                cfg.window,
-                len(calib),
-            )
-            check_drift(drift)
-            _say(
-                f"INT8 drift: min cosine {drift.min_cosine:.5f}, max probability change "
-                f"{drift.max_prob_change:.4f}",
-                t0,
-            )
-            encoder_section = replace(
-                encoder_section,
-                file="encoder_int8.onnx",
-                precision="int8",
-                alternatives={"fp32": "encoder.onnx"},
-                quantization=drift.to_dict(),
-            )
-        elif quantize is not None:
-            raise ExportError(f"unknown quantization {quantize!r} (supported: int8)")
-
-        manifest = Manifest(
-            name=name,
-            version=version,
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            backbone=cfg.backbone,
-            encoder=encoder_section,
-            head=HeadSpec(
-                file="head.onnx",
-                embeddings_name=ONNX_NAMES["head_emb"],
-                mask_name=ONNX_NAMES["head_mask"],
-                output_name=ONNX_NAMES["head_out"],
-                gru_units=tuple(cfg.gru_units),
-            ),
-            detector=det_spec,
-            roi_detector=roi_spec,
-            crop=crop,
-            feature_dim=dim,
-            window=cfg.window,
-            warmup_frames=warmup_frames
-            if warmup_frames is not None
-            else default_warmup(cfg.window),
-            analysis_fps=analysis_fps,
-            threshold=threshold,
-            parity=parity.to_dict(),
-            training=model.training,
-        )
-        write_manifest(tmp, manifest)
-        load_bundle(tmp)  # the reader agrees with the writer
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.chmod(0o755)
-        os.replace(tmp, out_dir)
-        _say(f"bundle written to {out_dir}", t0)
+        convert_model(model, tmp, log)
+        face = convert_face_stage(tmp, cfg, log)
+        crop = CropSpec(margin=cfg.margin)
+        parity = verify_parity(model, tmp, face.opened, crop, log)
+        encoder = fp32_encoder(model.config.input_size)
+        if cfg.quantize == "int8":
+            encoder = quantize_int8(model, tmp, face.opened, crop, encoder, calibration_crops, log)
+        write_manifest(tmp, bundle_manifest(model, cfg, encoder, face, crop, parity))
+        publish(tmp, out_dir)
+        log(f"bundle written to {out_dir}")
         return out_dir
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_model(model: Any, tmp: Path, log: _Log) -> None:
+    """encoder.onnx (uint8 NHWC crops -> embeddings) and head.onnx (window + mask -> p_fake)."""
+    import tensorflow as tf
+
+    cfg, dim = model.config, model.feature_dim
+    size = cfg.input_size
+    log(f"converting encoder ({cfg.backbone}, {size}x{size}, {dim}-d)")
+    keras_to_onnx(
+        model.encoder,
+        (tf.TensorSpec((None, size, size, 3), tf.uint8, name=ONNX_NAMES["encoder_in"]),),
+        [ONNX_NAMES["encoder_out"]],
+        tmp / "encoder.onnx",
+    )
+    log(f"converting head (window {cfg.window}, GRU {list(cfg.gru_units)})")
+    keras_to_onnx(
+        model.head,
+        (
+            tf.TensorSpec((None, cfg.window, dim), tf.float32, name=ONNX_NAMES["head_emb"]),
+            tf.TensorSpec((None, cfg.window), tf.bool, name=ONNX_NAMES["head_mask"]),
+        ),
+        [ONNX_NAMES["head_out"]],
+        tmp / "head.onnx",
+    )
+
+
+def convert_face_stage(tmp: Path, cfg: ExportConfig, log: _Log) -> FaceStage:
+    log(f"converting face detector (BlazeFace {cfg.detector})")
+    det_spec = export_detector(tmp, cfg.detector)
+    det = open_detector(det_spec, tmp)
+    roi_spec = None
+    if cfg.roi_detector:
+        log("converting tracked-face detector (BlazeFace short_range) and calibrating it")
+        roi_spec = export_roi_detector(tmp, det)
+    return FaceStage(det_spec, roi_spec, det)
+
+
+def verify_parity(
+    model: Any, tmp: Path, det: FaceDetector, crop: CropSpec, log: _Log
+) -> ParityReport:
+    """Keras and the ONNX graphs agree on random crops and on real face crops."""
+    log("checking Keras/onnxruntime parity on random and real face crops")
+    size = model.config.input_size
+    sessions = {"encoder": session(tmp / "encoder.onnx"), "head": session(tmp / "head.onnx")}
+    rng = np.random.default_rng(0)
+    faces = face_crops(astronaut_frames(24), det, crop, size)
+    if len(faces) < 8:
+        raise ExportError("the face detector found too few faces in the reference photo")
+    inputs = {
+        "random": rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
+        "faces": faces,
+    }
+    parity = check_parity(model, sessions, inputs, model.config.window, ONNX_NAMES)
+    log(
+        f"parity ok: max probability difference "
+        f"{max(parity.max_prob_diff_full, parity.max_prob_diff_masked):.2e}"
+    )
+    return parity
+
+
+def fp32_encoder(size: int) -> EncoderSection:
+    return EncoderSection(
+        file="encoder.onnx",
+        precision="fp32",
+        input=EncoderInput(
+            name=ONNX_NAMES["encoder_in"],
+            size=size,
+            preprocessing="in graph: (x - mean) / std per the backbone; pass raw 0..255 RGB",
+        ),
+        output=ONNX_NAMES["encoder_out"],
+    )
+
+
+def quantize_int8(
+    model: Any,
+    tmp: Path,
+    det: FaceDetector,
+    crop: CropSpec,
+    fp32: EncoderSection,
+    calibration_crops: np.ndarray | None,
+    log: _Log,
+) -> EncoderSection:
+    """encoder_int8.onnx, its drift measured against fp32 (`DriftError` when too far); the
+    section names it as the default and keeps fp32 as the alternative."""
+    size, window = model.config.input_size, model.config.window
+    calib = (
+        calibration_crops
+        if calibration_crops is not None
+        else face_crops(astronaut_frames(64, seed=1), det, crop, size)
+    )
+    log(f"quantizing encoder to INT8 (static QDQ per-channel, {len(calib)} calibration crops)")
+    quantize_encoder(
+        tmp / "encoder.onnx", tmp / "encoder_int8.onnx", ONNX_NAMES["encoder_in"], calib
+    )
+    evaluation = face_crops(astronaut_frames(32, seed=2), det, crop, size)
+    if calibration_crops is not None and len(calibration_crops) > 8:
+        evaluation = np.concatenate([evaluation, calibration_crops[-32:]])
+    drift = measure_drift(
+        session(tmp / "encoder.onnx"),
+        session(tmp / "encoder_int8.onnx"),
+        session(tmp / "head.onnx"),
+        ONNX_NAMES,
+        evaluation,
+        window,
+        len(calib),
+    )
+    check_drift(drift)
+    log(
+        f"INT8 drift: min cosine {drift.min_cosine:.5f}, max probability change "
+        f"{drift.max_prob_change:.4f}"
+    )
+    return replace(
+        fp32,
+        file="encoder_int8.onnx",
+        precision="int8",
+        alternatives={"fp32": fp32.file},
+        quantization=drift.to_dict(),
+    )
+
+
+def bundle_manifest(
+    model: Any,
+    cfg: ExportConfig,
+    encoder: EncoderSection,
+    face: FaceStage,
+    crop: CropSpec,
+    parity: ParityReport,
+) -> Manifest:
+    window = model.config.window
+    return Manifest(
+        name=cfg.name,
+        version=cfg.version,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        backbone=model.config.backbone,
+        encoder=encoder,
+        head=HeadSpec(
+            file="head.onnx",
+            embeddings_name=ONNX_NAMES["head_emb"],
+            mask_name=ONNX_NAMES["head_mask"],
+            output_name=ONNX_NAMES["head_out"],
+            gru_units=tuple(model.config.gru_units),
+        ),
+        detector=face.detector,
+        roi_detector=face.roi_detector,
+        crop=crop,
+        feature_dim=model.feature_dim,
+        window=window,
+        warmup_frames=cfg.warmup_frames
+        if cfg.warmup_frames is not None
+        else default_warmup(window),
+        analysis_fps=cfg.analysis_fps,
+        threshold=cfg.threshold,
+        parity=parity.to_dict(),
+        training=model.training,
+    )
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Check the written bundle with the server's reader, then move it into place."""
+    load_bundle(tmp)  # the reader agrees with the writer
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.chmod(0o755)
+    os.replace(tmp, out_dir)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from stream_server.core.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN, DEFAULT_THRESHOLD
@@ -114,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         import numpy as np
 
-        from export.bundle_export import export_bundle
+        from export.bundle_export import ExportConfig, export_bundle
         from export.quantize import DriftError
         from models.saving import load_model_dir
 
         model = load_model_dir(args.model_dir)
         calib = np.load(args.calibration) if args.calibration else None
-        common = dict(
+        config = ExportConfig(
             name=args.name,
             version=args.version,
+            quantize=args.quantize,
             detector=args.detector,
             roi_detector=args.roi_detector,
             threshold=args.threshold,
@@ -131,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
         try:
-            export_bundle(
-                model, args.out, quantize=args.quantize, calibration_crops=calib, **common
-            )
+            export_bundle(model, args.out, config, calibration_crops=calib)
         except DriftError as exc:
             if not args.int8_fallback:
                 raise
             print(f"deepfake-export: INT8 refused ({exc}); exporting fp32 only", file=sys.stderr)
-            export_bundle(model, args.out, **common)
+            export_bundle(model, args.out, replace(config, quantize=None))
         return 0
     except (ExportError, BundleError, FileNotFoundError, ValueError) as exc:
         print(f"deepfake-export: error: {exc}", file=sys.stderr)

@@ -4,11 +4,10 @@ classifier) and held-out still pairs (frame level)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,9 +23,12 @@ from models.finetune import (
     frame_classifier,
 )
 
+if TYPE_CHECKING:
+    from models.train import TrainConfig
+
 
 def still_pairs(
-    args: argparse.Namespace,
+    config: TrainConfig,
     videos: list[Video],
     size: int,
     cache_dir: Path,
@@ -41,21 +43,22 @@ def still_pairs(
     from models.dfdc import read_image_folder, read_pair_folder
     from models.train import image_crops_kept
 
-    if not args.pairs:
+    if not config.pairs:
         return None, None, {}
     # DFDC ids in clip names and face-image paths (e.g. genconvit's <fake>_<original>_<frame>).
     names = " ".join(
-        [v.name for v in videos] + [str(i.path) for f in args.images for i in read_image_folder(f)]
+        [v.name for v in videos]
+        + [str(i.path) for f in config.images for i in read_image_folder(f)]
     )
     tr_r, tr_f, va_r, va_f = [], [], [], []
-    info: dict[str, Any] = {"folders": [str(p) for p in args.pairs]}
+    info: dict[str, Any] = {"folders": [str(p) for p in config.pairs]}
     dropped = faceless = 0
-    for folder in args.pairs:
+    for folder in config.pairs:
         pairs = read_pair_folder(folder)
         kept_pairs = [p for p in pairs if not (p.original and p.original in names)]
         dropped += len(pairs) - len(kept_pairs)
         imgs = read_image_folder(folder)  # every image, so the crop cache matches --images
-        crops, _, _, _, kept = image_crops_kept(imgs, args, size, cache_dir, stage)
+        crops, _, _, _, kept = image_crops_kept(imgs, config, size, cache_dir, stage)
         where = {imgs[int(k)].path: i for i, k in enumerate(kept)}
         for p in kept_pairs:
             a, b = where.get(p.real.path), where.get(p.fake.path)
@@ -63,9 +66,9 @@ def still_pairs(
                 faceless += 1
                 continue
             h = int(
-                hashlib.sha256(f"{args.seed}:{folder.name}:{p.pair}".encode()).hexdigest()[:8], 16
+                hashlib.sha256(f"{config.seed}:{folder.name}:{p.pair}".encode()).hexdigest()[:8], 16
             )
-            held = (h % 1000) < args.pair_val_fraction * 1000
+            held = (h % 1000) < config.pair_val_fraction * 1000
             (va_r if held else tr_r).append(crops[a])
             (va_f if held else tr_f).append(crops[b])
     info.update(
@@ -82,7 +85,7 @@ def still_pairs(
     def stack(r: list[np.ndarray], f: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         return (np.stack(r), np.stack(f)) if r else None
 
-    train = None if "dfdc" in args.exclude_family else stack(tr_r, tr_f)
+    train = None if "dfdc" in config.exclude_family else stack(tr_r, tr_f)
     if train is None and tr_r:
         say("still pairs are DFDC fakes: not trained on (leave-family-out)")
     return train, stack(va_r, va_f), info
@@ -90,7 +93,7 @@ def still_pairs(
 
 def end_to_end(
     encoder: Any,
-    args: argparse.Namespace,
+    config: TrainConfig,
     videos: list[Video],
     train: list[Video],
     val: list[Video],
@@ -108,7 +111,7 @@ def end_to_end(
     from models.dfdc import identity_groups
     from stream_server.core.evaluate import auc
 
-    groups = identity_groups(videos, json.loads(args.groups.read_text()) if args.groups else {})
+    groups = identity_groups(videos, json.loads(config.groups.read_text()) if config.groups else {})
 
     def clip(v: Video) -> Clip:
         c = crops[v.name]
@@ -117,29 +120,29 @@ def end_to_end(
 
     train_clips = [clip(v) for v in train if len(crops[v.name].crops)]
     val_clips = [clip(v) for v in val if len(crops[v.name].crops)]
-    pairs_train, pairs_val, pair_info = still_pairs(args, videos, size, cache_dir, stage, say)
-    kinds = tuple(k for k in args.synth.split(",") if k and k != "none")
+    pairs_train, pairs_val, pair_info = still_pairs(config, videos, size, cache_dir, stage, say)
+    kinds = tuple(k for k in config.synth.split(",") if k and k != "none")
     landmarks = None
     if kinds:
         from models.synth import Landmarks
 
-        landmarks = Landmarks(args.margin)
-    pool = Pool(train_clips, pairs_train, stills, kinds, parse_weights(args.unit_weights))
-    maker = BatchMaker(pool, landmarks, args.margin)
+        landmarks = Landmarks(config.margin)
+    pool = Pool(train_clips, pairs_train, stills, kinds, parse_weights(config.unit_weights))
+    maker = BatchMaker(pool, landmarks, config.margin)
     say("encoder fine-tune pool: " + maker.describe())
-    clf = frame_classifier(encoder, train_from_block=args.train_from_block)
+    clf = frame_classifier(encoder, train_from_block=config.train_from_block)
     result = finetune(
         clf,
         maker,
-        args.encoder_steps,
+        config.encoder_steps,
         ckpt,
-        units=args.units,
-        lr=args.lr,
-        ema=args.ema,
-        rank=args.rank,
-        adversary=args.adversary,
-        seed=args.seed,
-        resume=args.resume,
+        units=config.units,
+        lr=config.lr,
+        ema=config.ema,
+        rank=config.rank,
+        adversary=config.adversary,
+        seed=config.seed,
+        resume=config.resume,
         val=val_clips,
         say=say,
     )
@@ -169,7 +172,7 @@ def end_to_end(
                 "fakes": len(fk),
                 "reals": len(reals),
                 "mean_p_fake": float(np.mean(fk)),
-                "left_out_of_training": f in args.exclude_family,
+                "left_out_of_training": f in config.exclude_family,
             }
     ev["families"] = fam
     ev["mean_p_fake_real"] = float(np.mean(reals)) if reals else None
@@ -188,10 +191,10 @@ def end_to_end(
         "final_loss": float(np.mean(result.losses[-50:])) if result.losses else None,
         "val_auc_by_step": result.val_auc,
         "seconds": round(result.seconds, 1),
-        "units_per_batch": args.units,
-        "ema": args.ema,
-        "rank": args.rank,
-        "adversary": args.adversary,
+        "units_per_batch": config.units,
+        "ema": config.ema,
+        "rank": config.rank,
+        "adversary": config.adversary,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),
     }

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,71 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """`deepfake-train`'s configuration, typed: one field per flag of `parser()` (which holds
+    each flag's default and help). `from_args` builds it from the parsed flags; the training
+    steps read it, never the `argparse.Namespace`."""
+
+    data: list[Path]
+    images: list[Path]
+    out: Path
+    bundle: Path | None
+    groups: Path | None
+    cache: Path | None
+    backbone: str
+    input_size: int | None
+    weights: str
+    feature_layer: str | None
+    head_noise: float
+    head_dropout: float
+    head_l2: float
+    window: int
+    fps: float
+    max_seconds: float
+    val_fraction: float
+    seed: int
+    sbi: bool
+    finetune_blocks: int
+    encoder_steps: int
+    units: int
+    unit_weights: str
+    train_from_block: int
+    lr: float
+    ema: float
+    rank: float
+    adversary: float
+    pairs: list[Path]
+    pair_val_fraction: float
+    synth: str
+    exclude_family: list[str]
+    encoder_only: bool
+    encoder_epochs: int
+    head_epochs: int
+    head_steps: int
+    batch_size: int
+    detector: str
+    margin: float
+    quantize: str
+    name: str
+    version: str
+    resume: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        return cls(**vars(args))
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded in the model's training record (paths as text; the data,
+        output and cache locations are recorded on their own)."""
+        skip = ("data", "out", "bundle", "cache", "groups", "images", "pairs")
+        return {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(self).items()
+            if k not in skip
+        }
+
+
 # -- face crops ----------------------------------------------------------------------------------
 
 
@@ -226,7 +292,7 @@ def face_stage(cache: Path, detector: str) -> tuple[Any, dict[str, Any]]:
 
 def all_crops(
     videos: list[Video],
-    args: argparse.Namespace,
+    config: TrainConfig,
     size: int,
     cache_dir: Path,
     stage: tuple[Any, dict[str, Any]],
@@ -239,7 +305,7 @@ def all_crops(
     from stream_server.core.manifest import DEFAULT_RETRY_PAD, CropSpec
 
     detector, section = stage
-    crop = CropSpec(margin=args.margin)
+    crop = CropSpec(margin=config.margin)
     cache = CropCache(
         cache_dir / "crops",
         {
@@ -250,10 +316,10 @@ def all_crops(
             }
             if "roi" in section
             else None,
-            "margin": args.margin,
+            "margin": config.margin,
             "size": size,
-            "fps": args.fps,
-            "max_s": args.max_seconds,
+            "fps": config.fps,
+            "max_s": config.max_seconds,
             "max_side": MAX_FRAME_SIDE,  # frames are downscaled as serving does
         },
     )
@@ -261,7 +327,7 @@ def all_crops(
     for v in tqdm(videos, desc="face crops", unit="video", file=sys.stderr):
         c = cache.get(v.path)
         if c is None:
-            c = extract_video(v.path, detector, crop, size, args.fps, args.max_seconds)
+            c = extract_video(v.path, detector, crop, size, config.fps, config.max_seconds)
             cache.put(v.path, c)
         out[v.name] = c
     return out
@@ -269,20 +335,20 @@ def all_crops(
 
 def image_crops(
     images: list[Any],
-    args: argparse.Namespace,
+    config: TrainConfig,
     size: int,
     cache_dir: Path,
     stage: tuple[Any, dict[str, Any]],
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Face crops of still images with the serving face stage (a first frame: full search),
     cached; returns (crops, labels, groups, images without a face)."""
-    crops, labels, groups, faceless, _ = image_crops_kept(images, args, size, cache_dir, stage)
+    crops, labels, groups, faceless, _ = image_crops_kept(images, config, size, cache_dir, stage)
     return crops, labels, groups, faceless
 
 
 def image_crops_kept(
     images: list[Any],
-    args: argparse.Namespace,
+    config: TrainConfig,
     size: int,
     cache_dir: Path,
     stage: tuple[Any, dict[str, Any]],
@@ -299,7 +365,7 @@ def image_crops_kept(
     detector, section = stage
     ident = json.dumps(
         [[str(i.path), i.label, i.path.stat().st_size] for i in images]
-        + [section["kind"], args.margin, size],
+        + [section["kind"], config.margin, size],
         sort_keys=True,
     )
     f = cache_dir / f"images-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npz"
@@ -320,7 +386,7 @@ def image_crops_kept(
         if not dets:
             faceless += 1
             continue
-        crops.append(crop_face(rgb, largest(dets).box, CropSpec(margin=args.margin), size))
+        crops.append(crop_face(rgb, largest(dets).box, CropSpec(margin=config.margin), size))
         labels.append(im.label)
         groups.append(im.group)
         kept.append(k)
@@ -408,7 +474,7 @@ def finetune_encoder(
     feats: dict[str, np.ndarray],
     labels: dict[str, int],
     val: set[str],
-    args: argparse.Namespace,
+    config: TrainConfig,
     ckpt: Path,
     start_epoch: int,
 ) -> None:
@@ -428,13 +494,11 @@ def finetune_encoder(
     y = np.concatenate([np.full(len(feats[n]), labels[n], np.float32) for n in train_names])
     w = balanced_weights(y)
     val_names = [n for n in feats if n in val and len(feats[n])]
-    for epoch in range(start_epoch, args.encoder_epochs):
+    for epoch in range(start_epoch, config.encoder_epochs):
         hist = clf.fit(
-            x, y, sample_weight=w, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0
+            x, y, sample_weight=w, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0
         )
-        msg = (
-            f"encoder epoch {epoch + 1}/{args.encoder_epochs}: loss {hist.history['loss'][-1]:.4f}"
-        )
+        msg = f"encoder epoch {epoch + 1}/{config.encoder_epochs}: loss {hist.history['loss'][-1]:.4f}"
         if val_names:
             vp = [float(np.mean(predict(clf, feats[n]))) for n in val_names]
             msg += f", held-out video AUC (frame mean) {auc(np.array([labels[n] for n in val_names]), np.array(vp)):.3f}"
@@ -451,7 +515,7 @@ def train_head(
     emb: dict[str, np.ndarray],
     labels: dict[str, int],
     val: set[str],
-    args: argparse.Namespace,
+    config: TrainConfig,
     ckpt: Path,
     start_epoch: int,
 ) -> list[float]:
@@ -467,25 +531,25 @@ def train_head(
     names = [n for n in emb if n not in val and len(emb[n])]
     seqs, labs = [emb[n] for n in names], [labels[n] for n in names]
     val_names = [n for n in emb if n in val and len(emb[n])]
-    rng = np.random.default_rng(args.seed + 1000 * start_epoch)
+    rng = np.random.default_rng(config.seed + 1000 * start_epoch)
     losses = []
     frames = np.concatenate(seqs)
     if start_epoch == 0:
         from models.cnn_gru import set_embedding_norm
 
         set_embedding_norm(head, frames.mean(0), frames.var(0))
-    noise = args.head_noise * frames.std(0)
-    for epoch in range(start_epoch, args.head_epochs):
+    noise = config.head_noise * frames.std(0)
+    for epoch in range(start_epoch, config.head_epochs):
         x, m, y, _ = sample_windows(
-            seqs, labs, args.window, args.head_steps * args.batch_size, rng, noise=noise
+            seqs, labs, config.window, config.head_steps * config.batch_size, rng, noise=noise
         )
-        hist = head.fit([x, m], y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
+        hist = head.fit([x, m], y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
         losses.append(float(hist.history["loss"][-1]))
-        msg = f"head epoch {epoch + 1}/{args.head_epochs}: loss {losses[-1]:.4f}"
+        msg = f"head epoch {epoch + 1}/{config.head_epochs}: loss {losses[-1]:.4f}"
         if val_names and (epoch + 1) % 5 == 0:
             vp = []
             for n in val_names:
-                w, mk = video_windows(emb[n], args.window, stride=1)
+                w, mk = video_windows(emb[n], config.window, stride=1)
                 vp.append(float(np.mean(np.asarray(head([w, mk], training=False)))))
             msg += f", held-out video AUC {auc(np.array([labels[n] for n in val_names]), np.array(vp)):.3f}"
         say(msg)
@@ -506,38 +570,79 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 # -- main ----------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> Path:
+@dataclass
+class Split:
+    """Which videos train and which are held out (whole identities), and the training fakes a
+    leave-family-out run leaves out."""
+
+    videos: list[Video]  # every video read
+    groups: dict[str, str]  # video name -> identity group
+    train: list[Video]
+    val: list[Video]
+    excluded: list[Video]
+
+
+@dataclass
+class Clips:
+    """The training material: face crops per video and the clips built from them."""
+
+    crops: dict[str, Any]  # video name -> its extracted crops
+    seqs: dict[str, np.ndarray]  # clip name -> crops (videos, "sbi:" fakes, image pseudo-clips)
+    labels: dict[str, int]
+    stills: tuple[np.ndarray, np.ndarray] | None  # face images (crops, labels)
+    n_faces: int
+    image_info: dict[str, Any] = field(default_factory=dict)
+
+
+def run(config: TrainConfig) -> Path:
+    """The steps: split the videos by identity, gather face crops and clips, fit the encoder
+    and head, record how the model was made, save it, and (with --bundle) export and evaluate."""
     import keras
 
     from models.backbones import get_backbone
-    from models.config import ModelConfig
     from models.saving import new_model, save_model_dir
-    from models.sbi import blend_clip
 
-    keras.utils.set_random_seed(args.seed)
-    out: Path = args.out
+    keras.utils.set_random_seed(config.seed)
+    out = config.out
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
-    state = read_state(ckpt) if args.resume else {"stage": "start", "epoch": 0}
-    cache_dir = args.cache or out / "cache"
-    size = args.input_size or get_backbone(args.backbone).default_input_size
+    cache_dir = config.cache or out / "cache"
+    size = config.input_size or get_backbone(config.backbone).default_input_size
 
-    ds = read_folders(args.data)
+    split = split_videos(config, out)
+    stage = face_stage(cache_dir, config.detector)
+    clips = gather_clips(config, split, size, cache_dir, stage)
+    model = new_model(model_config(config, size))
+    fitted = fit(config, model, split, clips, size, cache_dir, stage, ckpt)
+    if fitted is None:
+        return out
+    e2e_info, losses = fitted
+    model.training = training_record(config, split, clips, e2e_info, losses)
+    save_model_dir(model, out)
+    say(f"model saved to {out}")
+    if config.bundle:
+        export_and_evaluate(config, config.bundle, out, clips.seqs, split.val)
+    return out
+
+
+def split_videos(config: TrainConfig, out: Path) -> Split:
+    """Read the folders and hold out whole identities (written to OUT/split.json)."""
+    ds = read_folders(config.data)
     say(f"read {ds.summary()}")
-    rules = json.loads(args.groups.read_text()) if args.groups else {}
+    rules = json.loads(config.groups.read_text()) if config.groups else {}
     groups = identity_groups(ds.videos, rules)
-    if args.val_fraction > 0:
-        train, val = split_by_identity(ds.videos, groups, args.val_fraction, args.seed)
+    if config.val_fraction > 0:
+        train, val = split_by_identity(ds.videos, groups, config.val_fraction, config.seed)
     else:
         train, val = ds.videos, []
     excluded: list[Video] = []
-    if args.exclude_family:
-        excluded = [v for v in train if family_of(v.generator, v.label) in args.exclude_family]
+    if config.exclude_family:
+        excluded = [v for v in train if family_of(v.generator, v.label) in config.exclude_family]
         train = [v for v in train if v not in excluded]
         say(
-            f"leave-family-out: {len(excluded)} training fakes of {', '.join(args.exclude_family)} "
-            "not trained on"
+            f"leave-family-out: {len(excluded)} training fakes of "
+            f"{', '.join(config.exclude_family)} not trained on"
         )
     say(
         f"split by identity: {len(train)} training videos, {len(val)} held out "
@@ -549,15 +654,23 @@ def run(args: argparse.Namespace) -> Path:
                 "train": sorted(v.name for v in train),
                 "val": sorted(v.name for v in val),
                 "groups": groups,
-                "seed": args.seed,
+                "seed": config.seed,
             },
             indent=1,
         )
     )
+    return Split(ds.videos, groups, train, val, excluded)
 
-    stage = face_stage(cache_dir, args.detector)
-    crops = all_crops(ds.videos, args, size, cache_dir, stage)
-    labels = {v.name: v.label for v in ds.videos}
+
+def gather_clips(
+    config: TrainConfig, split: Split, size: int, cache_dir: Path, stage: tuple[Any, Any]
+) -> Clips:
+    """Face crops of every video (cached), self-blended fakes from real training clips (without
+    an end-to-end encoder fine-tune), and pseudo-clips of face images (--images)."""
+    from models.sbi import blend_clip
+
+    crops = all_crops(split.videos, config, size, cache_dir, stage)
+    labels = {v.name: v.label for v in split.videos}
     no_face = [n for n, c in crops.items() if len(c.crops) == 0]
     errors = {n: c.error for n, c in crops.items() if c.error}
     n_faces = sum(len(c.crops) for c in crops.values())
@@ -567,109 +680,143 @@ def run(args: argparse.Namespace) -> Path:
         f"face{'; errors: ' + str(errors) if errors else ''}"
     )
     seqs = {n: c.crops for n, c in crops.items() if len(c.crops)}
-    val_names = {v.name for v in val}
-    if args.sbi and args.encoder_steps <= 0:
-        reals = [v.name for v in train if v.label == 0 and v.name in seqs]
+    if config.sbi and config.encoder_steps <= 0:
+        reals = [v.name for v in split.train if v.label == 0 and v.name in seqs]
         for n in reals:
             rng = np.random.default_rng(
-                int(hashlib.sha256(f"{args.seed}:{n}".encode()).hexdigest()[:8], 16)
+                int(hashlib.sha256(f"{config.seed}:{n}".encode()).hexdigest()[:8], 16)
             )
-            seqs[f"sbi:{n}"] = blend_clip(seqs[n], rng, args.margin)
+            seqs[f"sbi:{n}"] = blend_clip(seqs[n], rng, config.margin)
             labels[f"sbi:{n}"] = 1
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
+    clips = Clips(crops, seqs, labels, None, n_faces)
+    if config.images:
+        add_image_clips(config, clips, size, cache_dir, stage)
+    return clips
 
-    image_info: dict[str, Any] = {}
-    stills: tuple[np.ndarray, np.ndarray] | None = None
-    if args.images:
-        from models.dfdc import read_image_folder
 
-        imgs = [i for folder in args.images for i in read_image_folder(folder)]
-        crops_i, labs_i, groups_i, faceless = image_crops(imgs, args, size, cache_dir, stage)
-        if "dfdc" in args.exclude_family:  # DFDC fakes among the stills (e.g. genconvit_dfdc)
-            keep = np.array(
-                [
-                    not (y == 1 and "dfdc" in g.lower())
-                    for g, y in zip(groups_i, labs_i, strict=True)
-                ],
-                bool,
-            )
-            crops_i, labs_i = crops_i[keep], labs_i[keep]
-            groups_i = [g for g, k in zip(groups_i, keep, strict=True) if k]
-        stills = (crops_i, labs_i)
-        clips = image_sequences(crops_i, labs_i, groups_i, args.window, args.seed)
-        for n, (c, y) in clips.items():
-            seqs[n], labels[n] = c, y
-        image_info = {
-            "folders": [str(f) for f in args.images],
-            "images": len(imgs),
-            "face_crops": len(labs_i),
-            "fake": int(labs_i.sum()),
-            "real": int(len(labs_i) - labs_i.sum()),
-            "without_face": faceless,
-            "pseudo_clips": len(clips),
-        }
-        say(
-            f"images: {len(labs_i)} face crops from {len(imgs)} images ({image_info['real']} real, "
-            f"{image_info['fake']} fake; {faceless} without a face) as {len(clips)} training clips"
+def add_image_clips(
+    config: TrainConfig, clips: Clips, size: int, cache_dir: Path, stage: tuple[Any, Any]
+) -> None:
+    """--images: face crops of the stills (kept in `clips.stills`) and pseudo-clips of them."""
+    from models.dfdc import read_image_folder
+
+    imgs = [i for folder in config.images for i in read_image_folder(folder)]
+    crops_i, labs_i, groups_i, faceless = image_crops(imgs, config, size, cache_dir, stage)
+    if "dfdc" in config.exclude_family:  # DFDC fakes among the stills (e.g. genconvit_dfdc)
+        keep = np.array(
+            [not (y == 1 and "dfdc" in g.lower()) for g, y in zip(groups_i, labs_i, strict=True)],
+            bool,
         )
-
-    weights = None if args.weights == "none" else args.weights
-    cfg = ModelConfig(
-        backbone=args.backbone,
-        input_size=size,
-        window=args.window,
-        weights=weights,
-        feature_layer=args.feature_layer,
-        input_dropout=args.head_dropout,
-        l2=args.head_l2,
+        crops_i, labs_i = crops_i[keep], labs_i[keep]
+        groups_i = [g for g, k in zip(groups_i, keep, strict=True) if k]
+    clips.stills = (crops_i, labs_i)
+    pseudo = image_sequences(crops_i, labs_i, groups_i, config.window, config.seed)
+    for n, (c, y) in pseudo.items():
+        clips.seqs[n], clips.labels[n] = c, y
+    clips.image_info = {
+        "folders": [str(f) for f in config.images],
+        "images": len(imgs),
+        "face_crops": len(labs_i),
+        "fake": int(labs_i.sum()),
+        "real": int(len(labs_i) - labs_i.sum()),
+        "without_face": faceless,
+        "pseudo_clips": len(pseudo),
+    }
+    say(
+        f"images: {len(labs_i)} face crops from {len(imgs)} images "
+        f"({clips.image_info['real']} real, {clips.image_info['fake']} fake; {faceless} without "
+        f"a face) as {len(pseudo)} training clips"
     )
-    model = new_model(cfg)
+
+
+def model_config(config: TrainConfig, size: int) -> Any:
+    from models.config import ModelConfig
+
+    return ModelConfig(
+        backbone=config.backbone,
+        input_size=size,
+        window=config.window,
+        weights=None if config.weights == "none" else config.weights,
+        feature_layer=config.feature_layer,
+        input_dropout=config.head_dropout,
+        l2=config.head_l2,
+    )
+
+
+def fit(
+    config: TrainConfig,
+    model: Any,
+    split: Split,
+    clips: Clips,
+    size: int,
+    cache_dir: Path,
+    stage: tuple[Any, Any],
+    ckpt: Path,
+) -> tuple[dict[str, Any] | None, list[float]] | None:
+    """Fine-tune the encoder (end to end with --encoder-steps, else its last blocks on cached
+    trunk features), then train the GRU head on windows of embeddings; resumable from
+    OUT/checkpoints. Returns (the end-to-end record, the head's losses), or None for an
+    --encoder-only run."""
+    state: dict[str, Any] = read_state(ckpt) if config.resume else {"stage": "start", "epoch": 0}
+    val_names = {v.name for v in split.val}
     e2e_info: dict[str, Any] | None = None
-    if args.encoder_steps > 0:
+    if config.encoder_steps > 0:
         from models.finetune_run import end_to_end
 
         e2e_info = end_to_end(
             model.encoder,
-            args,
-            ds.videos,
-            train,
-            val,
-            excluded,
-            crops,
-            stills,
+            config,
+            split.videos,
+            split.train,
+            split.val,
+            split.excluded,
+            clips.crops,
+            clips.stills,
             size,
             cache_dir,
             stage,
             ckpt,
             say,
         )
-        (out / "frame_eval.json").write_text(json.dumps(e2e_info, indent=1))
+        (config.out / "frame_eval.json").write_text(json.dumps(e2e_info, indent=1))
         e2e_info = {k: v for k, v in e2e_info.items() if k != "rows"}
-        if args.encoder_only:
-            say(f"encoder-only run: held-out measurements in {out / 'frame_eval.json'}")
-            return out
-        for v in excluded:  # left-out families train nothing, the head included
-            seqs.pop(v.name, None)
+        if config.encoder_only:
+            say(f"encoder-only run: held-out measurements in {config.out / 'frame_eval.json'}")
+            return None
+        for v in split.excluded:  # left-out families train nothing, the head included
+            clips.seqs.pop(v.name, None)
         trunk, top = model.encoder, None
     else:
-        trunk, top = split_encoder(model.encoder, args.backbone, args.finetune_blocks)
-    feats = {n: predict(trunk, s) for n, s in _progress(seqs, "embeddings")}
+        trunk, top = split_encoder(model.encoder, config.backbone, config.finetune_blocks)
+    feats = {n: predict(trunk, s) for n, s in _progress(clips.seqs, "embeddings")}
     if top is not None:
         start = (
             state["epoch"]
             if state["stage"] == "encoder"
-            else (args.encoder_epochs if state["stage"] in ("head", "done") else 0)
+            else (config.encoder_epochs if state["stage"] in ("head", "done") else 0)
         )
-        finetune_encoder(top, feats, labels, val_names, args, ckpt, start)
+        finetune_encoder(top, feats, clips.labels, val_names, config, ckpt, start)
         emb = {n: predict(top, f) for n, f in feats.items()}
     else:
         emb = feats
     head_start = state["epoch"] if state["stage"] in ("head", "done") else 0
-    losses = train_head(model.head, emb, labels, val_names, args, ckpt, head_start)
-    write_state(ckpt, "done", max(head_start, args.head_epochs))
+    losses = train_head(model.head, emb, clips.labels, val_names, config, ckpt, head_start)
+    write_state(ckpt, "done", max(head_start, config.head_epochs))
+    return e2e_info, losses
 
-    model.training = {
-        "data": [str(d) for d in args.data],
+
+def training_record(
+    config: TrainConfig,
+    split: Split,
+    clips: Clips,
+    e2e_info: dict[str, Any] | None,
+    losses: list[float],
+) -> dict[str, Any]:
+    """The manifest's `training` section: data, split sizes, settings, losses, time."""
+    train, val = split.train, split.val
+    return {
+        "data": [str(d) for d in config.data],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "videos": {
             "train": len(train),
@@ -679,24 +826,15 @@ def run(args: argparse.Namespace) -> Path:
             "val_real": sum(1 for v in val if v.label == 0),
             "val_fake": sum(1 for v in val if v.label == 1),
         },
-        "synthetic_fakes": sum(1 for n in seqs if n.startswith("sbi:")),
+        "synthetic_fakes": sum(1 for n in clips.seqs if n.startswith("sbi:")),
         "encoder_finetune": e2e_info,
-        "images": image_info or None,
-        "pairs": [str(p) for p in args.pairs] or None,
-        "face_crops": n_faces,
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("data", "out", "bundle", "cache", "groups", "images", "pairs")
-        },
+        "images": clips.image_info or None,
+        "pairs": [str(p) for p in config.pairs] or None,
+        "face_crops": clips.n_faces,
+        "settings": config.settings(),
         "head_loss": losses[-1] if losses else None,
         "seconds": round(time.monotonic() - T0, 1),
     }
-    save_model_dir(model, out)
-    say(f"model saved to {out}")
-    if args.bundle:
-        export_and_evaluate(args, out, seqs, val)
-    return out
 
 
 def _progress(d: dict[str, Any], desc: str) -> Any:
@@ -706,13 +844,13 @@ def _progress(d: dict[str, Any], desc: str) -> Any:
 
 
 def export_and_evaluate(
-    args: argparse.Namespace, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
+    config: TrainConfig, bundle: Path, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
 ) -> None:
-    """`deepfake-export build` on the saved model directory `out`, then the held-out evaluation
+    """`deepfake-export build` on the saved model directory `out` into `bundle`, then the held-out evaluation
     through the serving code path and the model card."""
     from models.evaluation import evaluate_bundle, write_model_card
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(config.seed)
     real = [
         s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}
     ]
@@ -721,37 +859,37 @@ def export_and_evaluate(
         "build",
         str(out),
         "--out",
-        str(args.bundle),
+        str(bundle),
         "--name",
-        args.name,
+        config.name,
         "--version",
-        args.version,
+        config.version,
         "--detector",
-        args.detector,
+        config.detector,
         "--analysis-fps",
-        repr(args.fps),
+        repr(config.fps),
         "--margin",
-        repr(args.margin),
+        repr(config.margin),
         "--force",
     ]
-    if args.quantize != "none":
-        build += ["--quantize", args.quantize, "--int8-fallback"]
+    if config.quantize != "none":
+        build += ["--quantize", config.quantize, "--int8-fallback"]
         if pool is not None:
             calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
             np.save(out / "calibration.npy", calib)
             build += ["--calibration", str(out / "calibration.npy")]
     _deepfake_export(*build)
     if val:
-        metrics = evaluate_bundle(args.bundle, val, out)
+        metrics = evaluate_bundle(bundle, val, out)
         say("held-out evaluation: " + json.dumps(metrics["metrics"]))
     command = "deepfake-train " + " ".join(sys.argv[1:])
-    write_model_card(args.bundle, out, command, time.monotonic() - T0)
+    write_model_card(bundle, out, command, time.monotonic() - T0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    config = TrainConfig.from_args(parser().parse_args(argv))
     try:
-        run(args)
+        run(config)
     except (DatasetError, ValueError, FileNotFoundError, ExportFailed) as exc:
         print(f"deepfake-train: error: {exc}", file=sys.stderr)
         return 1

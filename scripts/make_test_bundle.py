@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from export.bundle_export import export_bundle
+    from export.bundle_export import ExportConfig, export_bundle
     from models.config import ModelConfig
     from models.saving import load_model_dir, new_model, save_model_dir
     from tests.bundles import with_default_face_stage
@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ModelConfig(backbone="tiny_cnn", input_size=64, weights=None, window=20)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(new_model(cfg), Path(tmp) / "model")
-        bundle = export_bundle(
-            load_model_dir(model_dir), Path(tmp) / "bundle", name="tiny-test", version="1"
-        )
+        config = ExportConfig(name="tiny-test", version="1")
+        bundle = export_bundle(load_model_dir(model_dir), Path(tmp) / "bundle", config)
         # The default bundle's detectors (and their fitted calibration) instead of the fresh
         # conversion: the same BlazeFace graphs, already in the repository.
         with_default_face_stage(bundle)

@@ -66,11 +66,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def exported_tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_model_dir` exported now, for the tests that compare Keras with its ONNX export."""
-    from export.bundle_export import export_bundle
+    from export.bundle_export import ExportConfig, export_bundle
     from models.saving import load_model_dir
 
     out = tmp_path_factory.mktemp("bundles") / "exported"
-    return export_bundle(load_model_dir(tiny_model_dir), out, name="tiny-test", version="1")
+    config = ExportConfig(name="tiny-test", version="1")
+    return export_bundle(load_model_dir(tiny_model_dir), out, config)
 
 
 def free_port() -> int:

@@ -179,3 +179,12 @@ def test_evaluation_on_a_tiny_bundle_and_folder(
     card = write_model_card(bundle, tmp_path, "deepfake-train --tiny", 1.0)
     text = card.read_text() if card.is_file() else (card / "MODEL_CARD.md").read_text()
     assert "# Model card: tiny-test 1" in text
+
+
+def test_export_config_refuses_an_unknown_quantization_before_any_work() -> None:
+    from export.bundle_export import ExportConfig
+    from export.convert import ExportError
+
+    assert ExportConfig().quantize is None and ExportConfig(quantize="int8").quantize == "int8"
+    with pytest.raises(ExportError, match="unknown quantization 'int4'"):
+        ExportConfig(quantize="int4")

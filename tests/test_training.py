@@ -286,3 +286,17 @@ def test_bundle_is_exported_by_deepfake_export_in_its_own_process(
     assert (b.analysis_fps, b.crop.margin, b.window) == (4.0, 0.3, 8)
     assert b.manifest.training is not None and b.manifest.training["settings"]["fps"] == 4.0
     assert (bundle / "MODEL_CARD.md").is_file()
+
+
+def test_train_config_has_one_typed_field_per_flag() -> None:
+    """deepfake-train's steps read a TrainConfig, built from the parsed flags: every flag has a
+    field and every field a flag (a new flag without a field fails here)."""
+    from dataclasses import fields
+
+    from models.train import TrainConfig, parser
+
+    dests = {a.dest for a in parser()._actions if a.dest != "help"}
+    assert {f.name for f in fields(TrainConfig)} == dests
+    config = TrainConfig.from_args(parser().parse_args(["--data", "d", "--out", "o"]))
+    assert config.data == [Path("d")] and config.out == Path("o") and config.bundle is None
+    assert "data" not in config.settings() and config.settings()["window"] == config.window
