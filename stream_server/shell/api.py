@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from stream_server.shell.alerts import Notifiers, Publisher, WebhookNotifier
 from stream_server.shell.camera_api import camera_routes
+from stream_server.shell.camera_metrics import CameraCollector
 from stream_server.shell.cameras import CameraRegistry
 from stream_server.shell.guard import Guard
 from stream_server.shell.openapi import DocstringSchema
@@ -118,6 +119,7 @@ def create_app(service: Service) -> Starlette:
     configure_ice(settings)
     store = Store(state_dir(settings), settings.history_days)
     registry = CameraRegistry(service, store, notifiers(service))
+    service.metrics.registry.register(CameraCollector(registry))  # per-camera series
     cluster = None
     if settings.ray_address is not None:  # cameras run in Ray actors on the cluster's nodes
         from stream_server.shell.cluster import connect

@@ -9,7 +9,7 @@ import errno
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -399,6 +399,7 @@ class CameraRegistry:
         # What runs a camera: here (a decode thread), or with --ray-address a Ray actor on a
         # cluster node (stream_server.shell.cluster_cameras.RemoteCamera).
         self.camera_class: Callable[[CameraRegistry, CameraSpec], Camera] = Camera
+        self.alerts_raised: Counter[str] = Counter()  # per camera id, for /metrics
 
     @property
     def notifier(self) -> WebhookNotifier:
@@ -537,6 +538,7 @@ class CameraRegistry:
             raise ReadOnlyCamera(camera_id)
         await cam.close()
         self.store.delete_camera(camera_id)
+        self.alerts_raised.pop(camera_id, None)
         log.info("camera %s removed with its history", camera_id)
         return True
 
@@ -558,6 +560,7 @@ class CameraRegistry:
 
     def alert(self, cam: Camera, alert: dict[str, Any], msg: ScoreMessage, now: float) -> None:
         alert_id = self.store.add_alert(cam.id, alert, msg.model, now)
+        self.alerts_raised[cam.id] += 1
         self.notifiers.alert(
             {
                 "type": "alert",
