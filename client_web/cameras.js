@@ -311,6 +311,12 @@ export function initCameras() {
     stage.hidden = true;
   }
 
+  // The list's statuses and scores stay current while the view is shown (not while a row is
+  // being edited: that would drop what is typed).
+  setInterval(() => {
+    if (!document.hidden && !editing && !$("view-cameras").hidden) refresh();
+  }, 10000);
+
   $("camera-stop").addEventListener("click", () => {
     closeStage();
     refresh(); // the list shows the camera's latest score

@@ -146,3 +146,76 @@ def test_add_watch_rename_history_and_remove_a_camera_from_the_page(
         assert not details.is_visible()
         assert httpx.get(srv.url + "/v1/cameras").json()["cameras"] == []
         assert httpx.get(srv.url + "/v1/cameras/yard").status_code == 404
+
+
+def test_cameras_view_on_a_phone_by_keyboard_explains_refusals_and_keeps_file_cameras(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """On a phone-sized page, driven by the keyboard: a camera from --cameras-file is listed
+    but cannot be renamed or removed; one added with Enter fills the --max-cameras limit, and
+    the next is refused with the server's reason (not "try again"); a camera with no scores
+    yet shows an empty chart and no alerts; nothing scrolls sideways."""
+    closed = f"rtsp://127.0.0.1:{free_port()}/none"
+    cams = tmp_path / "cameras.toml"
+    cams.write_text(f'[[cameras]]\nname = "Lobby"\nurl = "{closed}"\n')
+    with (
+        LiveServer(
+            bundle=tiny_bundle,
+            camera_allow=("127.0.0.1",),
+            max_cameras=2,
+            cameras_file=cams,
+            camera_backoff_max=1.0,
+        ) as srv,
+        chromium(None) as ctx,
+    ):
+        page = ctx.new_page()
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(srv.url + "/#cameras")
+        page.get_by_role("button", name="Watch Lobby").wait_for(timeout=ms(10))
+        assert page.get_by_role("button", name="Rename Lobby").is_disabled()
+        assert page.get_by_role("button", name="Remove Lobby").is_disabled()
+
+        name = page.get_by_label("Name", exact=True)
+        name.focus()
+        page.keyboard.type("Side gate")
+        page.keyboard.press("Tab")
+        page.keyboard.type(f"rtsp://127.0.0.1:{free_port()}/gate")
+        page.keyboard.press("Enter")
+        page.locator("#cameras-note").get_by_text("Added Side gate (id side-gate).").wait_for(
+            timeout=ms(10)
+        )
+        ids = [c["id"] for c in httpx.get(srv.url + "/v1/cameras").json()["cameras"]]
+        assert sorted(ids) == ["lobby", "side-gate"]
+
+        name.fill("Third")
+        page.get_by_label("RTSP URL").fill(f"rtsp://127.0.0.1:{free_port()}/third")
+        page.get_by_label("RTSP URL").press("Enter")
+        error = page.locator("#cameras-error")
+        error.wait_for(timeout=ms(10))
+        assert error.inner_text() == (
+            "The camera could not be added: camera limit reached (2 cameras)."
+        )
+        assert len(httpx.get(srv.url + "/v1/cameras").json()["cameras"]) == 2
+
+        # The history of a camera that never connected: an empty chart, no alerts.
+        history = page.get_by_role("button", name="History of Lobby")
+        history.focus()
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "Number(document.querySelector('#camera-details').dataset.loaded) >= 1",
+            timeout=ms(10),
+        )
+        assert page.locator("#camera-history").get_attribute("data-minutes") == "0"
+        assert "No scores" in (page.locator("#camera-history").get_attribute("aria-label") or "")
+        assert page.get_by_text("No alerts in the last 24 hours.").is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "cameras-phone")
+
+        # Remove by keyboard.
+        page.get_by_role("button", name="Remove Side gate").focus()
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Confirm removing Side gate").focus()
+        page.keyboard.press("Enter")
+        page.locator("#cameras-note").get_by_text("Removed Side gate.").wait_for(timeout=ms(10))
+        ids = [c["id"] for c in httpx.get(srv.url + "/v1/cameras").json()["cameras"]]
+        assert ids == ["lobby"]
