@@ -13,7 +13,9 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Evaluation:
+    """Scores against labels over `n` videos (`positives` of them fake)."""
+
     n: int
     positives: int
     auc: float
@@ -72,14 +74,14 @@ def eer_threshold(labels: Any, scores: Any) -> float:
     return best
 
 
-def compute(labels: Any, scores: Any, threshold: float = 0.5) -> Metrics:
+def compute(labels: Any, scores: Any, threshold: float = 0.5) -> Evaluation:
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1 or len(y) == 0:
         raise ValueError("labels and scores must be equal-length, non-empty 1-d sequences")
     p = np.clip(s, 1e-7, 1 - 1e-7)
     ll = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return Metrics(
+    return Evaluation(
         n=len(y),
         positives=int(y.sum()),
         auc=auc(y, s),

@@ -1,18 +1,22 @@
 """Face stage: BlazeFace detection (ONNX), simple IoU tracks, square crops with a margin.
 
-Training (`models.data`) uses this same module, so the crops the model learns from are the crops
+Training (`models.extract`) uses this same module, so the crops the model learns from are the crops
 the server feeds it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from stream_server.core.manifest import CropSpec, DetectorSpec, RoiSpec
+
+if TYPE_CHECKING:  # runtime opens the sessions with this module's FaceDetector
+    from stream_server.core.bundle import Bundle
+    from stream_server.core.runtime import Sessions
 
 RAW_SCORE_LIMIT = 80.0
 
@@ -177,10 +181,10 @@ class Detectors:
     roi_spec: RoiSpec | None = None
 
     @classmethod
-    def for_bundle(cls, bundle: Any, sessions: Any) -> Detectors:
+    def for_bundle(cls, bundle: Bundle, sessions: Sessions) -> Detectors:
         full = FaceDetector(sessions.detector, bundle.detector)
         roi = bundle.roi
-        if roi is None or getattr(sessions, "roi_detector", None) is None:
+        if roi is None or sessions.roi_detector is None:
             return cls(full)
         return cls(full, FaceDetector(sessions.roi_detector, roi.detector), roi)
 

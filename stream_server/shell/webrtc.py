@@ -8,7 +8,7 @@ import fractions
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import aioice.ice
 import av
@@ -350,10 +350,23 @@ class PeerSession:
         await close_pc(self.pc)
 
 
+class WatchedCamera(Protocol):
+    """What a viewer needs of a camera (`cameras.Camera`): its newest decoded frame with a
+    sequence number and an event set when the next arrives, and a feed of its messages."""
+
+    latest: av.VideoFrame | None
+    frame_seq: int
+    new_frame: asyncio.Event
+
+    def subscribe(self) -> asyncio.Queue[Any]: ...
+
+    def unsubscribe(self, q: asyncio.Queue[Any], /) -> None: ...
+
+
 class CameraTrack(VideoStreamTrack):
     """Relays a camera's newest decoded frame to one viewer (the camera is decoded once)."""
 
-    def __init__(self, camera: Any) -> None:
+    def __init__(self, camera: WatchedCamera) -> None:
         super().__init__()
         self.camera = camera
         self.seen = 0
@@ -363,7 +376,7 @@ class CameraTrack(VideoStreamTrack):
         while self.camera.frame_seq == self.seen or self.camera.latest is None:
             await self.camera.new_frame.wait()
         self.seen = self.camera.frame_seq
-        src: av.VideoFrame = self.camera.latest
+        src = self.camera.latest
         frame: av.VideoFrame = src.reformat(
             format=src.format.name
         )  # a copy: each viewer stamps its own pts
@@ -375,7 +388,7 @@ class CameraTrack(VideoStreamTrack):
 class ViewerSession:
     """A browser watching a registered camera: its video relayed, its scores on `scores`."""
 
-    def __init__(self, service: Service, settings: Settings, camera: Any) -> None:
+    def __init__(self, service: Service, settings: Settings, camera: WatchedCamera) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.service = service
         service.add_viewer(self.id, self)  # one slot of --max-streams, or Capacity
