@@ -1,5 +1,7 @@
 """`python -m bench`: stage costs, the prototype baseline, and capacity; writes
-bench/results/bench-<time>.json, bench/results/latest.json, latest.md and latest.png."""
+bench/results/bench-<time>.json, bench/results/latest.json, latest.md and latest.png.
+`python -m bench cluster`: the same service on a local Ray cluster against one process
+(bench/cluster.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ from stream_server.core.bundle import DEFAULT_BUNDLE
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:  # `python -m bench cluster`: the service on a local Ray cluster
+        from bench import cluster
+
+        return cluster.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

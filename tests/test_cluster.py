@@ -22,7 +22,7 @@ import pytest
 
 from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
-from tests.rtc_client import ClientPeer
+from tests.rtc_client import ClientPeer, offer_loopback
 from tests.rtsp import RtspServer
 from tests.test_rtsp import FAST, Feed, register
 from tests.timing import deadline, scaled
@@ -156,6 +156,19 @@ def wait_event(
     raise AssertionError(f"no such event within {within:g} s: {feed.events[after + 1 :][-5:]}")
 
 
+async def video_offer() -> str:
+    """A real offer (aiortc) to receive video, as the page's camera viewer sends."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    offer_loopback()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
 @pytest.mark.rtsp
 def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
     tiny_bundle: Path, long_clip: Path
@@ -224,6 +237,12 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert f'deepfake_cluster_node_streams{{node="{survivor}"}} 4.0' in metrics
         assert f'deepfake_cluster_node_capacity{{node="{survivor}"}} 4.0' in metrics
         assert victim not in metrics
+        # Watching a cluster camera's video is refused, saying where its scores are.
+        r = httpx.post(
+            srv.url + "/offer",
+            json={"sdp": asyncio.run(video_offer()), "type": "offer", "camera": ids[0]},
+        )
+        assert r.status_code == 409 and f"/v1/cameras/{ids[0]}/events" in r.json()["error"]
         assert all(first[cid] >= 0 for cid in ids)
 
 
@@ -268,3 +287,24 @@ def test_a_webcam_session_runs_in_a_worker_nodes_actor(tiny_bundle: Path) -> Non
             assert all(len(s["faces"]) == 1 for s in scores)
             used = {n["node"]: n["streams_used"] for n in health["nodes"]}
             assert used[answer["node"]] == 1 and sum(used.values()) == 1
+
+
+def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`python -m bench cluster --quick` runs end to end (numbers are reported, not asserted)."""
+    out = tmp_path / "results"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "cluster", "--quick", "--bundle", str(tiny_bundle)]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((out / "cluster-quick.json").read_text())
+    for side in ("single_process", "cluster"):
+        level = data["webcam"][side]
+        assert level["connected"] == 2 and level["analysed_fps_per_stream"] > 0, level
+        assert level["latency_p95_ms"] is not None
+    assert data["scan"]["files"] == 2 and data["scan"]["cluster_files_per_s"] > 0
+    assert "added" in (out / "cluster-quick.md").read_text()

@@ -198,7 +198,8 @@ def create_app(service: Service) -> Starlette:
         """Start a WebRTC session: {"sdp", "type": "offer"} (and "camera": ID to watch a
         camera), answered with the SDP answer; scores arrive on the "scores" data channel.
 
-        400 bad offer, 404 no such camera, 500 no ICE candidate, 503 no room."""
+        400 bad offer, 404 no such camera, 409 watching a camera with --ray-address, 500 no ICE
+        candidate, 503 no room."""
         body = await read_json(request, settings.max_sdp_bytes + 4096)
         try:
             desc = check_offer(body, settings.max_sdp_bytes)
@@ -209,6 +210,12 @@ def create_app(service: Service) -> Starlette:
             camera = registry.cameras.get(str(body["camera"]))
             if camera is None:
                 return error(404, "no camera with that id")
+            if cluster is not None:  # its frames stay on the node that runs it
+                return error(
+                    409,
+                    "watching a camera's video is not available with --ray-address yet; its "
+                    f"scores and status are on /v1/cameras/{camera.id}/events",
+                )
             try:
                 peer = ViewerSession(service, settings, camera)
             except Capacity as exc:
