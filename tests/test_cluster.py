@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 from bench.media import face_frames, write_video
+from tests.browser import chromium, write_y4m
 from tests.conftest import LiveServer, free_port
 from tests.rtc_client import ClientPeer, offer_loopback
 from tests.rtsp import RtspServer
 from tests.test_rtsp import FAST, Feed, register
-from tests.timing import deadline, scaled
+from tests.timing import deadline, ms, poll, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
@@ -260,9 +261,11 @@ def test_the_single_process_service_never_imports_ray() -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_a_webcam_session_runs_in_a_worker_nodes_actor(tiny_bundle: Path) -> None:
-    """A real aiortc client offers to the API; a webcam actor on a worker node answers with its
-    own peer, and the scores come on the data channel from that node."""
+@pytest.mark.browser
+def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A real aiortc client, then a real Chromium, offer to the API; a webcam actor on a worker
+    node answers with its own peer, and the scores come on the data channel from that node."""
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
     with local_cluster() as cluster:
         workers = {n.node_id for n in cluster.worker_nodes}
         with LiveServer(bundle=tiny_bundle, ray_address=cluster.address) as srv:
@@ -275,7 +278,7 @@ def test_a_webcam_session_runs_in_a_worker_nodes_actor(tiny_bundle: Path) -> Non
                 try:
                     scores = await peer.wait_scores(5, 60)
                     async with httpx.AsyncClient() as client:
-                        health = (await client.get(srv.url + "/healthz")).json()["cluster"]
+                        health = (await client.get(srv.url + "/healthz")).json()
                 finally:
                     await peer.close()
                 return answer, answered, scores, health
@@ -285,8 +288,33 @@ def test_a_webcam_session_runs_in_a_worker_nodes_actor(tiny_bundle: Path) -> Non
             assert answer["node"] in workers
             assert len(scores) >= 5 and {s["stream"] for s in scores} == {answer["stream"]}
             assert all(len(s["faces"]) == 1 for s in scores)
-            used = {n["node"]: n["streams_used"] for n in health["nodes"]}
+            used = {n["node"]: n["streams_used"] for n in health["cluster"]["nodes"]}
             assert used[answer["node"]] == 1 and sum(used.values()) == 1
+            assert health["streams"] == 0  # nothing analysed in the API's own process
+
+            def cluster_streams() -> int:
+                return int(httpx.get(srv.url + "/healthz").json()["cluster"]["streams_used"])
+
+            # The aiortc session's slot is freed once its peer has gone.
+            assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
+            with chromium(clip) as ctx:
+                page = ctx.new_page()
+                page.goto(srv.url + "/")
+                page.get_by_role("button", name="Start camera").click()
+                page.wait_for_function(
+                    "['real','fake','warming_up']"
+                    ".includes(document.querySelector('#verdict').dataset.label)",
+                    timeout=ms(30),
+                )
+                page.wait_for_function(
+                    "Number(document.querySelector('#timeline').dataset.points) >= 3",
+                    timeout=ms(30),
+                )
+                nodes = httpx.get(srv.url + "/healthz").json()["cluster"]["nodes"]
+                (node,) = [n["node"] for n in nodes if n["streams_used"] == 1]
+                assert node in workers and page.locator("#status").inner_text() == "live"
+                page.get_by_role("button", name="Stop").click()
+                assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
 
 
 def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
