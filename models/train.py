@@ -587,10 +587,11 @@ class Clips:
     """The training material: face crops per video and the clips built from them."""
 
     crops: dict[str, Any]  # video name -> its extracted crops
-    seqs: dict[str, np.ndarray]  # clip name -> crops (videos, "sbi:" fakes, image pseudo-clips)
+    seqs: dict[str, np.ndarray]  # clip name -> crops (videos, self-blended fakes, image clips)
     labels: dict[str, int]
     stills: tuple[np.ndarray, np.ndarray] | None  # face images (crops, labels)
     n_faces: int
+    synthetic: set[str] = field(default_factory=set)  # the self-blended fakes among `seqs`
     image_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -622,7 +623,7 @@ def run(config: TrainConfig) -> Path:
     save_model_dir(model, out)
     say(f"model saved to {out}")
     if config.bundle:
-        export_and_evaluate(config, config.bundle, out, clips.seqs, split.val)
+        export_and_evaluate(config, config.bundle, out, clips, split.val)
     return out
 
 
@@ -680,16 +681,19 @@ def gather_clips(
         f"face{'; errors: ' + str(errors) if errors else ''}"
     )
     seqs = {n: c.crops for n, c in crops.items() if len(c.crops)}
+    synthetic: set[str] = set()
     if config.sbi and config.encoder_steps <= 0:
         reals = [v.name for v in split.train if v.label == 0 and v.name in seqs]
         for n in reals:
             rng = np.random.default_rng(
                 int(hashlib.sha256(f"{config.seed}:{n}".encode()).hexdigest()[:8], 16)
             )
-            seqs[f"sbi:{n}"] = blend_clip(seqs[n], rng, config.margin)
-            labels[f"sbi:{n}"] = 1
+            name = f"sbi:{n}"  # a name of its own; what it is, is `synthetic`
+            seqs[name] = blend_clip(seqs[n], rng, config.margin)
+            labels[name] = 1
+            synthetic.add(name)
         say(f"self-blended fakes: {len(reals)} synthetic clips from real training clips")
-    clips = Clips(crops, seqs, labels, None, n_faces)
+    clips = Clips(crops, seqs, labels, None, n_faces, synthetic)
     if config.images:
         add_image_clips(config, clips, size, cache_dir, stage)
     return clips
@@ -826,7 +830,7 @@ def training_record(
             "val_real": sum(1 for v in val if v.label == 0),
             "val_fake": sum(1 for v in val if v.label == 1),
         },
-        "synthetic_fakes": sum(1 for n in clips.seqs if n.startswith("sbi:")),
+        "synthetic_fakes": len(clips.synthetic & set(clips.seqs)),
         "encoder_finetune": e2e_info,
         "images": clips.image_info or None,
         "pairs": [str(p) for p in config.pairs] or None,
@@ -844,16 +848,16 @@ def _progress(d: dict[str, Any], desc: str) -> Any:
 
 
 def export_and_evaluate(
-    config: TrainConfig, bundle: Path, out: Path, seqs: dict[str, np.ndarray], val: list[Video]
+    config: TrainConfig, bundle: Path, out: Path, clips: Clips, val: list[Video]
 ) -> None:
     """`deepfake-export build` on the saved model directory `out` into `bundle`, then the held-out evaluation
     through the serving code path and the model card."""
     from models.evaluation import evaluate_bundle, write_model_card
 
     rng = np.random.default_rng(config.seed)
-    real = [
-        s for n, s in seqs.items() if not n.startswith("sbi:") and n not in {v.name for v in val}
-    ]
+    held_out = {v.name for v in val}
+    # INT8 calibration crops: the training clips that are not synthetic.
+    real = [s for n, s in clips.seqs.items() if n not in clips.synthetic and n not in held_out]
     pool = np.concatenate(real) if real else None
     build = [
         "build",
