@@ -219,7 +219,14 @@ def _send(
 def test_bad_input_corpus(tiny_bundle: Path) -> None:
     assert len(CASES) >= 50
     with (
-        LiveServer(bundle=tiny_bundle, offer_burst=500, offer_rate_per_minute=60000) as srv,
+        # The name cases use a loopback camera URL: allowed, so that the name is what is refused
+        # (cameras are public-only by default). No case registers a camera.
+        LiveServer(
+            bundle=tiny_bundle,
+            offer_burst=500,
+            offer_rate_per_minute=60000,
+            camera_allow=("127.0.0.1",),
+        ) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as c,
     ):
         failures = []
