@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from stream_server.core.bundle import CropSpec
 from stream_server.core.faces import FaceDetector, crop_face
+from stream_server.core.manifest import CropSpec
 
 
 def astronaut_frames(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[np.ndarray]:

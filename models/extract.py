@@ -13,9 +13,9 @@ from typing import Any
 import av
 import numpy as np
 
-from stream_server.core.bundle import CropSpec
 from stream_server.core.faces import Detectors, FaceDetector, FaceStage, crop_face
 from stream_server.core.frames import MAX_FRAME_SIDE, FrameSource, decode_video
+from stream_server.core.manifest import CropSpec
 
 
 @dataclass

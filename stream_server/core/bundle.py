@@ -29,18 +29,16 @@ from stream_server.core.manifest import (
 # The bundle the package ships (package data of `models`); every command's --bundle default.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default_bundle"
 
+# The manifest's own types (CropSpec, DetectorSpec, ...) are imported from
+# stream_server.core.manifest, their one home; BundleError and the format names are re-exported
+# because every reader of a bundle meets them here.
 __all__ = [
     "DEFAULT_BUNDLE",
     "FORMAT",
     "MANIFEST",
     "Bundle",
     "BundleError",
-    "CropSpec",
-    "DetectorSpec",
     "EncoderSpec",
-    "HeadSpec",
-    "Manifest",
-    "RoiSpec",
     "load_bundle",
     "parse_detector",
     "parse_manifest",
