@@ -3,6 +3,7 @@ every test not marked `tensorflow` that way; these tests check the pieces that m
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -79,3 +80,51 @@ def test_no_tensorflow_import_in_serving_sources() -> None:
                     "import tf2onnx",
                 )
             ), f"{path}: {s}"
+
+
+# What needs TensorFlow when a test uses it: Keras modules and the fixtures built with them.
+NEEDS_TF_MODULES = (
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "models.backbones",
+    "models.cnn_gru",
+    "models.efficientnet_lite",
+    "models.saving",
+)
+NEEDS_TF_FIXTURES = ("tiny_model_dir", "exported_tiny_bundle")
+
+
+def _marked_tensorflow(node: ast.AST) -> bool:
+    return "tensorflow" in {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and n.attr == "tensorflow"
+    }
+
+
+def test_tests_that_use_keras_are_marked_tensorflow() -> None:
+    """Read with `ast`: a test that takes a Keras-built fixture or imports a Keras module is
+    marked `tensorflow` (itself or its module), so scripts/test.sh's first pass, which has no
+    TensorFlow, never runs it (that pass also fails any unmarked test that reaches for it)."""
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        module_marked = any(
+            isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
+            and _marked_tensorflow(n.value)
+            for n in tree.body
+        )
+        for fn in tree.body:
+            if not isinstance(fn, ast.FunctionDef) or not fn.name.startswith("test"):
+                continue
+            uses = {a.arg for a in fn.args.args} & set(NEEDS_TF_FIXTURES)
+            for n in ast.walk(fn):
+                if isinstance(n, ast.Import):
+                    uses |= {a.name for a in n.names if a.name.startswith(NEEDS_TF_MODULES)}
+                elif isinstance(n, ast.ImportFrom) and n.module:
+                    names = [n.module, *(f"{n.module}.{a.name}" for a in n.names)]
+                    uses |= {m for m in names if m.startswith(NEEDS_TF_MODULES)}
+            marked = module_marked or any(_marked_tensorflow(d) for d in fn.decorator_list)
+            if uses and not marked:
+                unmarked.append(f"{path.name}::{fn.name} uses {sorted(uses)}")
+    assert unmarked == []
