@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bench.media import face_frames, write_video
+from stream_server.shell.cluster_engine import engine_info
 from tests.browser import chromium, write_y4m
 from tests.conftest import LiveServer, free_port
 from tests.rtc_client import ClientPeer, offer_loopback
@@ -193,6 +194,11 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         # Spread over both workers (SPREAD over the nodes with 'streams' slots), none on the head.
         assert Counter(placed.values()) == Counter({w: 2 for w in workers}), placed
         assert all(views[cid]["status"] == "live" for cid in ids)
+        # Each node's cameras share its one engine (crops encoded together).
+        assert all(views[cid]["engine"] == "node" for cid in ids)
+        engines = {e["node"]: e for e in engine_info()}
+        assert {w: engines[w]["streams"] for w in workers} == {w: 2 for w in workers}
+        assert all(engines[w]["crops"] > 0 for w in workers)
 
         health = httpx.get(srv.url + "/healthz").json()["cluster"]
         by_node = {n["node"]: n for n in health["nodes"]}
@@ -230,6 +236,10 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert {views[cid]["node"] for cid in ids} == {survivor}
         assert all(views[cid]["status"] == "live" for cid in ids)
         assert [views[cid]["failovers"] for cid in moved] == [1, 1]
+        assert all(views[cid]["engine"] == "node" for cid in ids)
+        engines = {e["node"]: e for e in engine_info()}
+        assert set(engines) == {survivor} and engines[survivor]["streams"] == 4
+        print(f"survivor's engine: {engines[survivor]}")
         health = httpx.get(srv.url + "/healthz").json()["cluster"]
         assert [(n["node"], n["streams_used"]) for n in health["nodes"] if n["streams"]] == [
             (survivor, 4)
@@ -315,6 +325,25 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
                 assert node in workers and page.locator("#status").inner_text() == "live"
                 page.get_by_role("button", name="Stop").click()
                 assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
+            # Both sessions used their node's shared engine; frames that reach it together are
+            # encoded in one run.
+            engines = {e["node"]: e for e in engine_info()}
+            assert engines[answer["node"]]["crops"] > 0
+            assert sum(e["streams"] for e in engines.values()) == 2
+            import ray
+
+            from stream_server.core.bundle import load_bundle
+            from stream_server.shell.cluster_engine import engine_name
+
+            size = load_bundle(tiny_bundle).encoder.input_size
+            actor = ray.get_actor(engine_name(answer["node"]))
+            before = ray.get(actor.info.remote())
+            crops = np.zeros((1, size, size, 3), np.uint8)
+            out = ray.get([actor.encode.remote(crops, f"s{i}") for i in range(8)])
+            after = ray.get(actor.info.remote())
+            assert [o.shape[0] for o in out] == [1] * 8
+            assert after["calls"] - before["calls"] == 8
+            assert after["batches"] - before["batches"] < 8 and after["most_jobs_per_batch"] >= 2
 
 
 def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -330,7 +359,7 @@ def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Pat
     )
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((out / "cluster-quick.json").read_text())
-    for side in ("single_process", "cluster"):
+    for side in ("single_process", "cluster", "cluster_own_engines"):
         level = data["webcam"][side]
         assert level["connected"] == 2 and level["analysed_fps_per_stream"] > 0, level
         assert level["latency_p95_ms"] is not None

@@ -62,6 +62,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "webhook_secret": ("w" * 20, "w" * 20),
     "mqtt": ("mqtt://broker.invalid:1884/cams", "mqtt://broker.invalid:1884/cams"),
     "ray_address": ("127.0.0.1:6379", "127.0.0.1:6379"),
+    "ray_shared_engine": ("false", False),
     "history_days": ("7", 7.0),
     "ice_addresses": ("127.0.0.1, ::1", ("127.0.0.1", "::1")),
     "ice_servers": ("stun:stun.invalid:3478", ("stun:stun.invalid:3478",)),

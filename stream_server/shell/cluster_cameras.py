@@ -105,6 +105,10 @@ class CameraActor:
         self.incarnation = uuid.uuid4().hex
         self.spec = spec
         self.service = Service(replace(settings, ray_address=None))
+        from stream_server.shell.cluster_engine import use_node_engine
+
+        shared = settings.ray_shared_engine and use_node_engine(self.service, self.node)
+        self.engine = "node" if shared else "own"
         self.log: deque[tuple[int, Event]] = deque(maxlen=LOG_SIZE)
         self.seq = 0
         self.changed: asyncio.Event | None = None
@@ -137,6 +141,7 @@ class CameraActor:
             "frames": self.camera.frames,
             "fps": self.camera.fps,
             "dropped": self.camera.stream.dropped,
+            "engine": self.engine,
         }
 
     async def stop(self) -> None:
@@ -151,7 +156,10 @@ class ActorLink:
 
     def __init__(self, cam: RemoteCamera) -> None:
         self.cam = cam
+        from stream_server.shell.cluster_engine import ensure_engines
+
         self.ray = ray_module()
+        ensure_engines(cam.registry.service.settings)  # before the actor looks its node's up
         actor_class = self.ray.remote(CameraActor)
         self.actor = actor_class.options(
             num_cpus=0,
@@ -206,6 +214,7 @@ class ActorLink:
                 r["fps"],
                 r["dropped"],
             )
+            cam.engine = r["engine"]
             for kind, payload in r["events"]:
                 if kind == "connected":
                     cam.on_connected(bool(payload))
@@ -246,6 +255,7 @@ class RemoteCamera(Camera):
         self.remote_frames = 0
         self.remote_fps = 0.0
         self.remote_dropped = 0
+        self.engine: str | None = None  # "node": its node's shared engine; "own": its own
         self.reader = ActorLink(self)
 
     @property
@@ -282,6 +292,7 @@ class RemoteCamera(Camera):
             "frames": self.remote_frames,
             "node": self.node,
             "failovers": self.failovers,
+            "engine": self.engine,
         }
 
     async def close(self) -> None:

@@ -39,6 +39,10 @@ class WebcamActor:
         self.settings = replace(settings, ray_address=None)
         configure_ice(self.settings)
         self.service = Service(self.settings)
+        from stream_server.shell.cluster_engine import use_node_engine
+
+        shared = settings.ray_shared_engine and use_node_engine(self.service, self.node)
+        self.engine = "node" if shared else "own"
         self.session: Any = None
 
     async def answer(self, sdp: str) -> dict[str, Any]:
@@ -59,6 +63,7 @@ class WebcamActor:
             "type": answer.type,
             "stream": self.session.id,
             "node": self.node,
+            "engine": self.engine,
         }
 
     async def wait_closed(self) -> None:
@@ -85,11 +90,15 @@ class RemoteWebcam:
             raise Capacity(
                 f"every cluster node's 'streams' slots are taken ({snap['streams_capacity']})"
             )
+        from stream_server.shell.cluster_engine import ensure_engines
+
         self.ray = ray_module()
+        ensure_engines(service.settings)  # before the actor looks its node's up
         self.service = service
         self.view = view
         self.id = ""
         self.node: str | None = None
+        self.engine: str | None = None
         self.watch: asyncio.Task[None] | None = None
         self.actor = (
             self.ray.remote(WebcamActor)
@@ -110,7 +119,7 @@ class RemoteWebcam:
             raise Capacity(f"no cluster node took the session within {PLACE_SECONDS:g} s") from None
         if "error" in r:
             raise (OfferError if r["status"] == 400 else NoCandidate)(r["error"])
-        self.id, self.node = r["stream"], r["node"]
+        self.id, self.node, self.engine = r["stream"], r["node"], r["engine"]
         self.view.remote_streams[self.id] = self.node
         self.service.owners[f"remote-{self.id}"] = self  # closed at shutdown
         self.watch = asyncio.get_running_loop().create_task(self._watch())

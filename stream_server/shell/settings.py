@@ -386,6 +386,11 @@ class Settings:
         "run every RTSP camera in a Ray actor on a cluster node with a free 'streams' slot "
         "(an address, or 'auto'; needs the cluster extra; see docs/cluster.md)",
     )
+    ray_shared_engine: bool = setting(
+        True,
+        "true/false: with --ray-address, the streams on a node send their crops to that node's "
+        "one encoder (batched together) instead of each running its own",
+    )
     mqtt: str | None = setting(
         None,
         "MQTT broker that receives camera status, minute summaries and alerts: "
