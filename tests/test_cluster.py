@@ -365,3 +365,24 @@ def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Pat
         assert level["latency_p95_ms"] is not None
     assert data["scan"]["files"] == 2 and data["scan"]["cluster_files_per_s"] > 0
     assert "added" in (out / "cluster-quick.md").read_text()
+
+
+def test_an_unreachable_cluster_is_a_one_line_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Nothing listens at the address: both commands say so and exit 2 at once (Ray's own
+    connect would retry for minutes)."""
+    clip = write_video(tmp_path / "a.mp4", face_frames(10, size=(160, 120)), fps=10)
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    scan = scan_cli(tiny_bundle, "--json", "--ray-address", address, str(clip))
+    serve = subprocess.run(
+        [sys.executable, "-m", "stream_server", "--bundle", str(tiny_bundle)]
+        + ["--port", str(free_port()), "--ray-address", address],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert time.monotonic() - started < scaled(60)
+    for r, prog in ((scan, "deepfake-scan"), (serve, "deepfake-serve")):
+        assert r.returncode == 2, r.stderr
+        assert f"{prog}: error: cannot reach the Ray cluster at {address}" in r.stderr

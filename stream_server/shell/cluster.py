@@ -56,11 +56,31 @@ def connect(address: str) -> Any:
         ) from None
     if ray.is_initialized():
         return ray
+    if address != "auto":
+        reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     return ray
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails at once when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"--ray-address {address!r} is not HOST:PORT or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {reason.lower()} (is `ray start` "
+            "running there?)"
+        ) from None
 
 
 def nodes() -> list[dict[str, Any]]:
