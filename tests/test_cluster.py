@@ -248,6 +248,21 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert f'deepfake_cluster_node_streams{{node="{survivor}"}} 4.0' in metrics
         assert f'deepfake_cluster_node_capacity{{node="{survivor}"}} 4.0' in metrics
         assert victim not in metrics
+        # The relay hop a cluster camera's score takes (node actor -> API), before its feed.
+        relay = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("deepfake_cluster_relay_seconds")
+        }
+        count = relay["deepfake_cluster_relay_seconds_count"]
+        within = {
+            le: relay[f'deepfake_cluster_relay_seconds_bucket{{le="{le}"}}'] / count
+            for le in ("0.01", "0.05", "0.2")
+        }
+        print(
+            f"relay: {count:.0f} scores, mean {relay['deepfake_cluster_relay_seconds_sum'] / count * 1000:.1f} ms, within {within}"
+        )
+        assert count > 50 and within["0.2"] >= 0.9
         # Watching a cluster camera's video is refused, saying where its scores are.
         r = httpx.post(
             srv.url + "/offer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -126,8 +127,8 @@ def create_app(service: Service) -> Starlette:
         from stream_server.shell.cluster_cameras import ClusterView, RemoteCamera
 
         connect(settings.ray_address)
-        registry.camera_class = RemoteCamera
         cluster = ClusterView(registry, service.metrics.registry)
+        registry.camera_class = functools.partial(RemoteCamera, relay=cluster.relay)
 
     async def index(request: Request) -> Response:
         """The web client (HTML)."""

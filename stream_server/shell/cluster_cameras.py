@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import av
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from stream_server.core.messages import ScoreMessage, StatusMessage
 from stream_server.shell.alerts import AlertTracker
@@ -109,14 +109,14 @@ class CameraActor:
 
         shared = settings.ray_shared_engine and use_node_engine(self.service, self.node)
         self.engine = "node" if shared else "own"
-        self.log: deque[tuple[int, Event]] = deque(maxlen=LOG_SIZE)
+        self.log: deque[tuple[int, Event, float]] = deque(maxlen=LOG_SIZE)
         self.seq = 0
         self.changed: asyncio.Event | None = None
         self.camera: NodeCamera | None = None
 
     def push(self, event: Event) -> None:
         self.seq += 1
-        self.log.append((self.seq, event))
+        self.log.append((self.seq, event, time.time()))  # when, to measure the relay
         if self.changed is not None:
             self.changed.set()
 
@@ -137,7 +137,7 @@ class CameraActor:
             "incarnation": self.incarnation,
             "node": self.node,
             "cursor": self.seq,
-            "events": [e for s, e in self.log if s > cursor],
+            "events": [(e, t) for s, e, t in self.log if s > cursor],
             "frames": self.camera.frames,
             "fps": self.camera.fps,
             "dropped": self.camera.stream.dropped,
@@ -215,7 +215,10 @@ class ActorLink:
                 r["dropped"],
             )
             cam.engine = r["engine"]
-            for kind, payload in r["events"]:
+            now = time.time()
+            for (kind, payload), sent in r["events"]:
+                if kind == "message" and isinstance(payload, ScoreMessage) and cam.relay:
+                    cam.relay.observe(max(0.0, now - sent))
                 if kind == "connected":
                     cam.on_connected(bool(payload))
                 elif kind == "lost":
@@ -231,8 +234,11 @@ class RemoteCamera(Camera):
 
     reader: ActorLink  # type: ignore[assignment]  # in place of the local decode thread
 
-    def __init__(self, registry: CameraRegistry, spec: CameraSpec) -> None:
+    def __init__(
+        self, registry: CameraRegistry, spec: CameraSpec, relay: Histogram | None = None
+    ) -> None:
         # What Camera's methods use; none of its local decode thread or analysed stream.
+        self.relay = relay  # seconds from a score on the node to the API (same-clock estimate)
         self.registry = registry
         self.spec = spec
         self.id = spec.id
@@ -319,6 +325,13 @@ class ClusterView:
             "deepfake_cluster_node_capacity",
             "'streams' slots each live Ray node offers",
             ["node"],
+            registry=prometheus,
+        )
+        self.relay = Histogram(
+            "deepfake_cluster_relay_seconds",
+            "A camera's score from its node's actor to the API (the node's and the API's wall "
+            "clocks: meaningful where they agree)",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
             registry=prometheus,
         )
         self.streams = Gauge(
