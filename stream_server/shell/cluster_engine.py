@@ -188,6 +188,8 @@ def use_node_engine(service: Any, node: str) -> bool:
     service.engine = NodeEngineClient(
         service.bundle, service.sessions, actor, caller, service.metrics
     )
+    # This stream never encodes itself: let its own encoder session go (its memory with it).
+    service.sessions.encoder = None
     return True
 
 
