@@ -289,7 +289,8 @@ def test_the_single_process_service_never_imports_ray() -> None:
 @pytest.mark.browser
 def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path: Path) -> None:
     """A real aiortc client, then a real Chromium, offer to the API; a webcam actor on a worker
-    node answers with its own peer, and the scores come on the data channel from that node."""
+    node answers with its own peer, and the scores come on the data channel from that node.
+    When the page's node dies, the page says so and its next offer lands on the other node."""
     clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
     with local_cluster() as cluster:
         workers = {n.node_id for n in cluster.worker_nodes}
@@ -322,6 +323,25 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
 
             # The aiortc session's slot is freed once its peer has gone.
             assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
+            # The session used its node's shared engine; frames that reach it together are
+            # encoded in one run.
+            engines = {e["node"]: e for e in engine_info()}
+            assert engines[answer["node"]]["crops"] > 0
+            assert sum(e["streams"] for e in engines.values()) == 1
+            import ray
+
+            from stream_server.core.bundle import load_bundle
+            from stream_server.shell.cluster_engine import engine_name
+
+            size = load_bundle(tiny_bundle).encoder.input_size
+            actor = ray.get_actor(engine_name(answer["node"]))
+            before = ray.get(actor.info.remote())
+            crops = np.zeros((1, size, size, 3), np.uint8)
+            out = ray.get([actor.encode.remote(crops, f"s{i}") for i in range(8)])
+            after = ray.get(actor.info.remote())
+            assert [o.shape[0] for o in out] == [1] * 8
+            assert after["calls"] - before["calls"] == 8
+            assert after["batches"] - before["batches"] < 8 and after["most_jobs_per_batch"] >= 2
             with chromium(clip) as ctx:
                 page = ctx.new_page()
                 page.goto(srv.url + "/")
@@ -338,27 +358,30 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
                 nodes = httpx.get(srv.url + "/healthz").json()["cluster"]["nodes"]
                 (node,) = [n["node"] for n in nodes if n["streams_used"] == 1]
                 assert node in workers and page.locator("#status").inner_text() == "live"
+                # Its node dies: the page says the connection was lost, offers again, and a
+                # webcam actor on the other node takes the session.
+                (survivor,) = workers - {node}
+                died = time.monotonic()
+                cluster.remove_node(
+                    next(n for n in cluster.worker_nodes if n.node_id == node),
+                    allow_graceful=False,
+                )
+                page.wait_for_function(
+                    "document.querySelector('#live-error').textContent.includes('Connection lost')",
+                    timeout=ms(60),
+                )
+                lost = time.monotonic() - died
+                page.wait_for_function(
+                    "document.querySelector('#status').textContent === 'live'", timeout=ms(60)
+                )
+                back = time.monotonic() - died
+                print(f"page: connection lost shown {lost:.1f} s, live again {back:.1f} s after")
+                nodes = httpx.get(srv.url + "/healthz").json()["cluster"]["nodes"]
+                assert [(n["node"], n["streams_used"]) for n in nodes if n["streams"]] == [
+                    (survivor, 1)
+                ]
                 page.get_by_role("button", name="Stop").click()
                 assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
-            # Both sessions used their node's shared engine; frames that reach it together are
-            # encoded in one run.
-            engines = {e["node"]: e for e in engine_info()}
-            assert engines[answer["node"]]["crops"] > 0
-            assert sum(e["streams"] for e in engines.values()) == 2
-            import ray
-
-            from stream_server.core.bundle import load_bundle
-            from stream_server.shell.cluster_engine import engine_name
-
-            size = load_bundle(tiny_bundle).encoder.input_size
-            actor = ray.get_actor(engine_name(answer["node"]))
-            before = ray.get(actor.info.remote())
-            crops = np.zeros((1, size, size, 3), np.uint8)
-            out = ray.get([actor.encode.remote(crops, f"s{i}") for i in range(8)])
-            after = ray.get(actor.info.remote())
-            assert [o.shape[0] for o in out] == [1] * 8
-            assert after["calls"] - before["calls"] == 8
-            assert after["batches"] - before["batches"] < 8 and after["most_jobs_per_batch"] >= 2
 
 
 def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:
