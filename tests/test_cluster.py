@@ -236,6 +236,12 @@ def test_cameras_spread_over_the_workers_and_move_when_a_node_dies(
         assert {views[cid]["node"] for cid in ids} == {survivor}
         assert all(views[cid]["status"] == "live" for cid in ids)
         assert [views[cid]["failovers"] for cid in moved] == [1, 1]
+        # The kept history (the API's state database) has the move: lost, then live again.
+        for cid in moved:
+            kept = httpx.get(f"{srv.url}/v1/cameras/{cid}/history").json()["statuses"]
+            changes = [(k["status"], k["detail"]) for k in kept]
+            i = next(i for i, c in enumerate(changes) if c[0] == "lost")
+            assert "Ray restarts the camera" in changes[i][1] and ("live", "") in changes[i:]
         assert all(views[cid]["engine"] == "node" for cid in ids)
         engines = {e["node"]: e for e in engine_info()}
         assert set(engines) == {survivor} and engines[survivor]["streams"] == 4
