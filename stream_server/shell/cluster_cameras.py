@@ -201,6 +201,11 @@ class ActorLink:
                     cam.on_lost(f"node {(cam.node or '?')[:12]} lost; Ray restarts the camera")
                 await asyncio.sleep(0.5)
                 continue
+            except self.ray.exceptions.RayError as exc:  # the actor raised: said, then retried
+                text = str(exc).strip().splitlines()
+                cam.on_error(f"camera actor failed: {text[-1] if text else type(exc).__name__}")
+                await asyncio.sleep(2.0)
+                continue
             if r["incarnation"] != incarnation:
                 first = incarnation is None
                 incarnation, cam.node = r["incarnation"], r["node"]
