@@ -342,12 +342,18 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
             size = load_bundle(tiny_bundle).encoder.input_size
             actor = ray.get_actor(engine_name(answer["node"]))
             before = ray.get(actor.info.remote())
+            # A long job first (2048 crops), then 8 one-crop frames of 8 "streams" sent while it
+            # runs: they wait together and are encoded together.
+            big = ray.put(np.zeros((2048, size, size, 3), np.uint8))
             crops = np.zeros((1, size, size, 3), np.uint8)
-            out = ray.get([actor.encode.remote(crops, f"s{i}") for i in range(8)])
+            refs = [actor.encode.remote(big, "long")]
+            refs += [actor.encode.remote(crops, f"s{i}") for i in range(8)]
+            out = ray.get(refs)
             after = ray.get(actor.info.remote())
-            assert [o.shape[0] for o in out] == [1] * 8
-            assert after["calls"] - before["calls"] == 8
-            assert after["batches"] - before["batches"] < 8 and after["most_jobs_per_batch"] >= 2
+            assert [o.shape[0] for o in out] == [2048] + [1] * 8
+            assert after["calls"] - before["calls"] == 9
+            assert after["batches"] - before["batches"] < 9 and after["most_jobs_per_batch"] >= 2
+            print(f"9 calls encoded in {after['batches'] - before['batches']} runs")
             with chromium(clip) as ctx:
                 page = ctx.new_page()
                 page.goto(srv.url + "/")
