@@ -1,7 +1,12 @@
-"""A load-generating process: K aiortc peers, each sending a 640x480 face clip at `fps` like a
-webcam, recording frame-to-score latency (send time of the scored frame -> score arrival).
+"""The WebRTC client peer: aiortc playing a browser page's part, sending a webcam's frames and
+reading the `scores` data channel. The benchmarks' load generator is made of these peers, and
+the tests use the same one (tests/rtc_client.py only adds the test time scale and a loopback
+address for a server in the test's own process).
 
     python -m bench.client URL PEERS SECONDS FPS OUT.json [h264|vp8]
+
+starts K peers, each sending a 640x480 face clip at `fps` like a webcam, recording
+frame-to-score latency (send time of the scored frame -> score arrival).
 
 `h264` (default): the clip is encoded once (H.264 constrained baseline, a key frame every second,
 as a hardware webcam encoder or a browser would send it) and every peer sends those packets on
@@ -13,16 +18,18 @@ default), which on a small machine competes with the server for the same cores.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import aioice.ice
 import av
 import httpx
+import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -32,7 +39,16 @@ from aiortc import (
     VideoStreamTrack,
 )
 
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+def offer_only_loopback() -> None:
+    """Make every peer in this process offer 127.0.0.1 and nothing else (the server is on this
+    host). aioice leaves loopback out of the addresses it offers and has no option for it, so its
+    address lookup (looked up at call time) is replaced."""
+    aioice.ice.get_host_addresses = _loopback
+
+
+def _loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"]
 
 
 class Pacer:
@@ -53,16 +69,22 @@ class Pacer:
         return i, int(i * 90000 / self.fps)
 
 
-class Clip(VideoStreamTrack):
-    """Raw frames; aiortc encodes each one (VP8 by default) as it is sent."""
+class FramesTrack(VideoStreamTrack):
+    """Plays RGB frames in a loop at `fps` with 90 kHz timestamps, like a camera; aiortc encodes
+    each one (VP8 by default) as it is sent."""
 
-    def __init__(self, frames: list[av.VideoFrame], fps: int) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], fps: int = 15) -> None:
         super().__init__()
-        self.frames, self.pacer = frames, Pacer(fps)
+        self.frames, self.fps, self.pacer = frames, fps, Pacer(fps)
+
+    @property
+    def i(self) -> int:
+        """How many frames have been sent."""
+        return self.pacer.i
 
     async def recv(self) -> av.VideoFrame:
         i, pts = await self.pacer.next()
-        frame = self.frames[i % len(self.frames)].reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(self.frames[i % len(self.frames)], format="rgb24")
         frame.pts, frame.time_base = pts, Fraction(1, 90000)
         return frame
 
@@ -83,10 +105,10 @@ class EncodedClip(MediaStreamTrack):
         return packet
 
 
-def encode_h264(frames: list[av.VideoFrame], fps: int) -> list[bytes]:
+def encode_h264(frames: Sequence[np.ndarray], fps: int) -> list[bytes]:
     """One access unit per frame; the clip length is a whole number of GOPs so it loops cleanly."""
     ctx = av.CodecContext.create("libx264", "w")
-    ctx.width, ctx.height = frames[0].width, frames[0].height
+    ctx.height, ctx.width = frames[0].shape[:2]
     ctx.pix_fmt = "yuv420p"
     ctx.time_base = Fraction(1, fps)
     ctx.framerate = Fraction(fps, 1)
@@ -99,57 +121,108 @@ def encode_h264(frames: list[av.VideoFrame], fps: int) -> list[bytes]:
     }
     units: list[bytes] = []
     for k, f in enumerate(frames):
-        frame = f.reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
         frame.pts = k
         units.extend(bytes(p) for p in ctx.encode(frame))
     units.extend(bytes(p) for p in ctx.encode(None))
     return units
 
 
+class Peer:
+    """One client peer: `connect()` offers `track` (sent as it is; an `EncodedClip` as H.264)
+    and a `scores` data channel to POST {base_url}/offer, and every message that arrives on the
+    channel is kept with its arrival time (time.monotonic())."""
+
+    def __init__(self, base_url: str, track: MediaStreamTrack) -> None:
+        self.base_url = base_url
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = track
+        self.messages: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
+        self.answer: dict[str, Any] = {}
+        self.got_message = asyncio.Event()
+
+    async def connect(self) -> dict[str, Any]:
+        """Offer, and set the server's answer; returns it. A refusal raises httpx's
+        HTTPStatusError."""
+        if isinstance(self.track, EncodedClip):
+            transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+            transceiver.setCodecPreferences(
+                [
+                    c
+                    for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType == "video/H264"
+                ]
+            )
+        else:
+            self.pc.addTrack(self.track)
+        channel = self.pc.createDataChannel("scores")
+
+        @channel.on("message")
+        def on_message(data: str) -> None:
+            self.messages.append(json.loads(data))
+            self.received_at.append(time.monotonic())
+            self.got_message.set()
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+            r = await client.post(
+                "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}
+            )
+        r.raise_for_status()
+        self.answer = r.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], "answer"))
+        self.connected_at = time.monotonic()
+        return self.answer
+
+    def scores(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == "score"]
+
+    def score_times(self) -> list[float]:
+        """When each score message arrived (time.monotonic()), in the order of `scores()`."""
+        return [
+            t
+            for m, t in zip(self.messages, self.received_at, strict=True)
+            if m.get("type") == "score"
+        ]
+
+    async def wait_scores(self, n: int, within: float) -> list[dict[str, Any]]:
+        """Wait until n score messages have arrived or `within` seconds have passed."""
+        try:
+            async with asyncio.timeout(within):
+                while len(self.scores()) < n:
+                    self.got_message.clear()
+                    await self.got_message.wait()
+        except TimeoutError:
+            pass
+        return self.scores()
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
 async def peer(
-    url: str, track: Clip | EncodedClip, seconds: float, stop_after_scores: int | None = None
+    url: str, track: FramesTrack | EncodedClip, seconds: float, stop_after_scores: int | None = None
 ) -> dict[str, object]:
-    """One peer sending `track` for `seconds` (or until `stop_after_scores` scores arrived)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if isinstance(track, EncodedClip):
-        transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences(
-            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
-        )
-    else:
-        pc.addTrack(track)
-    pacer = track.pacer
-    ch = pc.createDataChannel("scores")
-    enough = asyncio.Event()
-    lat: list[float] = []
-    server_lat: list[float] = []
-    last: dict[str, object] = {}
-
-    def on_message(data: str) -> None:
-        m = json.loads(data)
-        if m.get("type") == "score" and pacer.start is not None:
-            lat.append(time.monotonic() - (pacer.start + float(m["t"])))
-            server_lat.append(float(m["latency_ms"]) / 1000.0)
-            last.update(m)
-            if stop_after_scores is not None and len(lat) >= stop_after_scores:
-                enough.set()
-
-    ch.on("message", on_message)
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient(timeout=30) as c:
-        r = await c.post(url + "/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-    if r.status_code != 200:
-        await pc.close()
-        return {"error": r.text}
-    await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(enough.wait(), seconds)
-    await pc.close()
+    """One peer sending `track` for `seconds` (or until `stop_after_scores` scores arrived),
+    offering 127.0.0.1 only; its latencies: from each scored frame's place in the sending
+    schedule to the score's arrival (client side), and the server's own `latency_ms`."""
+    offer_only_loopback()
+    p = Peer(url, track)
+    try:
+        await p.connect()
+    except httpx.HTTPStatusError as e:
+        await p.close()
+        return {"error": e.response.text}
+    await p.wait_scores(sys.maxsize if stop_after_scores is None else stop_after_scores, seconds)
+    await p.close()
+    start = track.pacer.start or 0.0
+    scores = list(zip(p.scores(), p.score_times(), strict=True))
     return {
-        "latencies_s": lat,
-        "server_latencies_s": server_lat,
-        "scores": len(lat),
-        "dropped": last.get("dropped", 0),
+        "latencies_s": [t - (start + float(m["t"])) for m, t in scores],
+        "server_latencies_s": [float(m["latency_ms"]) / 1000.0 for m, _ in scores],
+        "scores": len(scores),
+        "dropped": scores[-1][0].get("dropped", 0) if scores else 0,
         "seconds": seconds,
     }
 
@@ -160,10 +233,11 @@ async def run_peers() -> list[dict[str, object]]:
     sys.path.insert(0, ".")
     from bench.media import face_frames
 
-    frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(60, (640, 480))]
+    frames = face_frames(60, (640, 480))
     units = encode_h264(frames, fps) if codec == "h264" else []
-    tracks = [
-        EncodedClip(units, fps) if codec == "h264" else Clip(frames, fps) for _ in range(peers)
+    tracks: list[FramesTrack | EncodedClip] = [
+        EncodedClip(units, fps) if codec == "h264" else FramesTrack(frames, fps)
+        for _ in range(peers)
     ]
     return list(await asyncio.gather(*(peer(url, t, seconds) for t in tracks)))
 

@@ -47,15 +47,13 @@ def proc_counts(pid: int) -> dict[str, float]:
 
 async def cycles(url: str, n: int) -> int:
     """`n` WebRTC sessions one after another: connect, wait for a first score (5 s), close."""
-    import av
-
-    from bench.client import Clip, peer
+    from bench.client import FramesTrack, peer
     from bench.media import face_frames
 
-    frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in face_frames(10, (320, 240))]
+    frames = face_frames(10, (320, 240))
     ok = 0
     for _ in range(n):
-        r = await peer(url, Clip(frames, 15), seconds=5.0, stop_after_scores=1)
+        r = await peer(url, FramesTrack(frames, 15), seconds=5.0, stop_after_scores=1)
         scores = r.get("scores", 0)
         ok += int(isinstance(scores, int) and scores >= 1)
     return ok
@@ -69,9 +67,6 @@ def settle(url: str) -> None:
 
 
 def soak(url: str, pid: int, n: int, warmup: int) -> dict[str, Any]:
-    import aioice.ice
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     asyncio.run(cycles(url, warmup))
     settle(url)
     before = proc_counts(pid)
