@@ -436,3 +436,44 @@ def test_an_unreachable_cluster_is_a_one_line_error(tiny_bundle: Path, tmp_path:
     for r, prog in ((scan, "deepfake-scan"), (serve, "deepfake-serve")):
         assert r.returncode == 2, r.stderr
         assert f"{prog}: error: cannot reach the Ray cluster at {address}" in r.stderr
+
+
+def test_a_node_joins_with_its_own_stream_budget() -> None:
+    """`deepfake-node --address HEAD --max-streams 3` (here `python -m stream_server.shell.cluster`)
+    runs `ray start` for this machine: the node joins with 3 'streams' slots."""
+    import os
+    import signal
+
+    from ray.cluster_utils import Cluster
+
+    from stream_server.shell.cluster import connect, nodes
+
+    small = {"object_store_memory": 100 * MB, "include_dashboard": False}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", **small},
+    )
+    node = None
+    said = ""
+    address = cluster.address
+    try:
+        connect(cluster.address)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "stream_server.shell.cluster", "--address", cluster.address]
+            + ["--max-streams", "3", "--", "--block", "--num-cpus", "0", "--disable-usage-stats"]
+            + ["--object-store-memory", str(100 * MB), "--node-ip-address", "127.0.0.1"],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its raylet and workers, ended together below
+        )
+        joined = poll(nodes, 60, every=0.5, until=lambda ns: any(n["streams"] == 3 for n in ns))
+        assert sorted(n["streams"] for n in joined) == [0, 3]
+    finally:
+        if node is not None:
+            os.killpg(node.pid, signal.SIGTERM)
+            said = node.communicate(timeout=60)[1]
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    assert f'start --address {address} --resources {{"streams": 3.0}}' in said

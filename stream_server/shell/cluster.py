@@ -100,3 +100,44 @@ def nodes() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`deepfake-node`: join this machine to a cluster with its own stream budget, that is
+    `ray start --address ADDRESS --resources '{"streams": N}'` and any further `ray start`
+    options given after `--` (for example `--block`, `--num-cpus 4`)."""
+    import argparse
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="deepfake-node", description=main.__doc__)
+    p.add_argument("--address", required=True, help="the head's HOST:PORT")
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        required=True,
+        help="streams (cameras, webcam sessions) this node takes: its 'streams' slots",
+    )
+    p.add_argument("ray_args", nargs="*", help="more `ray start` options (after --)")
+    args = p.parse_args(argv)
+    if args.max_streams < 0:
+        p.error("--max-streams must be 0 or more")
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    if not Path(ray_cli).exists():
+        ray_cli = shutil.which("ray") or ""
+    if not ray_cli:
+        print(
+            "deepfake-node: error: Ray is not installed: pip install 'deepfake-live[cluster]'",
+            file=sys.stderr,
+        )
+        return 2
+    cmd = [ray_cli, *ray_start_args(args.address, args.max_streams)[1:], *args.ray_args]
+    print("deepfake-node: " + " ".join(cmd), file=sys.stderr, flush=True)
+    os.execv(ray_cli, cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
