@@ -438,6 +438,15 @@ def test_an_unreachable_cluster_is_a_one_line_error(tiny_bundle: Path, tmp_path:
         assert f"{prog}: error: cannot reach the Ray cluster at {address}" in r.stderr
 
 
+def test_deepfake_node_has_version() -> None:
+    from importlib.metadata import version
+
+    exe = Path(sys.executable).parent / "deepfake-node"
+    assert exe.exists(), f"{exe} is missing: pip install -e . installs the console scripts"
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"deepfake-node {version('deepfake-live')}"
+
+
 def test_a_node_joins_with_its_own_stream_budget() -> None:
     """`deepfake-node --address HEAD --max-streams 3` (here `python -m stream_server.shell.cluster`)
     runs `ray start` for this machine: the node joins with 3 'streams' slots."""

@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
+    from stream_server.core.version import version_string
+
     p = argparse.ArgumentParser(prog="deepfake-node", description=main.__doc__)
+    p.add_argument("--version", action="version", version=version_string("deepfake-node"))
     p.add_argument("--address", required=True, help="the head's HOST:PORT")
     p.add_argument(
         "--max-streams",
