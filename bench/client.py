@@ -141,6 +141,7 @@ class Peer:
         self.received_at: list[float] = []
         self.answer: dict[str, Any] = {}
         self.got_message = asyncio.Event()
+        self.headers: dict[str, str] = {}  # sent with the offer (e.g. the bearer token)
 
     async def connect(self) -> dict[str, Any]:
         """Offer, and set the server's answer; returns it. A refusal raises httpx's
@@ -165,7 +166,9 @@ class Peer:
             self.got_message.set()
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, timeout=30, headers=self.headers
+        ) as client:
             r = await client.post(
                 "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}
             )
