@@ -5,6 +5,7 @@ the request guard. Nothing here opens a socket, so it all runs in a few seconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
+from stream_server.shell import setting_fields
 from stream_server.shell import settings as settings_mod
-from stream_server.shell.settings import ENV_PREFIX, Settings, SettingsError, parse_settings
+from stream_server.shell.setting_fields import ENV_PREFIX, SettingsError
+from stream_server.shell.settings import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +77,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),
 }
-FLAGS = [d.name for d in settings_mod.flagged()]
+FLAGS = [d.name for d in setting_fields.flagged(Settings)]
 # Settings without a flag of their own (fixed).
 NO_FLAG = {"max_sdp_bytes"}
 
@@ -82,7 +85,7 @@ NO_FLAG = {"max_sdp_bytes"}
 def test_every_flag_has_a_row_and_every_setting_a_flag() -> None:
     missing = [n for n in FLAGS if n not in FLAG_VALUES]
     assert not missing, f"add a FLAG_VALUES row for {missing}"
-    fields = {f.name for f in settings_mod.fields(Settings)}
+    fields = {f.name for f in dataclasses.fields(Settings)}
     assert set(FLAGS) <= fields
     assert fields - set(FLAGS) <= NO_FLAG, fields - set(FLAGS) - NO_FLAG
 
@@ -96,14 +99,14 @@ def test_readme_configuration_reference_is_the_declaration() -> None:
         "python -m stream_server.shell.settings --write-readme"
     )
     table = readme.split(settings_mod.README_BEGIN)[1].split(settings_mod.README_END)[0]
-    for d in settings_mod.flagged():
+    for d in setting_fields.flagged(Settings):
         assert f"| `{d.flag}` | `{d.env}` |" in table, d.name
 
 
 def test_each_setting_is_declared_once_with_help_and_its_bounds_enforced() -> None:
     """The declaration drives validation: every bound and choice is refused one step outside it
     with the setting's name, at construction as well as from the parser."""
-    for d in settings_mod.declarations():
+    for d in setting_fields.declarations(Settings):
         assert d.how.help, d.name
         bad: list[object] = []
         if d.how.lo is not None:

@@ -174,7 +174,8 @@ def test_webhook_signature_matches_a_receivers_own_hmac() -> None:
 
 
 def test_bad_mqtt_urls_are_refused_with_the_reason() -> None:
-    from stream_server.shell.settings import Settings, SettingsError
+    from stream_server.shell.setting_fields import SettingsError
+    from stream_server.shell.settings import Settings
 
     for url, why in [
         ("http://broker:1883/x", "--mqtt must be mqtt://HOST"),

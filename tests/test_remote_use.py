@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from bench.media import face_frames
-from stream_server.shell.settings import Settings, SettingsError
+from stream_server.shell.setting_fields import SettingsError
+from stream_server.shell.settings import Settings
 from tests.browser import chromium, screenshot, write_y4m
 from tests.conftest import LiveServer, free_port
 
@@ -509,7 +510,7 @@ def test_stop_watching_a_camera_clears_its_face_box(tiny_bundle: Path, tmp_path:
 
 
 def test_no_secret_of_an_ice_server_in_its_error() -> None:
-    from stream_server.shell.settings import parse_ice_server
+    from stream_server.shell.ice import parse_ice_server
 
     with pytest.raises(SettingsError) as err:
         parse_ice_server("stun:alice:hunter2@127.0.0.1:3478")

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stream_server.shell.settings import Settings, SettingsError, parse_settings
+from stream_server.shell.setting_fields import SettingsError
+from stream_server.shell.settings import Settings, parse_settings
 from tests.conftest import LiveServer, free_port, wait_serving
 from tests.timing import scaled
 

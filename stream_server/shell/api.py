@@ -24,9 +24,10 @@ from stream_server.shell.camera_api import camera_routes
 from stream_server.shell.camera_metrics import CameraCollector
 from stream_server.shell.cameras import CameraRegistry
 from stream_server.shell.guard import Guard
+from stream_server.shell.ice import parse_ice_server
 from stream_server.shell.openapi import DocstringSchema
 from stream_server.shell.service import Capacity, Service
-from stream_server.shell.settings import Settings, default_data_dir, parse_ice_server
+from stream_server.shell.settings import Settings, default_data_dir
 from stream_server.shell.slashes import relative_slash_redirects
 from stream_server.shell.store import Store
 from stream_server.shell.uploads import UploadAnalyzer

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     from stream_server.core.bundle import BundleError
-    from stream_server.shell.settings import SettingsError, parse_settings
+    from stream_server.shell.setting_fields import SettingsError
+    from stream_server.shell.settings import parse_settings
 
     try:
         settings = parse_settings(argv)

@@ -1,32 +1,35 @@
 """The one typed settings object: built from CLI flags and DEEPFAKE_* environment variables,
 validated once at start-up, then passed in. Nothing else reads the environment.
 
-Each setting is declared once, as a `Settings` field made by `setting(default, help, bounds...)`;
-the command-line parser, the environment mapping, the validation and the README's configuration
-reference (`python -m stream_server.shell.settings --write-readme`) are derived from it."""
+Each setting is declared once, as a `Settings` field made by `setting(default, help, bounds...)`
+(stream_server/shell/setting_fields.py); the command-line parser, the environment mapping, the
+validation and the README's configuration reference (`python -m stream_server.shell.settings
+--write-readme`) are derived from it."""
 
 from __future__ import annotations
 
 import argparse
-import functools
-import ipaddress
-import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
-from urllib.parse import quote, unquote
 
 from stream_server.core.bundle import DEFAULT_BUNDLE
 from stream_server.core.manifest import MAX_ANALYSIS_FPS
+from stream_server.shell.ice import check_ice_address, check_ice_server, ice_entries
+from stream_server.shell.setting_fields import (
+    SettingsError,
+    add_flags,
+    check_that,
+    each,
+    given,
+    path_check,
+    reference_markdown,
+    setting,
+    validate,
+)
 
-ENV_PREFIX = "DEEPFAKE_"
 DEFAULT_STATIC = Path(__file__).resolve().parents[2] / "client_web"
-
-
-class SettingsError(ValueError):
-    """A setting is invalid; the message says which and why."""
 
 
 def default_data_dir() -> Path:
@@ -34,176 +37,6 @@ def default_data_dir() -> Path:
     $XDG_DATA_HOME/deepfake-live, else ~/.local/share/deepfake-live."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "deepfake-live"
-
-
-@dataclass(frozen=True)
-class IceServer:
-    """One STUN/TURN server as the browser's RTCIceServer has it."""
-
-    url: str  # without credentials
-    username: str | None = None
-    credential: str | None = None
-
-    @property
-    def for_browser(self) -> bool:
-        """Browsers throw on a turn:/turns: URL without username and credential."""
-        return self.url.startswith("stun:") or (
-            self.username is not None and self.credential is not None
-        )
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"urls": [self.url]}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.credential is not None:
-            out["credential"] = self.credential
-        return out
-
-
-ICE_SCHEMES = ("stun:", "turn:", "turns:")
-
-
-def parse_ice_server(entry: str) -> IceServer:
-    """`stun:host:port`, `turn:host:port?transport=tcp`, or with credentials
-    `turn:USER:CREDENTIAL@host:port?transport=udp` (percent-encode `:` `@` `,` in them).
-    A turn: URL without credentials is accepted (the server's aiortc can use it) but browsers
-    refuse one, so the page is not given it (`IceServer.for_browser`)."""
-    scheme, sep, rest = entry.partition(":")
-    if not sep or scheme + ":" not in ICE_SCHEMES:
-        raise SettingsError(f"ICE server {entry!r} must be a stun:, turn: or turns: URL")
-    if rest.startswith("//"):
-        rest = rest[2:]
-    user: str | None = None
-    cred: str | None = None
-    if "@" in rest:
-        info, _, rest = rest.rpartition("@")
-        u, has_cred, c = info.partition(":")
-        user, cred = unquote(u), (unquote(c) if has_cred else None)
-    host = rest.split("?", 1)[0]
-    if not host or host.startswith(":"):
-        raise SettingsError(f"ICE server {redact_ice(entry)!r} names no host")
-    if scheme == "stun" and user is not None:
-        raise SettingsError(f"ICE server {redact_ice(entry)!r}: stun: URLs take no credentials")
-    if user is not None and cred is None:
-        raise SettingsError(
-            f"ICE server {redact_ice(entry)!r}: credentials are USER:CREDENTIAL@ "
-            "(e.g. turn:alice:secret@turn.example.com:3478)"
-        )
-    return IceServer(f"{scheme}:{rest}", user, cred)
-
-
-def redact_ice(entry: str) -> str:
-    """An ICE server entry fit for a log line: the credential replaced."""
-    scheme, _, rest = entry.partition(":")
-    if "@" not in rest:
-        return entry
-    info, _, host = rest.rpartition("@")
-    return f"{scheme}:{info.partition(':')[0]}:***@{host}"
-
-
-def _ice_entries(raw: str) -> tuple[str, ...]:
-    """--ice-servers: a comma list of URLs (credentials as USER:CREDENTIAL@), or a JSON array
-    shaped like the browser's iceServers ([{"urls": ..., "username": ..., "credential": ...}])."""
-    if not raw.lstrip().startswith("["):
-        return _list(raw)
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"ICE servers JSON is invalid ({exc.msg})") from None
-    out: list[str] = []
-    for item in data if isinstance(data, list) else [None]:
-        if not isinstance(item, dict) or not isinstance(item.get("urls"), str | list):
-            raise SettingsError('ICE servers JSON must be a list of {"urls": ..., ...} objects')
-        urls = [item["urls"]] if isinstance(item["urls"], str) else item["urls"]
-        user, cred = item.get("username"), item.get("credential")
-        for url in urls:
-            if not isinstance(url, str):
-                raise SettingsError("ICE server urls must be strings")
-            if user is None and cred is None:
-                out.append(url)
-                continue
-            scheme, _, rest = url.partition(":")
-            info = quote(str(user), safe="") + ":" + quote(str(cred), safe="")
-            out.append(f"{scheme}:{info}@{rest}")
-    return tuple(out)
-
-
-def _list(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return tuple(value)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How one setting is given and checked: its help text, bounds, choices and extra checks.
-    Its name, type and default are the `Settings` field's; the flag (`--max-streams`), the
-    environment variable (`DEEPFAKE_MAX_STREAMS`), the parser, the validation and the README's
-    configuration reference are all derived from the two together."""
-
-    help: str
-    lo: float | None = None  # lowest allowed value (see lo_open)
-    hi: float | None = None  # highest allowed value, inclusive
-    lo_open: bool = False  # lo itself is not allowed: (lo, hi]
-    unit: str = ""  # shown after the range in messages and the reference ("s", "ms")
-    choices: tuple[str, ...] = ()
-    check: Callable[[Any], str | None] | None = None  # the value -> why it is refused, or None
-    parse: Callable[[str], Any] | None = None  # text -> value, where the type's own does not do
-    shown_default: str | None = None  # the default as the reference shows it (paths, computed)
-    flag: bool = True  # False: fixed, not settable from the command line or the environment
-
-    def range_text(self) -> str:
-        lo, hi, u = self.lo, self.hi, (" " + self.unit if self.unit else "")
-        if lo is not None and hi is not None:
-            return (
-                f"in ({_num(lo)}, {_num(hi)}]{u}" if self.lo_open else f"{_num(lo)}..{_num(hi)}{u}"
-            )
-        if lo is not None:
-            return f"{'>' if self.lo_open else '>='} {_num(lo)}{u}"
-        if hi is not None:
-            return f"<= {_num(hi)}{u}"
-        return ""
-
-
-def _num(x: float) -> str:
-    """1073741824, 0.5, 30: whole numbers without a decimal point or an exponent."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def setting(default: Any, help: str, **how: Any) -> Any:
-    """A `Settings` field declared once: `port: int = setting(8080, "port to listen on", lo=1,
-    hi=65535)`."""
-    return field(default=default, metadata={"setting": Setting(help, **how)})
-
-
-def _problem(check: Callable[[Any], bool], why: str) -> Callable[[Any], str | None]:
-    return lambda v: None if check(v) else why
-
-
-def _each(check: Callable[[str], str | None]) -> Callable[[tuple[str, ...]], str | None]:
-    def run(values: tuple[str, ...]) -> str | None:
-        for v in values:
-            why = check(v)
-            if why is not None:
-                return why
-        return None
-
-    return run
-
-
-def _is_ip(value: str) -> str | None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"ICE address {value!r} is not an IP address"
-    return None
-
-
-def _is_ice_server(value: str) -> str | None:
-    parse_ice_server(value)  # raises SettingsError with the reason
-    return None
 
 
 def _mqtt_url(value: str) -> str | None:
@@ -220,20 +53,6 @@ def _webhook(value: str) -> str | None:
     if value.startswith(("http://", "https://")):
         return None
     return f"webhook {value!r} must be an http:// or https:// URL"
-
-
-def _path_check(what: str, kind: str) -> Callable[[Path], str | None]:
-    def run(path: Path) -> str | None:
-        p = Path(path)
-        if kind == "file" and not p.is_file():
-            return f"{what} {path} does not exist"
-        if kind == "dir" and not p.is_dir():
-            return f"{what} {path} is not a directory"
-        if kind == "dir if it exists" and p.exists() and not p.is_dir():
-            return f"{what} {path} is not a directory"
-        return None
-
-    return run
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -316,7 +135,7 @@ class Settings:
     token: str | None = setting(
         None,
         "bearer token required on /offer, /v1/* and feeds (web page: open /?token=...); none: open",
-        check=_problem(lambda t: len(t) >= 16, "token must be at least 16 characters"),
+        check=check_that(lambda t: len(t) >= 16, "token must be at least 16 characters"),
     )
     metrics_public: bool = setting(True, "true/false: serve /metrics without the token")
     offer_rate_per_minute: float = setting(
@@ -348,14 +167,14 @@ class Settings:
     upload_dir: Path | None = setting(
         None,
         "directory for temporary upload files",
-        check=_path_check("upload dir", "dir"),
+        check=path_check("upload dir", "dir"),
         shown_default="the system's temporary directory",
     )
     cameras_file: Path | None = setting(
         None,
         "TOML ([[cameras]] tables, by the .toml suffix) or JSON file declaring cameras with "
         "the keys of POST /v1/cameras (url, name, id, alert_seconds); applied at every start",
-        check=_path_check("cameras file", "file"),
+        check=path_check("cameras file", "file"),
     )
     max_cameras: int = setting(16, "most RTSP cameras registered at once", lo=1, hi=256)
     camera_allow: tuple[str, ...] = setting(
@@ -373,13 +192,13 @@ class Settings:
         3.0, "seconds a face must stay above the threshold to alert", lo=0
     )
     webhooks: tuple[str, ...] = setting(
-        (), "comma list of http(s) URLs that receive alerts as JSON POSTs", check=_each(_webhook)
+        (), "comma list of http(s) URLs that receive alerts as JSON POSTs", check=each(_webhook)
     )
     webhook_secret: str | None = setting(
         None,
         "key that signs webhook POSTs: X-Deepfake-Signature is sha256=HMAC-SHA256 of "
         "'TIMESTAMP.BODY' with X-Deepfake-Timestamp (Unix seconds); at least 16 characters",
-        check=_problem(lambda t: len(t) >= 16, "webhook secret must be at least 16 characters"),
+        check=check_that(lambda t: len(t) >= 16, "webhook secret must be at least 16 characters"),
     )
     ray_address: str | None = setting(
         None,
@@ -409,23 +228,23 @@ class Settings:
         (),
         "comma list of local IPs that ICE offers, e.g. 127.0.0.1 (empty: every address but "
         "loopback, and loopback when the host has nothing else)",
-        check=_each(_is_ip),
+        check=each(check_ice_address),
     )
     ice_servers: tuple[str, ...] = setting(
         (),
         "STUN/TURN servers for the server and the page (none by default): a comma list of "
         "stun:HOST:PORT and turn:USER:CREDENTIAL@HOST:PORT?transport=udp|tcp URLs "
         "(turns: for TLS), or a JSON array like the browser's iceServers",
-        check=_each(_is_ice_server),
-        parse=_ice_entries,
+        check=each(check_ice_server),
+        parse=ice_entries,
     )
     tls_cert: Path | None = setting(
         None,
         "PEM certificate (chain) file: serve HTTPS (with --tls-key)",
-        check=_path_check("TLS certificate", "file"),
+        check=path_check("TLS certificate", "file"),
     )
     tls_key: Path | None = setting(
-        None, "PEM private key file of --tls-cert", check=_path_check("TLS key", "file")
+        None, "PEM private key file of --tls-cert", check=path_check("TLS key", "file")
     )
     tls_self_signed: bool = setting(
         False,
@@ -436,7 +255,7 @@ class Settings:
         None,
         "directory for kept state: the cameras and their history (state.sqlite3) and the "
         "self-signed certificate",
-        check=_path_check("data dir", "dir if it exists"),
+        check=path_check("data dir", "dir if it exists"),
         shown_default="$XDG_DATA_HOME/deepfake-live or ~/.local/share/deepfake-live",
     )
     static_dir: Path = setting(
@@ -454,82 +273,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for d in declarations():
-            why = d.problem(getattr(self, d.name))
-            if why is not None:
-                raise SettingsError(why)
-
-
-@dataclass(frozen=True)
-class Declared:
-    """One setting as declared: the field's name, type and default with its `Setting`."""
-
-    name: str
-    kind: type  # int, float, str, bool, Path or tuple (a comma list of strings)
-    optional: bool  # None allowed (and the default)
-    default: Any
-    how: Setting
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-    @property
-    def label(self) -> str:
-        return self.name.replace("_", " ")
-
-    def from_text(self, raw: str) -> Any:
-        """A flag's or environment variable's text as the field's value (ValueError if not)."""
-        if self.how.parse is not None:
-            return self.how.parse(raw)
-        if self.kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise SettingsError(f"{self.label} must be true or false")
-            return raw.lower() in ("true", "1", "yes")
-        if self.kind is tuple:
-            return _list(raw)
-        return self.kind(raw)
-
-    def problem(self, value: Any) -> str | None:
-        """Why `value` is refused, or None."""
-        how = self.how
-        if value is None and self.optional:
-            return None
-        if how.choices and value not in how.choices:
-            return f"{self.label} {value!r} is not one of {', '.join(how.choices)}"
-        if self.kind in (int, float) and (how.lo is not None or how.hi is not None):
-            low_ok = how.lo is None or (value > how.lo if how.lo_open else value >= how.lo)
-            if not (low_ok and (how.hi is None or value <= how.hi)):
-                return f"{self.label} must be {how.range_text()}, got {_num(value)}"
-        return how.check(value) if how.check is not None else None
-
-
-def _kind(hint: Any) -> tuple[type, bool]:
-    args = [a for a in get_args(hint) if a is not type(None)]
-    optional = len(args) < len(get_args(hint))
-    base = args[0] if optional else hint
-    origin = get_origin(base)
-    return (origin if origin is not None else base), optional
-
-
-@functools.cache
-def declarations() -> tuple[Declared, ...]:
-    """Every setting in declaration order."""
-    hints = get_type_hints(Settings)
-    out = []
-    for f in fields(Settings):
-        kind, optional = _kind(hints[f.name])
-        out.append(Declared(f.name, kind, optional, f.default, f.metadata["setting"]))
-    return tuple(out)
-
-
-def flagged() -> tuple[Declared, ...]:
-    """The settings a flag and an environment variable set (all but the fixed ones)."""
-    return tuple(d for d in declarations() if d.how.flag)
+        validate(self)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -542,18 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "also be set as DEEPFAKE_<FLAG> (e.g. DEEPFAKE_PORT).",
     )
     p.add_argument("--version", action="version", version=version_string("deepfake-serve"))
-    for d in flagged():
-        extra: dict[str, Any] = {}
-        if d.kind is bool:
-            extra = {"nargs": "?", "const": "true"}  # `--tls-self-signed` alone means true
-        p.add_argument(
-            d.flag,
-            dest=d.name,
-            type=d.kind if d.kind in (int, float, Path) else str,
-            default=None,
-            help=f"{d.how.help} [env {d.env}]",
-            **extra,
-        )
+    add_flags(p, Settings)
     return p
 
 
@@ -562,55 +295,7 @@ def parse_settings(
 ) -> Settings:
     """CLI flags win over DEEPFAKE_<NAME> environment variables, which win over defaults."""
     env = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    for d in flagged():
-        raw = getattr(args, d.name)
-        if raw is None and d.env in env:
-            raw = env[d.env]
-            if d.kind in (int, float):
-                try:
-                    raw = d.kind(raw)
-                except ValueError:
-                    raise SettingsError(f"{d.env} is not a valid {d.kind.__name__}") from None
-        if raw is None:
-            continue
-        values[d.name] = d.from_text(raw) if isinstance(raw, str) else raw
-    return Settings(**values)
-
-
-def _shown(d: Declared) -> str:
-    if d.how.shown_default is not None:
-        return d.how.shown_default
-    if d.default is None or d.default == ():
-        return "none"
-    if isinstance(d.default, bool):
-        return str(d.default).lower()
-    if isinstance(d.default, int | float):
-        return _num(d.default)
-    return str(d.default)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def reference_markdown() -> str:
-    """The README's configuration reference: one row per flag, from the declarations."""
-    rows = [
-        "| flag | environment | type | default | allowed | what |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for d in flagged():
-        allowed = d.how.range_text() or ", ".join(d.how.choices)
-        if d.kind is bool:
-            allowed = "true, false"
-        kind = "list" if d.kind is tuple else "path" if d.kind is Path else d.kind.__name__
-        rows.append(
-            f"| `{d.flag}` | `{d.env}` | {kind} | {_cell(_shown(d))} | {_cell(allowed)} "
-            f"| {_cell(d.how.help)} |"
-        )
-    return "\n".join(rows) + "\n"
+    return Settings(**given(Settings, build_parser().parse_args(argv), env))
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -621,12 +306,12 @@ README_END = "<!-- settings: end -->"
 
 
 def readme_with_reference(readme: str) -> str:
-    """`readme` with the text between the markers replaced by `reference_markdown()`."""
+    """`readme` with the text between the markers replaced by `reference_markdown(Settings)`."""
     head, sep, rest = readme.partition(README_BEGIN)
     _, sep2, tail = rest.partition(README_END)
     if not sep or not sep2:
         raise SettingsError("README.md has no settings reference markers")
-    return f"{head}{README_BEGIN}\n{reference_markdown()}{README_END}{tail}"
+    return f"{head}{README_BEGIN}\n{reference_markdown(Settings)}{README_END}{tail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -638,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--write-readme", type=Path, nargs="?", const=README, metavar="PATH")
     args = p.parse_args(argv)
     if args.markdown:
-        print(reference_markdown(), end="")
+        print(reference_markdown(Settings), end="")
         return 0
     path: Path = args.write_readme
     path.write_text(readme_with_reference(path.read_text()))

@@ -15,7 +15,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_server.shell.settings import Settings, SettingsError, default_data_dir
+from stream_server.shell.setting_fields import SettingsError
+from stream_server.shell.settings import Settings, default_data_dir
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from stream_server.core.messages import ScoreMessage, StatusMessage
 from stream_server.core.metrics import Metrics
+from stream_server.shell.ice import parse_ice_server
 from stream_server.shell.service import Service
-from stream_server.shell.settings import Settings, parse_ice_server
+from stream_server.shell.settings import Settings
 
 log = logging.getLogger(__name__)
 
