@@ -565,6 +565,39 @@ def test_fuzz_sdp_through_offer_handling_gives_offer_error_or_answer(
     assert body["stream"] not in srv.service.streams
 
 
+@pytest.mark.parametrize("how", ["dropped", "cut"])
+def test_an_offer_section_without_candidates_is_the_offers_fault(
+    fuzz_server: tuple[LiveServer, list[str]], how: str
+) -> None:
+    """An offer sent before ICE gathering finished (its video section lists no candidate, or
+    only a cut one; the data channel's is intact): aiortc answers with no candidate, and
+    the server, which has addresses, says it is the offer's fault (400), not its own (the 500 of
+    an answer that has none because the server has no address). Found by the fuzz above."""
+    srv, lines = fuzz_server
+    first_m = next(i for i, line in enumerate(lines) if line.startswith("m="))
+    second_m = next(i for i, line in enumerate(lines) if i > first_m and line.startswith("m="))
+    assert any(line.startswith("a=candidate:") for line in lines[first_m:second_m])
+    edited = []
+    for i, line in enumerate(lines):
+        if first_m < i < second_m and line.startswith("a=candidate:"):
+            if how == "dropped":
+                continue
+            line = line[: line.rindex(" typ ") + 6]  # "... typ h": no known candidate type
+        edited.append(line)
+    r = httpx.post(
+        srv.url + "/offer", json={"sdp": "\r\n".join(edited), "type": "offer"}, timeout=30
+    )
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert "lists no usable ICE candidate" in r.json()["error"]
+    assert "gathering" in r.json()["error"]
+    # The unedited offer still gets an answer with the server's candidates.
+    ok = httpx.post(srv.url + "/offer", json={"sdp": "\r\n".join(lines), "type": "offer"})
+    assert ok.status_code == 200 and "a=candidate:" in ok.json()["sdp"]
+    owner = srv.service.owners[ok.json()["stream"]]
+    assert srv.service.loop is not None
+    asyncio.run_coroutine_threadsafe(owner.close(), srv.service.loop).result(10)
+
+
 def test_fuzz_left_the_server_serving(fuzz_server: tuple[LiveServer, list[str]]) -> None:
     srv, _ = fuzz_server
     h = httpx.get(srv.url + "/healthz").json()

@@ -95,6 +95,43 @@ def has_candidate(sdp: str) -> bool:
     return any(line.startswith("a=candidate:") for line in sdp.replace("\r", "").split("\n"))
 
 
+OFFER_WITHOUT_CANDIDATE = (
+    "malformed offer: a media section lists no usable ICE candidate (send the offer once ICE "
+    "gathering is complete: this server takes no trickled candidates)"
+)
+
+
+def _usable_candidate(c: Any) -> bool:
+    import ipaddress
+
+    if c.type not in ("host", "srflx", "prflx", "relay") or str(c.protocol).lower() not in (
+        "udp",
+        "tcp",
+    ):
+        return False
+    if not (0 < int(c.port) < 65536 and c.ip):
+        return False
+    if str(c.ip).endswith(".local"):  # a browser's mDNS name for its host address
+        return True
+    try:
+        ipaddress.ip_address(c.ip)
+    except ValueError:
+        return False
+    return True
+
+
+def section_without_candidate(sdp: str) -> bool:
+    """Whether a media section of `sdp` lists no usable ICE candidate (none at all, or only
+    cut or garbled `a=candidate` lines: an unknown type or transport, no port, no address)."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        media = SessionDescription.parse(sdp).media
+    except Exception:
+        return True
+    return any(not any(_usable_candidate(c) for c in m.ice_candidates) for m in media)
+
+
 def check_offer(body: Any, max_sdp: int) -> RTCSessionDescription:
     if not isinstance(body, dict):
         raise OfferError("body must be a JSON object with sdp and type")
@@ -203,6 +240,11 @@ async def make_answer(pc: RTCPeerConnection) -> RTCSessionDescription:
         raise OfferError(f"malformed offer: {_reason(exc)}") from exc
     desc: RTCSessionDescription = pc.localDescription
     if not has_candidate(desc.sdp):
+        remote = pc.remoteDescription
+        if remote is not None and section_without_candidate(remote.sdp):
+            # aiortc answers a media section that lists no candidate with none of its own: the
+            # offer's fault (sent before ICE gathering completed), not the server's addresses.
+            raise OfferError(OFFER_WITHOUT_CANDIDATE)
         log.warning("refused a WebRTC session: %s", NO_CANDIDATE)
         raise NoCandidate(NO_CANDIDATE)
     return desc
