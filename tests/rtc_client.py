@@ -11,15 +11,14 @@ import numpy as np
 from bench.client import FramesTrack, Peer
 from tests.timing import scaled
 
-__all__ = ["ClientPeer", "FramesTrack", "offer_loopback"]
-
 
 def offer_loopback() -> None:
     """Tests run in a loopback-only namespace, where aioice (which leaves loopback out) would
     give this client no candidate to offer: offer 127.0.0.1, as a browser on the same host
     does. aiortc then also answers an offer without candidates with none of its own, so a
     server in another process could never be reached. Done with the server's own
-    `configure_ice`, which first keeps aioice's lookup for the server in this process."""
+    `configure_ice` (bench/client.py's `offer_only_loopback` would do it before the server's
+    module had kept aioice's own lookup, changing what a server in this process offers)."""
     import aioice.ice
 
     if "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False):

@@ -15,9 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.client import FramesTrack
 from bench.media import face_frames
 from tests.conftest import LiveServer
-from tests.rtc_client import ClientPeer, FramesTrack
+from tests.rtc_client import ClientPeer
 from tests.test_hostile import metric, wait_for
 
 
