@@ -5,8 +5,8 @@ The API creates a `NodeEngine` actor on every node with `streams` slots (named
 `deepfake-engine-<node id>`, pinned to its node, owned by the API so it ends with it). Camera
 and webcam actors find their node's engine by name and use `NodeEngineClient` in place of their
 own engine: their crops go to the node's engine, which encodes whatever is queued in one run
-(no extra wait, like `max_wait_ms=0`), and the GRU head then runs in the stream's own actor
-over its own windows (it is cheap: under 1 ms per window). A stream actor that finds no engine
+(after `--max-wait-ms`, 0 by default, as in one process), and the GRU head then runs in the
+stream's own actor over its own windows (it is cheap: under 1 ms per window). A stream actor that finds no engine
 on its node (a node that joined after the last check) uses its own, and says so.
 """
 
@@ -51,6 +51,7 @@ class NodeEngine:
         sessions = open_sessions(bundle, settings.providers, settings.threads)
         warm_up(bundle, sessions)
         self.engine = InferenceEngine(bundle, sessions, max_batch=settings.max_batch)
+        self.max_wait = settings.max_wait_ms / 1000.0  # --max-wait-ms, as in one process
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-encoder")
         self.pending: list[tuple[np.ndarray, str, asyncio.Future[np.ndarray]]] = []
         self.busy = False
@@ -75,6 +76,10 @@ class NodeEngine:
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
+                if self.max_wait > 0 and sum(len(c) for c, _, _ in self.pending) < (
+                    self.engine.max_batch
+                ):
+                    await asyncio.sleep(self.max_wait)  # let a micro-batch fill
                 batch: list[tuple[np.ndarray, str, asyncio.Future[np.ndarray]]] = []
                 n = 0
                 while self.pending and (
