@@ -118,6 +118,27 @@ def test_a_full_queue_refuses_the_frame() -> None:
         e.stop()
 
 
+def test_a_job_cancelled_while_queued_leaves_the_rest_of_its_batch_scored() -> None:
+    """A stream that closes while its frame is in the engine cancels the frame's future; the
+    other streams' jobs in the same micro-batch still get their scores (set_result on the
+    cancelled future used to raise, failing them all)."""
+    gate = threading.Event()
+    enc = Encoder(gate)
+    e = engine(enc, max_batch=16)
+    try:
+        first = e.submit(job(10))
+        assert enc.entered.wait(10)
+        gone, kept = e.submit(job(20)), e.submit(job(40))
+        assert gone.cancel()
+        gate.set()
+        first.result(10)
+        assert kept.result(10) == pytest.approx([40 / 255])
+        assert gone.cancelled() and enc.batches == [1, 2]
+    finally:
+        gate.set()
+        e.stop()
+
+
 def test_a_failed_batch_is_reported_to_every_job_never_a_score() -> None:
     e = engine(Encoder(), Head(fail=True))
     try:

@@ -165,5 +165,8 @@ class InferenceEngine:
         i = 0
         for j in batch:
             k = len(j.crops)
-            j.future.set_result(p[i : i + k])
+            # A stream that closed while its frame was queued or running has cancelled the
+            # future: its score is not wanted, and the rest of the batch still gets theirs.
+            if j.future.set_running_or_notify_cancel():
+                j.future.set_result(p[i : i + k])
             i += k
