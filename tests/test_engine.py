@@ -187,3 +187,19 @@ def test_a_job_needs_one_window_per_crop() -> None:
             e.submit(FaceJob(np.zeros((0, 8, 8, 3), np.uint8), []))
     finally:
         e.stop()
+
+
+def test_the_service_encoder_runs_one_intra_op_thread_that_never_spins(tiny_bundle: Any) -> None:
+    """Issue #18: the serving default is one intra-op thread for the encoder, and a pool (with
+    --threads 0 or more than 1) sleeps between runs instead of spin-waiting: measured on the
+    2-core build machine, the spinning pool thread used more CPU than the encoder itself."""
+    from stream_server.core.bundle import load_bundle
+    from stream_server.core.runtime import open_sessions
+    from stream_server.shell.settings import Settings
+
+    bundle = load_bundle(tiny_bundle)
+    for threads in (Settings().threads, 0):
+        opts = open_sessions(bundle, "cpu", threads).encoder.get_session_options()
+        assert opts.intra_op_num_threads == threads
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert Settings().threads == 1

@@ -62,14 +62,24 @@ class Sessions:
     roi_detector: Any = None  # the bundle's optional tracked-face detector
 
 
-def session(path: str | Path, providers: list[str] | None = None, threads: int = 0) -> Any:
+def session(
+    path: str | Path, providers: list[str] | None = None, threads: int = 0, spin: bool = True
+) -> Any:
     """The one onnxruntime session builder (serving, export, training): quiet logging, one
-    inter-op thread, `threads` intra-op threads (0 = onnxruntime's choice), CPU unless told."""
+    inter-op thread, `threads` intra-op threads (0 = onnxruntime's choice), CPU unless told.
+
+    `spin=False`: the intra-op pool's threads sleep between runs instead of spin-waiting for
+    the next one (onnxruntime's default). A live service runs the encoder dozens of times a
+    second on cores its streams need: measured with 8 webcam streams on a 2-core machine, the
+    spinning pool thread used more CPU than the encoder itself (docs/performance.md)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
@@ -157,9 +167,13 @@ def _check_detector(sess: Any, d: Any, what: str) -> None:
     )
 
 
-def open_sessions(bundle: Bundle, providers: str = "auto", threads: int = 0) -> Sessions:
+def open_sessions(
+    bundle: Bundle, providers: str = "auto", threads: int = 0, spin: bool = False
+) -> Sessions:
+    """The bundle's sessions; the encoder with `threads` intra-op threads that spin between
+    runs only with `spin` (see `session`)."""
     chosen = resolve_providers(providers)
-    enc = session(bundle.file(bundle.encoder.file), chosen, threads)
+    enc = session(bundle.file(bundle.encoder.file), chosen, threads, spin)
     head = session(bundle.file(bundle.head.file), ["CPUExecutionProvider"], 1)
     det = session(bundle.file(bundle.detector.file), chosen, 1)
     roi = (

@@ -77,7 +77,10 @@ class Settings:
     providers: str = setting(
         "auto", "onnxruntime providers: auto (CUDA when available, else CPU), cpu, cuda, ..."
     )
-    threads: int = setting(0, "onnxruntime threads for the encoder (0 = all cores)", lo=0)
+    # 1 by default: a live service's parallelism is its streams (the face-stage pool and the
+    # engine run side by side); a second intra-op thread made the encoder's small batches no
+    # faster and cost CPU the streams need (docs/performance.md, issue #18).
+    threads: int = setting(1, "onnxruntime intra-op threads for the encoder (0 = all cores)", lo=0)
     analysis_fps: float | None = setting(
         None,
         "analysed frames per second per stream, live and uploads alike",
