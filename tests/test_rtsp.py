@@ -339,3 +339,69 @@ def test_webrtc_viewers_get_video_and_scores_from_one_decode(
             json={"sdp": "v=0\r\nm=video 9 x\r\n", "type": "offer", "camera": "nope"},
         )
         assert r.status_code == 404
+
+
+def test_nonref_skip_rule() -> None:
+    """Issue #18: a camera's decoder skips non-reference frames only while it sends at least 4x
+    the analysis rate and nobody watches its video; a viewer turns it off at once; a stream left
+    with fewer than 1.5x the analysis rate decodes every frame again, for good."""
+    from types import SimpleNamespace
+
+    from stream_server.shell.cameras import NonRefSkip
+
+    cc = SimpleNamespace(skip_frame="DEFAULT")
+    skip = NonRefSkip(5.0)
+
+    def second(fps: int, start: float, watched: bool = False) -> float:
+        for i in range(fps):
+            skip.frame(cc, start + i / fps, watched)
+        return start + 1.0
+
+    t = second(30, 0.0)
+    t = second(30, t)  # one whole second measured at 30 fps: skip
+    assert skip.on and cc.skip_frame == "NONREF"
+    skip.frame(cc, t, watched=True)  # a viewer: every frame, at once
+    assert not skip.on and cc.skip_frame == "DEFAULT"
+    t = second(30, second(30, t + 0.01, watched=True), watched=True)
+    assert not skip.on  # not while watched
+    t = second(30, second(30, t))
+    assert skip.on
+    t = second(6, second(6, t))  # only 6 fps left (< 1.5 x 5): back to every frame, for good
+    assert not skip.on and skip.too_sparse
+    second(30, second(30, t))
+    assert not skip.on
+    slow = NonRefSkip(5.0)
+    for i in range(60):
+        slow.frame(cc, i / 15, False)  # a 15 fps camera (< 4 x 5): never
+    assert not slow.on
+
+
+def test_a_camera_with_b_frames_decodes_fewer_frames_and_is_analysed_as_often(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A 30 fps camera whose H.264 has B-frames (x264, no B-pyramid: 2 of 3 frames are not
+    referenced): its decoder skips them, so the server decodes about 10 frames/s, and the
+    analysis still gets its 5 frames/s."""
+    clip = write_video(
+        tmp_path / "bframes.mp4",
+        face_frames(90, size=(320, 240)) * 10,
+        fps=30,
+        options={"g": "30", "bf": "2", "x264-params": "b-pyramid=none"},
+    )
+    with RtspServer(clip, free_port()) as cam, LiveServer(bundle=tiny_bundle, **FAST) as srv:
+        c = register(srv, cam.url).json()
+        feed = Feed(f"{srv.url}/v1/cameras/{c['id']}/events")
+        try:
+            view = poll(
+                lambda: httpx.get(f"{srv.url}/v1/cameras/{c['id']}").json(),
+                20,
+                every=0.2,
+                until=lambda v: v["status"] == "live" and 0 < v["fps"] < 16,
+            )
+            assert 5 <= view["fps"] < 16, view  # ~10 of 30 decoded
+            n0, t0 = len([e for e in feed.events if e[0] == "score"]), time.monotonic()
+            time.sleep(3.0)  # a measuring window, not a deadline
+            n1, t1 = len([e for e in feed.events if e[0] == "score"]), time.monotonic()
+            assert (n1 - n0) / (t1 - t0) >= 3.5, (n1 - n0, t1 - t0)
+        finally:
+            feed.close()

@@ -69,6 +69,50 @@ class DuplicateCamera(Exception):
 
 UNREACHABLE = "camera unreachable: no RTSP video source answered"
 
+# Non-reference frames (most B-frames) are not decoded while a camera sends at least
+# SKIP_NONREF_RATIO times the analysis rate and no viewer watches its video; decoding goes back
+# to every frame when fewer than SKIP_NONREF_FLOOR times the analysis rate would be left.
+SKIP_NONREF_RATIO = 4.0
+SKIP_NONREF_FLOOR = 1.5
+
+
+class NonRefSkip:
+    """Whether a camera's decoder skips non-reference frames (FFmpeg's skip_frame NONREF): they
+    are half or more of a stream with B-frames and no other frame depends on them, so skipping
+    them halves the decode for an analysis that takes 5 of 30 frames a second (measured in
+    docs/performance.md); a stream without them (IPPP, as many cameras send) is unchanged.
+    Judged once a second from the decoded rate; at once when a viewer starts watching (it gets
+    every frame); for good on this connection when too few frames would be left."""
+
+    def __init__(self, analysis_fps: float) -> None:
+        self.fps = analysis_fps
+        self.on = False
+        self.too_sparse = False
+        self.window_start: float | None = None
+        self.count = 0
+
+    def frame(self, codec_context: Any, now: float, watched: bool) -> None:
+        if self.on and watched:
+            self._set(codec_context, False)
+        if self.window_start is None:
+            self.window_start, self.count = now, 0
+        self.count += 1
+        if now - self.window_start < 1.0:
+            return
+        rate = (self.count - 1) / (now - self.window_start)
+        self.window_start, self.count = now, 1
+        if self.on and rate < SKIP_NONREF_FLOOR * self.fps:
+            self._set(codec_context, False)
+            self.too_sparse = True
+        elif not self.on and not watched and not self.too_sparse:
+            if rate >= SKIP_NONREF_RATIO * self.fps:
+                self._set(codec_context, True)
+
+    def _set(self, codec_context: Any, on: bool) -> None:
+        codec_context.skip_frame = "NONREF" if on else "DEFAULT"
+        self.on = on
+        self.window_start = None  # the next window measures the new rate
+
 
 def relay_url(url: str, port: int) -> str:
     """The camera URL as FFmpeg opens it: the same credentials, path and query, but the host
@@ -184,10 +228,12 @@ class RtspReader:
             try:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                skip = NonRefSkip(self.camera.registry.service.fps)
                 for frame in container.decode(stream):
                     if self.stop_event.is_set():
                         break
                     self._call(self.camera.on_frame, frame)
+                    skip.frame(stream.codec_context, time.monotonic(), self.camera.viewers > 0)
             except Exception as exc:
                 relay.close()
                 relay.thread.join(2)
@@ -229,6 +275,7 @@ class Camera:
         self._frame_times: deque[float] = deque(maxlen=60)
         self.subscribers: set[asyncio.Queue[Message]] = set()
         self.latest: av.VideoFrame | None = None
+        self.viewers = 0  # WebRTC viewers relaying its video: they need every frame decoded
         self.frame_seq = 0
         self.new_frame = asyncio.Event()
         self.minute: Minute | None = None  # this wall-clock minute's scores, not yet kept

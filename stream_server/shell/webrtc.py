@@ -400,6 +400,7 @@ class WatchedCamera(Protocol):
     latest: av.VideoFrame | None
     frame_seq: int
     new_frame: asyncio.Event
+    viewers: int  # viewers relaying its video now (a watched camera decodes every frame)
 
     def subscribe(self) -> asyncio.Queue[Any]: ...
 
@@ -439,6 +440,7 @@ class ViewerSession:
         self.pc = RTCPeerConnection(rtc_configuration(settings))
         self.channel: RTCDataChannel | None = None
         self.queue = camera.subscribe()
+        camera.viewers += 1
         self.settings = settings
         self._closed = False
         self._pump: asyncio.Task[None] | None = None
@@ -488,6 +490,7 @@ class ViewerSession:
             return
         self._closed = True
         self.camera.unsubscribe(self.queue)
+        self.camera.viewers -= 1
         self.service.remove_viewer(self.id)
         current = asyncio.current_task()
         tasks = [t for t in (self._pump, self._watch) if t is not None and t is not current]
