@@ -32,7 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="a tiny run (seconds) to check the benchmarks work"
     )
-    p.add_argument("--levels", default="1,2,4,8,12,16,20", help="concurrent streams to try")
+    p.add_argument(
+        "--levels",
+        default="1,4,8,12,16,20,24",
+        help="concurrent streams to try, senders as --senders says",
+    )
+    p.add_argument(
+        "--senders",
+        choices=["capped", "uncapped"],
+        default="capped",
+        help="capped: aiortc peers at the server's capture hints (GET /v1/config), as the page "
+        "caps its sender; uncapped: 30 fps",
+    )
+    p.add_argument(
+        "--uncapped-levels",
+        default="12",
+        help="stream counts to try with uncapped 30 fps senders as well ('' for none)",
+    )
+    p.add_argument(
+        "--chromium-levels",
+        default=None,
+        help="stream counts to try with one real Chromium page among capped peers (default 12, "
+        "none with --quick; '' for none; skipped when Chromium is not installed)",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per capacity level")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
@@ -43,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    levels = [1, 2] if args.quick else [int(x) for x in args.levels.split(",")]
+    levels = [1, 2] if args.quick else _ints(args.levels)
+    uncapped = [1] if args.quick else _ints(args.uncapped_levels)
+    default_browsers = "" if args.quick else "12"
+    browsers = _ints(default_browsers if args.chromium_levels is None else args.chromium_levels)
+    if browsers and not _have_chromium():
+        print("[bench] Chromium not installed: no Chromium level", file=sys.stderr, flush=True)
+        browsers = []
     seconds = 6.0 if args.quick else args.seconds
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -62,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": round(base["median_ms"] / ours, 2),
         }
     print(f"[bench] capacity {levels}", file=sys.stderr, flush=True)
-    result["capacity"] = capacity.run(args.bundle, levels, seconds, codec=args.client_codec)
+    result["capacity"] = capacity.run(
+        args.bundle,
+        levels,
+        seconds,
+        codec=args.client_codec,
+        uncapped_levels=uncapped,
+        chromium_levels=browsers,
+        senders=args.senders,
+    )
     result["seconds"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -75,6 +111,36 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, args.out / f"{tag}.png")
     print(summary(result))
     return 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _have_chromium() -> bool:
+    import shutil
+
+    return shutil.which("chromium") is not None or Path("/usr/bin/chromium").exists()
+
+
+def capacity_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| streams | senders | sent fps | server p50 ms | server p95 ms | client p95 ms | "
+        "analysed fps/stream | drops | server CPU (cores) | CPU ms per stream-s "
+        "(ingest / analysis / other) | senders' CPU | server RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        split = row.get("cpu_ms_per_stream_second_split", {})
+        lines.append(
+            f"| {row['streams']} | {row.get('senders', '')} | {row.get('sender_fps', '')} | "
+            f"{row['latency_p50_ms']} | {row['latency_p95_ms']} | {row['client_latency_p95_ms']} | "
+            f"{row['analysed_fps_per_stream']} | {row['drop_fraction']:.1%} | "
+            f"{row['server_cpu_cores']} | {row.get('cpu_ms_per_stream_second', '')} "
+            f"({split.get('ingest', '')} / {split.get('analysis', '')} / {split.get('other', '')}) | "
+            f"{row.get('senders_cpu_cores', '')} | {row['server_rss_mb']} |"
+        )
+    return lines
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -118,20 +184,30 @@ def summary(r: dict[str, Any]) -> str:
             f"this project's full per-frame path: {b['project_full_per_frame_path_median_ms']} ms: **{b['speedup']}x faster**."
         )
     c = r["capacity"]
-    lines += [
-        "",
-        "| streams | server p50 ms | server p95 ms | client p95 ms | analysed fps/stream | drops | server CPU (cores) | server RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in c["levels"]:
+    lines += ["", *capacity_table(c["levels"])]
+    for kind in ("uncapped", "chromium"):
+        if kind in c:
+            lines += ["", *capacity_table(c[kind]["levels"])]
+    for row in c.get("chromium", {}).get("levels", []):
+        ch = row.get("chromium", {})
         lines.append(
-            f"| {row['streams']} | {row['latency_p50_ms']} | {row['latency_p95_ms']} | {row['client_latency_p95_ms']} | {row['analysed_fps_per_stream']} | "
-            f"{row['drop_fraction']:.1%} | {row['server_cpu_cores']} | {row['server_rss_mb']} |"
+            f"Chromium among {row['streams']} streams: encoding {json.dumps(ch.get('encoding'))}, "
+            f"sent {json.dumps(ch.get('sent'))}, {ch.get('scores')} scores"
+            + (f", error {ch['error']}" if ch.get("error") else "")
+            + "."
         )
     lines += [
         "",
         f"Largest stream count within budget (p95 <= 250 ms, drops <= 5%, >= 4.75 analysed fps per stream): **{c['max_streams_within_budget']}** "
-        f"by server-side latency, **{c.get('max_streams_within_budget_client_side', 'n/a')}** by client-side latency.",
+        f"by server-side latency, **{c.get('max_streams_within_budget_client_side', 'n/a')}** by client-side latency "
+        f"({c.get('senders', 'uncapped')} senders; {c.get('max_streams_within_budget_1pct_drops', 'n/a')} with drops <= 1 %)"
+        + (
+            f"; uncapped 30 fps senders: {c['uncapped']['max_streams_within_budget']} of {[x['streams'] for x in c['uncapped']['levels']]}."
+            if "uncapped" in c
+            else "."
+        ),
+        f"Capture hints (GET /v1/config): {json.dumps(c.get('capture_hints'))}.",
+        f"CPU split: {c.get('cpu_split', 'n/a')}.",
         f"Latency: {c['latency']}.",
         f"Cores: {c['core_sharing']}.",
         f"Total benchmark time: {r['seconds']} s.",
@@ -152,6 +228,14 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.plot(n, [x["latency_p50_ms"] or 0 for x in rows], "o-", label="p50 latency")
     ax.plot(n, [x["latency_p95_ms"] or 0 for x in rows], "s-", label="p95 latency")
     ax.plot(n, [x["client_latency_p95_ms"] or 0 for x in rows], "^:", label="client-side p95")
+    more = r["capacity"].get("uncapped", {}).get("levels", [])
+    if more:
+        ax.plot(
+            [x["streams"] for x in more],
+            [x["latency_p95_ms"] or 0 for x in more],
+            "kx",
+            label="p95, uncapped 30 fps",
+        )
     ax.set_yscale("log")
     ax.axhline(250, ls="--", c="grey", lw=1)
     ax.set(xlabel="concurrent 640x480 streams", ylabel="frame-to-score latency (ms)")

@@ -3,10 +3,15 @@ reading the `scores` data channel. The benchmarks' load generator is made of the
 the tests use the same one (tests/rtc_client.py only adds the test time scale and a loopback
 address for a server in the test's own process).
 
-    python -m bench.client URL PEERS SECONDS FPS OUT.json [h264|vp8]
+    python -m bench.client URL PEERS SECONDS FPS OUT.json [h264|vp8] [WIDTHxHEIGHT] [KBIT/S]
 
-starts K peers, each sending a 640x480 face clip at `fps` like a webcam, recording
-frame-to-score latency (send time of the scored frame -> score arrival).
+starts K peers, each sending a face clip (640x480 unless told) at `fps` like a webcam, recording
+frame-to-score latency (send time of the scored frame -> score arrival). `FPS` may be
+fractional: the capacity benchmark's capped senders send at the `max_fps` of the server's
+capture hints (GET /v1/config), as the page's capped RTCRtpSender does; their clip shows the same
+motion per second as the 30 fps one (its every n-th frame). `KBIT/S` (default 1000): the H.264
+clip's bit rate, the same at any frame rate (a browser's encoder aims at its bandwidth estimate,
+not at a number of bits per frame).
 
 `h264` (default): the clip is encoded once (H.264 constrained baseline, a key frame every second,
 as a hardware webcam encoder or a browser would send it) and every peer sends those packets on
@@ -54,7 +59,7 @@ def _loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 class Pacer:
     """A webcam's schedule: frame i is due at start + i / fps (start: the first request)."""
 
-    def __init__(self, fps: int) -> None:
+    def __init__(self, fps: float) -> None:
         self.fps, self.i = fps, 0
         self.start: float | None = None
 
@@ -73,7 +78,7 @@ class FramesTrack(VideoStreamTrack):
     """Plays RGB frames in a loop at `fps` with 90 kHz timestamps, like a camera; aiortc encodes
     each one (VP8 by default) as it is sent."""
 
-    def __init__(self, frames: Sequence[np.ndarray], fps: int = 15) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], fps: float = 15) -> None:
         super().__init__()
         self.frames, self.fps, self.pacer = frames, fps, Pacer(fps)
 
@@ -94,7 +99,7 @@ class EncodedClip(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, units: list[bytes], fps: int) -> None:
+    def __init__(self, units: list[bytes], fps: float) -> None:
         super().__init__()
         self.units, self.pacer = units, Pacer(fps)
 
@@ -105,19 +110,22 @@ class EncodedClip(MediaStreamTrack):
         return packet
 
 
-def encode_h264(frames: Sequence[np.ndarray], fps: int) -> list[bytes]:
-    """One access unit per frame; the clip length is a whole number of GOPs so it loops cleanly."""
+def encode_h264(frames: Sequence[np.ndarray], fps: float, kbps: int = 1000) -> list[bytes]:
+    """One access unit per frame, a key frame every second (`fps` may be fractional); the clip
+    length should be a whole number of GOPs so it loops cleanly."""
+    rate = Fraction(fps).limit_denominator(1000)
+    keyint = max(1, round(fps))
     ctx = av.CodecContext.create("libx264", "w")
     ctx.height, ctx.width = frames[0].shape[:2]
     ctx.pix_fmt = "yuv420p"
-    ctx.time_base = Fraction(1, fps)
-    ctx.framerate = Fraction(fps, 1)
+    ctx.time_base = 1 / rate
+    ctx.framerate = rate
     ctx.options = {
         "profile": "baseline",
         "tune": "zerolatency",
         "preset": "veryfast",
-        "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0",
-        "b": "1000000",
+        "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0",
+        "b": str(kbps * 1000),
     }
     units: list[bytes] = []
     for k, f in enumerate(frames):
@@ -230,14 +238,23 @@ async def peer(
     }
 
 
-async def run_peers() -> list[dict[str, object]]:
-    url, peers, seconds, fps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-    codec = sys.argv[6] if len(sys.argv) > 6 else "h264"
-    sys.path.insert(0, ".")
+def clip_frames(fps: float, size: tuple[int, int] = (640, 480)) -> list[np.ndarray]:
+    """Two seconds of the face clip at `fps` (two whole GOPs): the 30 fps clip's every n-th
+    frame, so a capped sender shows the same motion per second as a 30 fps one."""
     from bench.media import face_frames
 
-    frames = face_frames(60, (640, 480))
-    units = encode_h264(frames, fps) if codec == "h264" else []
+    step = max(1, round(30 / fps))
+    return face_frames(60, size)[::step][: max(1, round(fps)) * 2]
+
+
+async def run_peers() -> list[dict[str, object]]:
+    url, peers, seconds, fps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    codec = sys.argv[6] if len(sys.argv) > 6 else "h264"
+    w, h = (int(x) for x in sys.argv[7].split("x")) if len(sys.argv) > 7 else (640, 480)
+    kbps = int(sys.argv[8]) if len(sys.argv) > 8 else 1000
+    sys.path.insert(0, ".")
+    frames = clip_frames(fps, (w, h))
+    units = encode_h264(frames, fps, kbps) if codec == "h264" else []
     tracks: list[FramesTrack | EncodedClip] = [
         EncodedClip(units, fps) if codec == "h264" else FramesTrack(frames, fps)
         for _ in range(peers)

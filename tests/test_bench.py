@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,44 @@ def test_quick_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> No
     levels = data["capacity"]["levels"]
     assert [x["streams"] for x in levels] == [1, 2]
     assert data["capacity"]["client_codec"] == "h264"  # pre-encoded clip, real H.264 decode
+    assert data["capacity"]["senders"] == "capped"
+    assert [x["streams"] for x in data["capacity"]["uncapped"]["levels"]] == [1]
     assert all(x["connected"] == x["streams"] and x["analysed_fps_per_stream"] > 0 for x in levels)
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["machine"]["versions"]
     md = (out / "quick.md").read_text()
     assert "Largest stream count within budget" in md and "faster" in md
     assert (out / "quick.png").stat().st_size > 1000
     assert list(out.glob("bench-*-quick.json"))
+
+
+def test_capacity_levels_with_capped_uncapped_and_chromium_senders(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Issue #18: capped aiortc senders send at the server's capture hints (GET /v1/config), the
+    uncapped ones at 30 fps, and a Chromium level runs the real page among capped peers; every
+    level splits the server's CPU per stream-second into ingest and analysis."""
+    from bench import capacity
+
+    chromium = shutil.which("chromium") is not None or Path("/usr/bin/chromium").exists()
+    r = capacity.run(
+        tiny_bundle, [2], 6.0, uncapped_levels=[1], chromium_levels=[2] if chromium else []
+    )
+    hints = r["capture_hints"]
+    assert hints["max_fps"] == 10.0  # the tiny model's 5 analysed fps x 2
+    rows = r["levels"] + r["uncapped"]["levels"] + r.get("chromium", {}).get("levels", [])
+    for row in rows:
+        assert row["connected"] == row["streams"], row["errors"]
+        assert row["analysed_fps_per_stream"] > 0
+        split = row["cpu_ms_per_stream_second_split"]
+        assert split["ingest"] > 0 and split["analysis"] > 0
+        roles = row["cpu_seconds_by_thread_role"]
+        assert roles["event_loop"] > 0 and roles["decoder"] > 0 and roles["inference_engine"] > 0
+    assert [x["sender_fps"] for x in r["levels"]] == [hints["max_fps"]]
+    assert [x["sender_fps"] for x in r["uncapped"]["levels"]] == [30.0]
+    if chromium:
+        page = r["chromium"]["levels"][0]["chromium"]
+        assert page["encoding"]["maxFramerate"] == hints["max_fps"], page
+        assert 0 < page["sent"]["frames_per_s"] <= hints["max_fps"] * 1.25, page
 
 
 def test_quick_soak_and_overload_write_results(tiny_bundle: Path, tmp_path: Path) -> None:
