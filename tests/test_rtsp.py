@@ -405,3 +405,35 @@ def test_a_camera_with_b_frames_decodes_fewer_frames_and_is_analysed_as_often(
             assert (n1 - n0) / (t1 - t0) >= 3.5, (n1 - n0, t1 - t0)
         finally:
             feed.close()
+
+
+def test_each_viewer_relays_its_own_copy_of_the_camera_frame() -> None:
+    """Viewers of one camera share its decoded frame; each viewer's track stamps its own pts,
+    so each must get its own frame. (PyAV's reformat to the same format returns the frame
+    itself: two viewers stamped pts on one frame, libvpx then refused a frame whose pts ran
+    backwards and that viewer's video stopped.)"""
+    import av
+    import numpy as np
+
+    from stream_server.shell.webrtc import CameraTrack
+
+    class Camera:  # what a CameraTrack reads of a camera (the WatchedCamera protocol)
+        def __init__(self) -> None:
+            pic = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            self.latest = av.VideoFrame.from_ndarray(pic, format="rgb24").reformat(format="yuv420p")
+            self.latest.pts = 12345
+            self.frame_seq = 1
+            self.new_frame = asyncio.Event()
+
+    async def run() -> None:
+        cam = Camera()
+        a, b = CameraTrack(cam), CameraTrack(cam)  # type: ignore[arg-type]
+        b.start -= 10.0  # b has been watching 10 s longer
+        fa, fb = await a.recv(), await b.recv()
+        assert fa is not cam.latest and fb is not cam.latest and fa is not fb
+        assert cam.latest.pts == 12345  # the camera's own frame is untouched
+        assert fb.pts is not None and fa.pts is not None and fb.pts - fa.pts > 8 * 90000
+        src = cam.latest.to_ndarray(format="rgb24").astype(int)
+        assert np.abs(fa.to_ndarray(format="rgb24").astype(int) - src).max() <= 2
+
+    asyncio.run(run())

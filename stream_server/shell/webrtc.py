@@ -407,6 +407,14 @@ class WatchedCamera(Protocol):
     def unsubscribe(self, q: asyncio.Queue[Any], /) -> None: ...
 
 
+def own_copy(src: av.VideoFrame) -> av.VideoFrame:
+    """A new frame with `src`'s picture. (`reformat` to the same format and size returns `src`
+    itself, so viewers stamping their pts on it raced, and libvpx refused a frame whose pts ran
+    backwards: the relay to that viewer stopped.)"""
+    fmt = "yuv420p" if src.width % 2 == 0 and src.height % 2 == 0 else "rgb24"
+    return av.VideoFrame.from_ndarray(src.to_ndarray(format=fmt), format=fmt)
+
+
 class CameraTrack(VideoStreamTrack):
     """Relays a camera's newest decoded frame to one viewer (the camera is decoded once)."""
 
@@ -420,10 +428,7 @@ class CameraTrack(VideoStreamTrack):
         while self.camera.frame_seq == self.seen or self.camera.latest is None:
             await self.camera.new_frame.wait()
         self.seen = self.camera.frame_seq
-        src = self.camera.latest
-        frame: av.VideoFrame = src.reformat(
-            format=src.format.name
-        )  # a copy: each viewer stamps its own pts
+        frame = own_copy(self.camera.latest)  # each viewer stamps its own pts on its own frame
         frame.pts = int((time.monotonic() - self.start) * 90000)
         frame.time_base = fractions.Fraction(1, 90000)
         return frame
