@@ -56,9 +56,10 @@ class NodeCamera:
         self.id = spec.id
         self.registry = SimpleNamespace(service=actor.service)  # RtspReader reads its settings
         self.frames = 0
+        self.viewers = 0  # a cluster camera's video is not relayed (watching it is a 409)
         self._frame_times: deque[float] = deque(maxlen=60)
         self.stream = actor.service.new_stream(spec.id, self._emit, self)
-        # RtspReader needs only url, id, registry.service and the on_* calls below.
+        # RtspReader needs only url, id, registry.service, viewers and the on_* calls below.
         self.reader = RtspReader(cast(Camera, self), asyncio.get_running_loop())
         self.reader.start()
 
