@@ -263,6 +263,14 @@ class RtspReader:
 
 class Camera:
     def __init__(self, registry: CameraRegistry, spec: CameraSpec) -> None:
+        self._init_state(registry, spec)
+        self.stream = registry.service.new_stream(self.id, self.publish, self)
+        self.reader = RtspReader(self, asyncio.get_running_loop())
+        self.reader.start()
+
+    def _init_state(self, registry: CameraRegistry, spec: CameraSpec) -> None:
+        """What the registry, feeds, history and alerts read of a camera, wherever it is decoded
+        (here, or on a cluster node for `cluster_cameras.RemoteCamera`)."""
         self.registry = registry
         self.spec = spec
         self.id = spec.id
@@ -279,11 +287,7 @@ class Camera:
         self.frame_seq = 0
         self.new_frame = asyncio.Event()
         self.minute: Minute | None = None  # this wall-clock minute's scores, not yet kept
-        svc = registry.service
-        self.alerts = AlertTracker(svc.bundle.threshold, self.alert_seconds)
-        self.stream = svc.new_stream(self.id, self.publish, self)
-        self.reader = RtspReader(self, asyncio.get_running_loop())
-        self.reader.start()
+        self.alerts = AlertTracker(registry.service.bundle.threshold, self.alert_seconds)
 
     @property
     def url(self) -> str:

@@ -30,9 +30,8 @@ import av
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from stream_server.core.messages import ScoreMessage, StatusMessage
-from stream_server.shell.alerts import AlertTracker
 from stream_server.shell.camera_url import identity
-from stream_server.shell.cameras import Camera, CameraRegistry, Message, RtspReader
+from stream_server.shell.cameras import Camera, CameraRegistry, RtspReader
 from stream_server.shell.cluster import STREAMS, ray_module
 from stream_server.shell.settings import Settings
 from stream_server.shell.store import CameraSpec
@@ -245,22 +244,7 @@ class RemoteCamera(Camera):
     ) -> None:
         # What Camera's methods use; none of its local decode thread or analysed stream.
         self.relay = relay  # seconds from a score on the node to the API (same-clock estimate)
-        self.registry = registry
-        self.spec = spec
-        self.id = spec.id
-        self.key = identity(spec.url)
-        self.status = "connecting"
-        self.error: str | None = None
-        self.reconnects = 0
-        self.last_score: dict[str, Any] | None = None
-        self.frames = 0
-        self._frame_times: deque[float] = deque(maxlen=60)
-        self.subscribers: set[asyncio.Queue[Message]] = set()
-        self.latest = None
-        self.frame_seq = 0
-        self.new_frame = asyncio.Event()
-        self.minute = None
-        self.alerts = AlertTracker(registry.service.bundle.threshold, self.alert_seconds)
+        self._init_state(registry, spec)
         self.node: str | None = None
         self.restarted = False  # the actor was restarted by Ray since it last connected
         self.failovers = 0
