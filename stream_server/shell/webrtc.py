@@ -323,12 +323,7 @@ class PeerSession:
             reader = self._read_video(track) if track.kind == "video" else self._drain(track)
             self._spawn(reader)
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState == "connected" and self.connected_at is None:
-                self.connected_at = time.monotonic()
-            if pc.connectionState in ("failed", "closed"):
-                await self.close()
+        follow_connection(pc, self)
 
     @property
     def closed(self) -> bool:
@@ -391,6 +386,18 @@ class PeerSession:
                 t.cancel()
         await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
         await close_pc(self.pc)
+
+
+def follow_connection(pc: RTCPeerConnection, session: PeerSession | ViewerSession) -> None:
+    """Stamp `session.connected_at` when its peer connects; close it when the peer fails or
+    closes."""
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState == "connected" and session.connected_at is None:
+            session.connected_at = time.monotonic()
+        if pc.connectionState in ("failed", "closed"):
+            await session.close()
 
 
 class WatchedCamera(Protocol):
@@ -459,12 +466,7 @@ class ViewerSession:
             if channel.label == SCORES_LABEL:
                 self.channel = channel
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState == "connected" and self.connected_at is None:
-                self.connected_at = time.monotonic()
-            if pc.connectionState in ("failed", "closed"):
-                await self.close()
+        follow_connection(pc, self)
 
     @property
     def closed(self) -> bool:
