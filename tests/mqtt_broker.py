@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemon import LoopbackDaemon
 from tests.timing import deadline, scaled
 
 
@@ -32,17 +31,16 @@ def require_mosquitto() -> str:
     return path
 
 
-class Broker:
+class Broker(LoopbackDaemon):
     """mosquitto listening on 127.0.0.1:`port` only, anonymous clients allowed, no persistence;
     its log collected."""
+
+    name = "mosquitto"
 
     def __init__(self, workdir: Path) -> None:
         from tests.conftest import free_port
 
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
+        super().__init__(workdir, free_port())
 
     def start(self) -> Broker:
         exe = require_mosquitto()
@@ -55,40 +53,8 @@ class Broker:
             "log_dest stdout\n"
             "log_type all\n"
         )
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=self.workdir,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        end = deadline(15)
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    self.stop()
-                    raise RuntimeError(
-                        "mosquitto did not start within 15 s:\n" + "\n".join(self.lines)
-                    ) from None
-                time.sleep(0.05)
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self._launch([exe, "-c", str(conf)])
+        return self
 
     def __enter__(self) -> Broker:
         return self.start()

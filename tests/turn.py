@@ -7,14 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.timing import scaled
+from tests.daemon import LoopbackDaemon
 
 TURNSERVER = "turnserver"
 
@@ -45,10 +42,12 @@ def free_udp_tcp_port() -> int:
     raise RuntimeError("no port free for both UDP and TCP")
 
 
-class TurnServer:
+class TurnServer(LoopbackDaemon):
     """coturn on 127.0.0.1:`port`, user `user` with `password` in realm `realm`.
 
     `allocations()` counts the relay allocations coturn logged (a session really relayed)."""
+
+    name = "coturn"
 
     def __init__(
         self,
@@ -57,11 +56,8 @@ class TurnServer:
         password: str = "turn-s3cret",
         realm: str = "camera.test",
     ) -> None:
-        self.workdir, self.user, self.password, self.realm = workdir, user, password, realm
-        self.port = free_udp_tcp_port()
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
+        super().__init__(workdir, free_udp_tcp_port())
+        self.user, self.password, self.realm = user, password, realm
 
     def url(self, transport: str = "udp") -> str:
         return f"turn:127.0.0.1:{self.port}?transport={transport}"
@@ -99,33 +95,9 @@ class TurnServer:
             "--simple-log",
             "--verbose",
         ]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.workdir
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
         # Ready when its TCP listener accepts (it opens UDP and TCP listeners together).
-        deadline = time.monotonic() + scaled(15)
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        "coturn did not start within 15 s:\n" + "\n".join(self.lines[-30:])
-                    ) from None
-                time.sleep(0.05)
+        self._launch(args)
         return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def log_has(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
 
     def allocations(self) -> int:
         """Relay allocations coturn made for our user (its log lines 'realm <R> user <U>:
@@ -144,17 +116,6 @@ class TurnServer:
             for line in list(self.lines)
             if f"user <{self.user}>: incoming packet message processed, error 401" in line
         )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
 
     def __enter__(self) -> TurnServer:
         return self.start()
