@@ -1,4 +1,5 @@
 // The webcam live check: camera, preview, verdict, timeline, stats, reconnects.
+import { request } from "./api.js";
 import { cameraConstraints, connect, serverConfig } from "./rtc.js";
 import { Timeline } from "./chart.js";
 import { renderVerdict, drawBoxes } from "./verdict.js";
@@ -25,6 +26,7 @@ export function initLive() {
   let running = false;
   let retries = 0;
   let retryTimer = null;
+  let connects = 0; // peer connections that reached "connected"
   let threshold = 0.5;
   let recent = [];
 
@@ -83,11 +85,31 @@ export function initLive() {
   function onState(state) {
     if (!running) return;
     if (state === "failed" || state === "disconnected" || state === "closed") {
+      const ended = session && session.answer;
       scheduleReconnect();
+      if (ended) explainEnd(ended, connects);
     } else if (state === "connected") {
+      connects += 1;
       retries = 0;
       showError("");
     }
+  }
+
+  // With --ray-address a session runs on a cluster node, and when that node dies its data
+  // channel dies with it: the server then tells the session's `error` message on
+  // GET /v1/sessions/{id}, waited for here while the page reconnects. Shown unless a new
+  // connection has been made since.
+  async function explainEnd(answer, connectsThen) {
+    if (!answer.node || !answer.stream) return;
+    let state;
+    try {
+      state = await request(`/v1/sessions/${encodeURIComponent(answer.stream)}?wait=30`);
+    } catch {
+      return; // the server is unreachable or has forgotten it: the reconnect says what it can
+    }
+    const msg = state && state.state === "ended" ? state.message : null;
+    if (!msg || msg.type !== "error" || !running || connects !== connectsThen) return;
+    showError(`Connection lost: ${msg.detail}. Reconnecting…`);
   }
 
   function scheduleReconnect(reason = "Connection lost.") {

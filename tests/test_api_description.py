@@ -32,7 +32,7 @@ def test_openapi_lists_every_route_with_a_summary(live_server: LiveServer) -> No
             assert op is not None, f"{method} {route.path} is not in /openapi.json"
             assert op["summary"] and op["responses"], (method, route.path)
             if "{" in route.path:
-                assert [p["name"] for p in op["parameters"]] == ["camera_id"], route.path
+                assert [p["name"] for p in op["parameters"]] == list(route.param_convertors)
     described = {(p, m) for p, ops in paths.items() for m in ops}
     have = {
         (route.path, m.lower()) for route in routes for m in (route.methods or []) if m != "HEAD"

@@ -336,8 +336,10 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
             def cluster_streams() -> int:
                 return int(httpx.get(srv.url + "/healthz").json()["cluster"]["streams_used"])
 
-            # The aiortc session's slot is freed once its peer has gone.
+            # The aiortc session's slot is freed once its peer has gone; it ended without error.
             assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
+            ended = httpx.get(f"{srv.url}/v1/sessions/{answer['stream']}").json()
+            assert ended == {"stream": answer["stream"], "state": "ended"}
             # The session used its node's shared engine; frames that reach it together are
             # encoded in one run.
             engines = {e["node"]: e for e in engine_info()}
@@ -387,8 +389,9 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
                 nodes = httpx.get(srv.url + "/healthz").json()["cluster"]["nodes"]
                 (node,) = [n["node"] for n in nodes if n["streams_used"] == 1]
                 assert node in workers and page.locator("#status").inner_text() == "live"
-                # Its node dies: the page says the connection was lost, offers again, and a
-                # webcam actor on the other node takes the session.
+                # Its node dies: the page says the connection was lost and why (the API's
+                # `error` message for the session), offers again, and a webcam actor on the
+                # other node takes the session.
                 (survivor,) = workers - {node}
                 died = time.monotonic()
                 cluster.remove_node(
@@ -400,15 +403,89 @@ def test_webcam_sessions_run_in_a_worker_nodes_actor(tiny_bundle: Path, tmp_path
                     60,
                 )
                 lost = time.monotonic() - died
+                wait_page(
+                    "document.querySelector('#live-error').textContent"
+                    f".includes('cluster node {node[:12]} stopped')",
+                    60,
+                )
+                why = time.monotonic() - died
                 wait_page("document.querySelector('#status').textContent === 'live'", 60)
                 back = time.monotonic() - died
-                print(f"page: connection lost shown {lost:.1f} s, live again {back:.1f} s after")
+                print(
+                    f"page: connection lost shown {lost:.1f} s, the node's end {why:.1f} s, "
+                    f"live again {back:.1f} s after"
+                )
                 nodes = httpx.get(srv.url + "/healthz").json()["cluster"]["nodes"]
                 assert [(n["node"], n["streams_used"]) for n in nodes if n["streams"]] == [
                     (survivor, 1)
                 ]
                 page.get_by_role("button", name="Stop").click()
                 assert poll(cluster_streams, 30, every=0.2, until=lambda n: n == 0) == 0
+
+
+# A webcam session whose node dies is `ended`, with its `error` message, on the API's
+# GET /v1/sessions/{id} within this many seconds (times the test time scale): the API's pending
+# call to the session's actor fails once Ray knows the actor is gone (at the latest when it
+# declares the node dead: ~3 s with the test's health check settings).
+SESSION_END_BOUND = 20.0
+
+
+def test_a_webcam_session_whose_node_dies_ends_with_an_error(tiny_bundle: Path) -> None:
+    """A real aiortc client's webcam session on a worker's actor; that worker is removed (its
+    processes killed). The data channel died with the node, so the API says why the session
+    ended: GET /v1/sessions/{id} (what the page asks when its connection drops) answers
+    `ended` with an `error` status message naming the node, and the node's slot is freed."""
+    with local_cluster() as cluster:
+        workers = {n.node_id: n for n in cluster.worker_nodes}
+        with LiveServer(bundle=tiny_bundle, ray_address=cluster.address) as srv:
+
+            async def session() -> tuple[dict[str, Any], dict[str, Any], float, str]:
+                peer = ClientPeer(srv.url, face_frames(30, size=(320, 240)))
+                async with httpx.AsyncClient(base_url=srv.url, timeout=90) as client:
+                    try:
+                        answer = await peer.connect()
+                        assert len(await peer.wait_scores(3, 60)) >= 3
+                        live = (await client.get(f"/v1/sessions/{answer['stream']}")).json()
+                        assert live == {
+                            "stream": answer["stream"],
+                            "state": "live",
+                            "node": answer["node"],
+                        }
+                        died = time.monotonic()
+                        cluster.remove_node(workers[answer["node"]], allow_graceful=False)
+                        r = await client.get(f"/v1/sessions/{answer['stream']}?wait=60")
+                        took = time.monotonic() - died
+                        state = peer.pc.connectionState  # the client's own view, by then
+                    finally:
+                        await peer.close()
+                    assert r.status_code == 200, r.text
+                    return answer, r.json(), took, state
+
+            answer, ended, took, client_state = asyncio.run(session())
+            print(
+                f"session ended with an error {took:.1f} s after its node died (bound "
+                f"{SESSION_END_BOUND:g} s; the client's connection was {client_state!r} then): "
+                f"{ended['message']['detail']}"
+            )
+            assert took <= scaled(SESSION_END_BOUND), took
+            assert ended["state"] == "ended"
+            msg = ended["message"]
+            assert msg["type"] == "error" and msg["stream"] == answer["stream"]
+            assert f"actor on cluster node {answer['node'][:12]} stopped" in msg["detail"]
+            # Its slot is freed; the dead node leaves /healthz once Ray has declared it dead.
+            (survivor,) = set(workers) - {answer["node"]}
+            health = poll(
+                lambda: httpx.get(srv.url + "/healthz").json()["cluster"],
+                30,
+                every=0.5,
+                until=lambda h: [n["node"] for n in h["nodes"] if n["streams"]] == [survivor],
+            )
+            assert health["streams_used"] == 0
+            assert [n["node"] for n in health["nodes"] if n["streams"]] == [survivor]
+            # Unknown sessions and bad waits are refused with a reason.
+            assert httpx.get(srv.url + "/v1/sessions/nosuch").status_code == 404
+            r = httpx.get(f"{srv.url}/v1/sessions/{answer['stream']}?wait=soon")
+            assert r.status_code == 400 and "wait" in r.json()["error"]
 
 
 def test_quick_cluster_benchmark_writes_results(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,6 +260,41 @@ def create_app(service: Service) -> Starlette:
             }
         )
 
+    def session_state(stream: str) -> dict[str, Any] | None:
+        if cluster is not None:
+            return cluster.session(stream)
+        peer = service.owners.get(stream)
+        if isinstance(peer, PeerSession):
+            return {"stream": stream, "state": "ended" if peer.closed else "live"}
+        return None
+
+    async def session(request: Request) -> JSONResponse:
+        """A webcam session's state: {"stream", "state": "live" | "ended", "node" (with
+        --ray-address), "message"}; with ?wait=S (0 to 60) the answer waits until the session
+        has ended or S seconds have passed.
+
+        With --ray-address a session whose node died is `ended` with `message`, the `error`
+        status message its data channel would have carried (that channel died with the node);
+        the page asks when its connection drops. Without --ray-address everything comes on the
+        data channel, and an ended session is soon unknown. 400 bad wait, 404 no such session
+        (or one that ended long ago)."""
+        stream = request.path_params["session_id"]
+        raw = request.query_params.get("wait", "0")
+        try:
+            wait = float(raw)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= 60:
+            raise HTTPException(400, "wait must be a number of seconds from 0 to 60")
+        end = time.monotonic() + wait
+        state = session_state(stream)
+        while state is not None and state["state"] == "live" and time.monotonic() < end:
+            await asyncio.sleep(0.2)
+            state = session_state(stream)
+        if state is None:
+            raise HTTPException(404, "no session with that id")
+        return JSONResponse(state, headers={"Cache-Control": "no-store"})
+
     schema = DocstringSchema()
 
     async def openapi(request: Request) -> JSONResponse:
@@ -289,6 +326,7 @@ def create_app(service: Service) -> Starlette:
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
         Route("/offer", offer, methods=["POST"]),
+        Route("/v1/sessions/{session_id}", session, methods=["GET"]),
         Route("/v1/analyze", UploadAnalyzer(service).handle, methods=["POST"]),
         *camera_routes(registry, read_json),
     ]

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -44,6 +44,7 @@ Event = tuple[
 LOG_SIZE = 512  # log entries an actor keeps for a poll that is late
 POLL_WAIT = 1.0  # seconds a poll waits for something new
 PENDING_NOTICE = 10.0  # seconds without an answer before a new camera says it waits for a slot
+ENDED_KEPT = 256  # ended webcam sessions whose end GET /v1/sessions/{id} still tells
 
 
 class NodeCamera:
@@ -263,6 +264,9 @@ class RemoteCamera(Camera):
         return self.remote_dropped
 
     def apply(self, spec: CameraSpec) -> None:
+        """A new name or alert_seconds is the API's alone (the node's actor never reads them:
+        the feeds, history, alerts and `connected` message are made here); a new URL is a new
+        camera actor."""
         old, self.spec = self.spec, spec
         self.alerts.hold_seconds = self.alert_seconds
         if spec.url != old.url:  # a new camera actor for the new URL
@@ -308,6 +312,8 @@ class ClusterView:
     def __init__(self, registry: CameraRegistry, prometheus: CollectorRegistry) -> None:
         self.registry = registry
         self.remote_streams: dict[str, str | None] = {}  # webcam session id -> its node
+        # The last ENDED_KEPT ended webcam sessions: why each ended (None: by its client).
+        self.ended: OrderedDict[str, StatusMessage | None] = OrderedDict()
         self.nodes_alive = Gauge(
             "deepfake_cluster_nodes", "Live Ray nodes in the cluster", registry=prometheus
         )
@@ -330,6 +336,24 @@ class ClusterView:
             ["node"],
             registry=prometheus,
         )
+
+    def session_ended(self, stream: str, message: StatusMessage | None) -> None:
+        self.ended[stream] = message
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
+
+    def session(self, stream: str) -> dict[str, Any] | None:
+        """A webcam session's state for GET /v1/sessions/{id} (None: no such session)."""
+        if stream in self.remote_streams:
+            return {"stream": stream, "state": "live", "node": self.remote_streams[stream]}
+        if stream in self.ended:
+            msg = self.ended[stream]
+            return {
+                "stream": stream,
+                "state": "ended",
+                **({"message": msg.to_dict()} if msg is not None else {}),
+            }
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         from stream_server.shell.cluster import nodes

@@ -5,7 +5,10 @@ its node, so media goes from the browser straight to that node, and scores come 
 data channel from there. The API keeps only the actor's handle (`RemoteWebcam`).
 
 A webcam actor is not restarted (`max_restarts=0`): a browser's session cannot move to
-another node; when its node dies the browser's peer connection fails.
+another node; when its node dies the browser's peer connection fails, and the data channel that
+would carry an `error` message is gone with it. The API notices (the actor call it keeps pending
+fails) and keeps the session's `error` message for `GET /v1/sessions/{id}`, which the page asks
+when its connection drops.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from aiortc import RTCSessionDescription
 
+from stream_server.core.messages import StatusMessage
 from stream_server.shell.cluster import STREAMS, ray_module
 from stream_server.shell.cluster_cameras import ClusterView
 from stream_server.shell.service import Capacity, Service
@@ -100,6 +104,8 @@ class RemoteWebcam:
         self.node: str | None = None
         self.engine: str | None = None
         self.watch: asyncio.Task[None] | None = None
+        self.closed = False
+        self.message: StatusMessage | None = None  # why it ended, when not by its client
         self.actor = (
             self.ray.remote(WebcamActor)
             .options(
@@ -130,11 +136,20 @@ class RemoteWebcam:
         try:
             await asyncio.wrap_future(self.actor.wait_closed.remote().future())
         except self.ray.exceptions.RayActorError:
-            log.info("webcam session %s: its node %s is gone", self.id, self.node)
+            log.info("webcam session %s: its actor on node %s is gone", self.id, self.node)
+            self.message = StatusMessage(
+                "error",
+                self.id,
+                f"this session's actor on cluster node {(self.node or '?')[:12]} stopped (the "
+                "node or its process went down): the session has ended",
+            )
         finally:
             self._release()
 
     def _release(self) -> None:
+        if not self.closed and self.id:
+            self.closed = True
+            self.view.session_ended(self.id, self.message)
         self.view.remote_streams.pop(self.id, None)
         self.service.owners.pop(f"remote-{self.id}", None)
         try:
