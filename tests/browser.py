@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bench.media import write_video
+from tests.rtsp import write_camera_clip
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,16 +86,10 @@ def page_watching_a_camera(bundle: Path, tmp_path: Path, name: str) -> Iterator[
     served by GStreamer), registered on a LiveServer that allows its loopback address."""
     import httpx
 
-    from bench.media import face_frames
     from tests.conftest import LiveServer, free_port
     from tests.rtsp import RtspServer
 
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 4,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=4)
     with (
         RtspServer(clip, free_port()) as cam,
         LiveServer(bundle=bundle, camera_allow=("127.0.0.1",)) as srv,

@@ -10,10 +10,25 @@ from pathlib import Path
 
 import pytest
 
+from bench.media import face_frames, write_video
 from tests.timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def write_camera_clip(path: Path, loops: int = 6) -> Path:
+    """The camera clip the RTSP tests serve: `loops` x 6 s of the panned astronaut face at
+    320x240, 15 fps, H.264 with zero-latency tuning and a keyframe every second (so a camera
+    that joins late decodes within a second)."""
+    return Path(
+        write_video(
+            path,
+            face_frames(90, size=(320, 240)) * loops,
+            fps=15,
+            options={"tune": "zerolatency", "g": "15"},
+        )
+    )
 
 
 def require_gst_rtsp() -> None:

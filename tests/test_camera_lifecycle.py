@@ -14,9 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
-from tests.rtsp import RtspServer
+from tests.rtsp import RtspServer, write_camera_clip
 from tests.test_rtsp import FAST, Feed
 from tests.timing import poll, scaled
 
@@ -28,12 +27,7 @@ TOKEN = "camera-token-0123456789abcdef"
 @pytest.fixture
 def rtsp(tmp_path: Path) -> Iterator[RtspServer]:
     """A camera playing 30 s of a face at 15 fps (H.264 without B-frames)."""
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 5,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=5)
     with RtspServer(clip, free_port()) as server:
         yield server
 

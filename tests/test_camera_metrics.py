@@ -10,10 +10,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.media import face_frames, write_video
 from tests.bundles import low_threshold
 from tests.conftest import LiveServer, free_port
-from tests.rtsp import RtspServer
+from tests.rtsp import RtspServer, write_camera_clip
 from tests.timing import poll
 
 pytestmark = pytest.mark.rtsp
@@ -44,12 +43,7 @@ def cameras_in(found: Samples) -> set[str]:
 def test_metrics_carry_per_camera_labels_bounded_by_the_registered_cameras(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 6,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=6)
     bundle = low_threshold(tiny_bundle, tmp_path)  # every face is 'fake': alerts fire
     with (
         RtspServer(clip, free_port(), "/a") as cam_a,

@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
 from tests.mqtt_broker import Broker, Subscriber
-from tests.rtsp import RtspServer
+from tests.rtsp import RtspServer, write_camera_clip
 from tests.timing import deadline, poll
 
 FAST = {"camera_stall_seconds": 2.0, "camera_backoff_max": 1.0, "camera_allow": ("127.0.0.1",)}
@@ -98,12 +97,7 @@ def test_mqtt_and_a_signed_webhook_get_a_real_cameras_events(
     m = json.loads((bundle / "manifest.json").read_text())
     m["threshold"] = 0.01
     write_manifest(bundle, m)
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 4,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=4)
     hook = SigningReceiver(SECRET)
     try:
         with (

@@ -10,11 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.media import face_frames, write_video
 from tests.browser import chromium, screenshot
 from tests.bundles import low_threshold
 from tests.conftest import LiveServer, free_port
-from tests.rtsp import RtspServer
+from tests.rtsp import RtspServer, write_camera_clip
 from tests.timing import ms, poll
 
 pytestmark = [pytest.mark.browser, pytest.mark.rtsp]
@@ -27,12 +26,7 @@ SCORED = (
 def test_add_watch_rename_history_and_remove_a_camera_from_the_page(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    clip = write_video(
-        tmp_path / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 6,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=6)
     # Threshold 0.01: every face scores above it, so the camera raises an alert to list.
     bundle = low_threshold(tiny_bundle, tmp_path)
     with (

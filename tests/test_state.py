@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.media import face_frames, write_video
 from tests.bundles import low_threshold
 from tests.conftest import LiveServer, free_port
-from tests.rtsp import RtspServer
+from tests.rtsp import RtspServer, write_camera_clip
 from tests.timing import poll
 
 FAST = {"camera_stall_seconds": 2.0, "camera_backoff_max": 1.0, "camera_allow": ("127.0.0.1",)}
@@ -28,12 +27,7 @@ FAST = {"camera_stall_seconds": 2.0, "camera_backoff_max": 1.0, "camera_allow": 
 
 @pytest.fixture(scope="module")
 def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_video(
-        tmp_path_factory.mktemp("state") / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 6,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    return write_camera_clip(tmp_path_factory.mktemp("state") / "cam.mp4", loops=6)
 
 
 def closed_port_url() -> str:

@@ -23,6 +23,7 @@ from bench.media import face_frames, faceless_frames, write_video
 from stream_server.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import LiveServer
 from tests.rtc_client import ClientPeer
+from tests.rtsp import write_camera_clip
 from tests.timing import ms, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,12 +176,7 @@ def test_live_webrtc_scores_follow_the_rule_once_warm(
 @pytest.fixture(scope="module")
 def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 s of a face at 15 fps, H.264 without B-frames (as IP cameras stream)."""
-    return write_video(
-        tmp_path_factory.mktemp("verdict_cam") / "cam.mp4",
-        face_frames(90, size=(320, 240)) * 2,
-        fps=15,
-        options={"tune": "zerolatency", "g": "15"},
-    )
+    return write_camera_clip(tmp_path_factory.mktemp("verdict_cam") / "cam.mp4", loops=2)
 
 
 def check_scores(scores: list[dict[str, Any]], want: str, thr: float) -> None:
