@@ -1,10 +1,10 @@
 """Capacity: ramp N concurrent WebRTC webcam streams against a real `deepfake-serve` process and
 record frame-to-score latency, analysed fps per stream, drops, server CPU and RSS.
 
-Senders are `capped` (the default: aiortc peers sending at the `max_fps` and size the server
-hands out in GET /v1/config `capture`, as the page's capped RTCRtpSender does) or `uncapped`
-(30 fps, what a third-party sender that is told nothing sends). `chromium` levels put one real
-Chromium page (bench/browser.py) among the capped aiortc peers.
+Senders are `capped` (the default: aiortc peers sending at the `max_fps`, `max_kbps` and size
+the server hands out in GET /v1/config `capture`, as the page's capped RTCRtpSender does) or
+`uncapped` (30 fps at 1 Mbit/s, what a third-party sender that is told nothing sends).
+`chromium` levels put one real Chromium page (bench/browser.py) among the capped aiortc peers.
 
 The server runs as `python -m bench.serve`, which names its threads for the OS, so its CPU is
 split by thread: ingest (the event loop: ICE, DTLS, SRTP, RTP, jitter buffer, data channel; and
@@ -28,6 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_PER_PROCESS = 4
+# The H.264 clip's bit rate for senders that are told nothing (and for capped ones when the
+# server sets no bit-rate cap, --sender-max-kbps 0).
+UNCAPPED_KBPS = 1000
 
 
 def free_port() -> int:
@@ -325,8 +328,9 @@ def _pct(a: np.ndarray, q: float) -> float | None:
 
 SENDERS = {
     "capped": "aiortc peers at the server's capture hints (GET /v1/config capture: max_fps, "
-    "width x height), as the page caps its RTCRtpSender",
-    "uncapped": "aiortc peers at 30 fps 640x480, a third-party sender told nothing",
+    "max_kbps, width x height), as the page caps its RTCRtpSender",
+    "uncapped": f"aiortc peers at 30 fps 640x480, {UNCAPPED_KBPS} kbit/s, a third-party sender "
+    "told nothing",
     "chromium": "one real Chromium page (Playwright, fake camera 640x480 at 30 fps, the page's "
     "own caps) among capped aiortc peers",
 }
@@ -349,21 +353,25 @@ def run(
     server = start_server(bundle, port, server_args or [])
     url = f"http://127.0.0.1:{port}"
     hints = capture_hints(url)
-    capped = (float(hints["max_fps"]), (int(hints["width"]), int(hints["height"])))
-    uncapped = (float(fps), (640, 480))
+    capped_kbps = int(hints.get("max_kbps") or UNCAPPED_KBPS)  # 0: no bit-rate cap
+    capped = (float(hints["max_fps"]), (int(hints["width"]), int(hints["height"])), capped_kbps)
+    uncapped = (float(fps), (640, 480), UNCAPPED_KBPS)
     plan = [(senders, n) for n in levels]
     plan += [("uncapped", n) for n in uncapped_levels or []]
     plan += [("chromium", n) for n in chromium_levels or []]
     groups: dict[str, list[dict[str, Any]]] = {}
     try:
         for kind, n in plan:
-            rate, size = uncapped if kind == "uncapped" else capped
-            row = run_level(url, server.pid, n, seconds, rate, codec, size, kind == "chromium")
+            rate, size, kbps = uncapped if kind == "uncapped" else capped
+            row = run_level(
+                url, server.pid, n, seconds, rate, codec, size, kind == "chromium", kbps
+            )
             row["senders"] = kind
             groups.setdefault(kind, []).append(row)
             split = row["cpu_ms_per_stream_second_split"]
             print(
-                f"[bench] {n:3d} {kind} streams ({rate:g} fps): p50 {row['latency_p50_ms']} ms, "
+                f"[bench] {n:3d} {kind} streams ({rate:g} fps, {kbps} kbit/s): "
+                f"p50 {row['latency_p50_ms']} ms, "
                 f"p95 {row['latency_p95_ms']} ms (client p95 {row['client_latency_p95_ms']} ms), "
                 f"{row['analysed_fps_per_stream']} fps/stream, drops {row['drop_fraction']:.1%}, "
                 f"server CPU {row['server_cpu_cores']} cores, "
@@ -402,7 +410,8 @@ def run(
             "core_sharing": (
                 "server and client processes share this machine's cores; clients run "
                 f"{PEERS_PER_PROCESS} peers per process at nice 5 and send a clip encoded once as "
-                "H.264 (a key frame every second, 1 Mbit/s at any frame rate), so they spend "
+                "H.264 (a key frame every second; capped senders at the hinted max_kbps, "
+                f"uncapped ones at {UNCAPPED_KBPS} kbit/s, at any frame rate), so they spend "
                 "little CPU and the server's own cost (RTP, H.264 decode of every frame, "
                 "analysis) is what is measured"
                 if codec == "h264"

@@ -10,8 +10,9 @@ frame-to-score latency (send time of the scored frame -> score arrival). `FPS` m
 fractional: the capacity benchmark's capped senders send at the `max_fps` of the server's
 capture hints (GET /v1/config), as the page's capped RTCRtpSender does; their clip shows the same
 motion per second as the 30 fps one (its every n-th frame). `KBIT/S` (default 1000): the H.264
-clip's bit rate, the same at any frame rate (a browser's encoder aims at its bandwidth estimate,
-not at a number of bits per frame).
+clip's bit rate, the same at any frame rate (a browser's encoder aims at its bandwidth estimate
+or its `maxBitrate`, not at a number of bits per frame); the capped senders use the `max_kbps`
+of the capture hints, as the page's RTCRtpSender does.
 
 `h264` (default): the clip is encoded once (H.264 constrained baseline, a key frame every second,
 as a hardware webcam encoder or a browser would send it) and every peer sends those packets on

@@ -31,12 +31,14 @@ export function cameraConstraints(capture, deviceId = "") {
 }
 
 // What the sender's first encoding is capped at for a track of `settings` (its getSettings()):
-// at most `max_fps` frames/s, and scaled down to fit the capture size (either orientation) when
-// the camera gave a larger picture. The preview keeps the camera's own rate and size.
+// at most `max_fps` frames/s and `max_kbps` kbit/s (maxBitrate is in bit/s; 0 or absent: no
+// cap), and scaled down to fit the capture size (either orientation) when the camera gave a
+// larger picture. The preview keeps the camera's own rate and size.
 export function senderCaps(settings, capture) {
   const caps = {};
   if (!capture) return caps;
   if (capture.max_fps) caps.maxFramerate = capture.max_fps;
+  if (capture.max_kbps > 0) caps.maxBitrate = Math.round(capture.max_kbps * 1000);
   const w = (settings && settings.width) || 0;
   const h = (settings && settings.height) || 0;
   if (w && h && capture.width && capture.height) {

@@ -65,6 +65,7 @@ def test_capacity_levels_with_capped_uncapped_and_chromium_senders(
     )
     hints = r["capture_hints"]
     assert hints["max_fps"] == 10.0  # the tiny model's 5 analysed fps x 2
+    assert hints["max_kbps"] == 350  # --sender-max-kbps's default
     rows = r["levels"] + r["uncapped"]["levels"] + r.get("chromium", {}).get("levels", [])
     for row in rows:
         assert row["connected"] == row["streams"], row["errors"]
@@ -75,10 +76,26 @@ def test_capacity_levels_with_capped_uncapped_and_chromium_senders(
         assert roles["event_loop"] > 0 and roles["decoder"] > 0 and roles["inference_engine"] > 0
     assert [x["sender_fps"] for x in r["levels"]] == [hints["max_fps"]]
     assert [x["sender_fps"] for x in r["uncapped"]["levels"]] == [30.0]
+    assert [x["sender_kbps"] for x in r["levels"]] == [hints["max_kbps"]]
+    assert [x["sender_kbps"] for x in r["uncapped"]["levels"]] == [capacity.UNCAPPED_KBPS]
     if chromium:
         page = r["chromium"]["levels"][0]["chromium"]
         assert page["encoding"]["maxFramerate"] == hints["max_fps"], page
         assert 0 < page["sent"]["frames_per_s"] <= hints["max_fps"] * 1.25, page
+        assert page["encoding"]["maxBitrate"] == hints["max_kbps"] * 1000, page
+
+
+def test_capped_senders_clip_is_encoded_at_the_bit_rate_cap() -> None:
+    """The capped aiortc senders' H.264 clip (two seconds at the hinted 10 fps) comes out at
+    about the kbit/s it was encoded for, so they send what a browser capped by maxBitrate would
+    (x264's average bit rate: it came out 3-8 % over on this 2-second loop)."""
+    from bench.client import clip_frames, encode_h264
+
+    for kbps in (350, 1000):
+        units = encode_h264(clip_frames(10.0), 10.0, kbps)
+        assert len(units) == 20
+        sent = 8 * sum(len(u) for u in units) / 2.0 / 1000
+        assert 0.5 * kbps <= sent <= 1.15 * kbps, (kbps, sent)
 
 
 def test_quick_soak_and_overload_write_results(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -172,19 +172,23 @@ def test_scan_exit_codes_unreadable_wins_over_fake_and_no_videos_is_2(
 
 def test_capture_hints_are_twice_the_analysis_rate_at_most_30_and_no_larger_than_analysed() -> None:
     """README, GET /v1/config `capture`: 640x480 or less, preview 30 fps, `max_fps` = analysis
-    fps x 2, at most 30."""
+    fps x 2, at most 30, `max_kbps` = --sender-max-kbps (350 by default, 0 = no cap)."""
     from stream_server.shell.api import capture_hints
+    from stream_server.shell.settings import Settings
 
-    assert capture_hints(5.0, 1280) == {
+    assert Settings.__dataclass_fields__["sender_max_kbps"].default == 350
+    assert capture_hints(5.0, 1280, 350) == {
         "width": 640,
         "height": 480,
         "frame_rate": 30,
         "max_fps": 10.0,
+        "max_kbps": 350,
     }
-    assert capture_hints(2.5, 320) == {
+    assert capture_hints(2.5, 320, 0) == {
         "width": 320,
         "height": 240,
         "frame_rate": 30,
         "max_fps": 5.0,
+        "max_kbps": 0,
     }
-    assert capture_hints(24.0, 1280)["max_fps"] == 30.0
+    assert capture_hints(24.0, 1280, 350)["max_fps"] == 30.0

@@ -51,24 +51,30 @@ log = logging.getLogger(__name__)
 # What the page asks of its camera and of its sender (GET /v1/config "capture"). The camera is
 # asked for a modest size at a smooth preview rate; the sender is capped at `max_fps`, the
 # analysis rate times CAPTURE_FPS_FACTOR (so the face tracker still sees motion between
-# analysed frames) and at most CAPTURE_MAX_FPS, and scaled down when the camera gives more than
-# the capture size. Every frame the server receives is decrypted, depacketised and decoded:
-# frames it would throw away cost ingest CPU for nothing (docs/performance.md).
+# analysed frames) and at most CAPTURE_MAX_FPS, at `max_kbps` (--sender-max-kbps; 0: no cap),
+# and scaled down when the camera gives more than the capture size. Every frame the server
+# receives is decrypted, depacketised and decoded, and the event loop's share of that follows
+# the packet rate: frames and bits it would throw away cost ingest CPU for nothing
+# (docs/performance.md).
 CAPTURE_FPS_FACTOR = 2.0
 CAPTURE_MAX_FPS = 30.0
 CAPTURE_PREVIEW_FPS = 30
 CAPTURE_SIZE = (640, 480)
 
 
-def capture_hints(analysis_fps: float, max_frame_side: int) -> dict[str, float | int]:
+def capture_hints(
+    analysis_fps: float, max_frame_side: int, max_kbps: int
+) -> dict[str, float | int]:
     """Capture size (no larger than the server analyses: `max_frame_side`), preview frame rate
-    and the sender's frame-rate cap for a stream analysed at `analysis_fps`."""
+    and the sender's frame-rate and bit-rate caps (`max_kbps`, 0 = none) for a stream analysed
+    at `analysis_fps`."""
     scale = min(1.0, max_frame_side / max(CAPTURE_SIZE))
     return {
         "width": int(CAPTURE_SIZE[0] * scale),
         "height": int(CAPTURE_SIZE[1] * scale),
         "frame_rate": CAPTURE_PREVIEW_FPS,
         "max_fps": round(min(CAPTURE_MAX_FPS, analysis_fps * CAPTURE_FPS_FACTOR), 3),
+        "max_kbps": max_kbps,
     }
 
 
@@ -180,7 +186,9 @@ def create_app(service: Service) -> Starlette:
                 "threshold": service.bundle.threshold,
                 "window": service.bundle.window,
                 "max_frame_side": settings.max_frame_side,
-                "capture": capture_hints(service.fps, settings.max_frame_side),
+                "capture": capture_hints(
+                    service.fps, settings.max_frame_side, settings.sender_max_kbps
+                ),
             },
             headers={"Cache-Control": "no-store"},
         )

@@ -132,6 +132,15 @@ class Settings:
         hi=3600,
         lo_open=True,
     )
+    # The page's sender is asked for at most this bit rate (RTCRtpSender maxBitrate): the event
+    # loop's cost follows the packet rate, i.e. the bit rate (docs/performance.md, issue #18).
+    sender_max_kbps: int = setting(
+        350,
+        "most kbit/s the web page's video sender is asked to send (RTCRtpSender maxBitrate, "
+        "handed out as max_kbps in GET /v1/config capture; 0 = no cap)",
+        lo=0,
+        hi=100_000,
+    )
     max_body_bytes: int = setting(
         1024 * 1024, "largest request body (uploads have their own limit)"
     )
