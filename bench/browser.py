@@ -72,6 +72,31 @@ def chromium_path() -> str:
     return path
 
 
+def chromium_switches(
+    video: Path | None, grant_camera: bool = True, camera_fps: int | None = None
+) -> list[str]:
+    """Headless Chromium's switches for a WebRTC page on loopback: no sandbox, GPU or background
+    traffic, a fake camera (`video` looped, else Chromium's test pattern at `camera_fps`), the
+    camera prompt granted when `grant_camera`, loopback ICE candidates not hidden behind mDNS.
+    The benchmark's Chromium sender and the browser tests use these."""
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--use-fake-device-for-media-stream" + (f"=fps={camera_fps}" if camera_fps else ""),
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ]
+    if grant_camera:
+        args.append("--use-fake-ui-for-media-stream")
+    if video is not None:
+        args.append(f"--use-file-for-fake-video-capture={video}")
+    return args
+
+
 def fake_camera_clip(directory: Path) -> Path:
     """Two seconds of the 640x480 face clip as y4m at 30 fps (Chromium's fake camera loops it)."""
     from bench.media import face_frames, write_video
@@ -87,19 +112,7 @@ def run(url: str, seconds: float) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-chromium-"))
     clip = fake_camera_clip(tmp)
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={clip}",
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-    ]
+    args = chromium_switches(clip)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=args, headless=True)
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.browser import chromium_switches
 from bench.media import write_video
 from tests.rtsp import write_camera_clip
 
@@ -51,21 +52,7 @@ def chromium(
     from playwright.sync_api import sync_playwright
 
     exe = require_chromium()
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--use-fake-device-for-media-stream" + (f"=fps={camera_fps}" if camera_fps else ""),
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-    ]
-    if grant_camera:
-        args.append("--use-fake-ui-for-media-stream")
-    if video is not None:
-        args.append(f"--use-file-for-fake-video-capture={video}")
+    args = chromium_switches(video, grant_camera, camera_fps)
     args.extend(extra_args)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
