@@ -248,3 +248,32 @@ def test_server_scores_equal_direct_bundle_run(live_server: LiveServer, tiny_bun
                 assert abs(mine - served) <= 1e-5
     finally:
         engine.stop()
+
+
+def test_session_route_follows_a_webcam_session_until_it_ends(live_server: LiveServer) -> None:
+    """GET /v1/sessions/{id} on the single process: `live` while the peer streams, a clear 400
+    for a bad wait and 404 for an unknown id, and `?wait=` returns once the session has gone."""
+    url = live_server.url + "/v1/sessions/"
+
+    async def session() -> None:
+        peer = ClientPeer(live_server.url, face_frames(60), fps=15)
+        await peer.connect()
+        stream = (await peer.wait_scores(2, 10.0))[0]["stream"]
+        async with httpx.AsyncClient(timeout=scaled(30)) as http:
+            r = await http.get(url + stream)
+            assert r.status_code == 200 and r.json()["state"] == "live", r.text
+            assert r.json()["stream"] == stream
+            r = await http.get(url + stream, params={"wait": "soon"})
+            assert r.status_code == 400 and "wait" in r.json()["error"], r.text
+            r = await http.get(url + "no-such-session")
+            assert r.status_code == 404, r.text
+            waiting = asyncio.ensure_future(http.get(url + stream, params={"wait": "20"}))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # held while the session is live
+            await peer.close()
+            r = await asyncio.wait_for(waiting, scaled(20))
+            # Without --ray-address an ended session is soon unknown (its end came on the
+            # data channel); it is never reported live again.
+            assert r.status_code == 404 or r.json()["state"] == "ended", r.text
+
+    asyncio.run(session())
