@@ -212,6 +212,7 @@ def build_server(
         port=settings.port if port is None else port,
         log_level=log_level or settings.log_level,
         http=GuardedH11,
+        loop=settings.event_loop,
         timeout_keep_alive=int(max(1, round(settings.keep_alive_seconds))),
         # uvicorn counts the connection asking, so one more lets `max_connections` all serve.
         limit_concurrency=settings.max_connections + 1,

@@ -9,6 +9,7 @@ validation and the README's configuration reference (`python -m stream_server.sh
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,17 @@ class Settings:
     # engine run side by side); a second intra-op thread made the encoder's small batches no
     # faster and cost CPU the streams need (docs/performance.md, issue #18).
     threads: int = setting(1, "onnxruntime intra-op threads for the encoder (0 = all cores)", lo=0)
+    # Every stream's RTP, SRTP and data channel runs on the one event loop. asyncio by default:
+    # uvloop measured no less CPU per stream and more drops in overload (docs/performance.md).
+    event_loop: str = setting(
+        "asyncio",
+        "event loop: asyncio, uvloop (needs the uvloop package) or auto (uvloop when installed)",
+        choices=("auto", "asyncio", "uvloop"),
+        check=check_that(
+            lambda v: v != "uvloop" or importlib.util.find_spec("uvloop") is not None,
+            "event loop uvloop needs the uvloop package (pip install uvloop)",
+        ),
+    )
     analysis_fps: float | None = setting(
         None,
         "analysed frames per second per stream, live and uploads alike",
