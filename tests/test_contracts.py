@@ -41,7 +41,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "peer_setup_seconds": ("7.5", 7.5),
     "peer_idle_seconds": ("12", 12.0),
     "sender_max_kbps": ("500", 500),
-    "event_loop": ("asyncio", "asyncio"),
+    "event_loop": ("auto", "auto"),
     "token": ("t" * 20, "t" * 20),
     "metrics_public": ("false", False),
     "offer_rate_per_minute": ("30", 30.0),
