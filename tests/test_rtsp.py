@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from bench.media import face_frames, write_video
 from tests.conftest import LiveServer, free_port
+from tests.rtc_client import watch_camera
 from tests.rtsp import RtspServer
 from tests.timing import deadline, poll, scaled
 
@@ -294,35 +294,7 @@ def test_webrtc_viewers_get_video_and_scores_from_one_decode(
         cam = register(srv, rtsp.url, "hall").json()
 
         async def viewer() -> tuple[Any, list[dict[str, Any]]]:
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            pc.addTransceiver("video", direction="recvonly")
-            channel = pc.createDataChannel("scores")
-            messages: list[dict[str, Any]] = []
-            scored = asyncio.Event()
-
-            def on_message(m: str) -> None:
-                messages.append(json.loads(m))
-                if messages[-1]["type"] == "score":
-                    scored.set()
-
-            channel.on("message", on_message)
-            got_track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            pc.on("track", lambda t: got_track.done() or got_track.set_result(t))
-            await pc.setLocalDescription(await pc.createOffer())
-            async with httpx.AsyncClient(base_url=srv.url) as c:
-                r = await c.post(
-                    "/offer",
-                    json={"sdp": pc.localDescription.sdp, "type": "offer", "camera": cam["id"]},
-                )
-            assert r.status_code == 200, r.text
-            await pc.setRemoteDescription(RTCSessionDescription(r.json()["sdp"], "answer"))
-            track = await asyncio.wait_for(got_track, scaled(10))
-            frame = await asyncio.wait_for(track.recv(), scaled(10))
-            try:
-                await asyncio.wait_for(scored.wait(), scaled(10))
-            except TimeoutError:
-                pass
-            await pc.close()
+            _, frame, messages = await watch_camera(srv.url, cam["id"])
             return frame, messages
 
         async def two() -> list[tuple[Any, list[dict[str, Any]]]]:

@@ -43,7 +43,7 @@ from stream_server.shell.webrtc import (
 )
 
 if TYPE_CHECKING:
-    from stream_server.shell.cluster_webrtc import RemoteWebcam
+    from stream_server.shell.cluster_webrtc import RemoteViewer, RemoteWebcam
 
 log = logging.getLogger(__name__)
 
@@ -210,26 +210,29 @@ def create_app(service: Service) -> Starlette:
         """Start a WebRTC session: {"sdp", "type": "offer"} (and "camera": ID to watch a
         camera), answered with the SDP answer; scores arrive on the "scores" data channel.
 
-        400 bad offer, 404 no such camera, 409 watching a camera with --ray-address, 500 no ICE
-        candidate, 503 no room."""
+        With --ray-address the offer is answered on a cluster node (a webcam actor; a camera's
+        own actor for a viewer), with that node's candidates; the answer names the node.
+
+        400 bad offer, 404 no such camera, 500 no ICE candidate, 503 no room."""
         body = await read_json(request, settings.max_sdp_bytes + 4096)
         try:
             desc = check_offer(body, settings.max_sdp_bytes)
         except OfferError as exc:
             return error(400, str(exc))
-        peer: PeerSession | ViewerSession | RemoteWebcam
+        peer: PeerSession | ViewerSession | RemoteWebcam | RemoteViewer
         if isinstance(body, dict) and body.get("camera") is not None:
             camera = registry.cameras.get(str(body["camera"]))
             if camera is None:
                 return error(404, "no camera with that id")
-            if cluster is not None:  # its frames stay on the node that runs it
-                return error(
-                    409,
-                    "watching a camera's video is not available with --ray-address yet; its "
-                    f"scores and status are on /v1/cameras/{camera.id}/events",
-                )
             try:
-                peer = ViewerSession(service, settings, camera)
+                if cluster is None:
+                    peer = ViewerSession(service, settings, camera)
+                else:  # the camera's actor answers: its frames are decoded on its node
+                    from stream_server.shell.cluster_cameras import RemoteCamera
+                    from stream_server.shell.cluster_webrtc import RemoteViewer
+
+                    assert isinstance(camera, RemoteCamera)
+                    peer = RemoteViewer(camera)
             except Capacity as exc:
                 return error(503, str(exc))
         else:

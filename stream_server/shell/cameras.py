@@ -261,7 +261,41 @@ class RtspReader:
         return "connection to the camera was lost"
 
 
-class Camera:
+class Watched:
+    """What WebRTC viewers (`webrtc.ViewerSession`) and feeds watch of a camera, wherever it is
+    decoded (`Camera` here, `cluster_cameras.NodeCamera` in a camera's actor on a cluster node):
+    its newest decoded frame with a sequence number and an event set when the next arrives, and
+    its messages fanned out to subscribers."""
+
+    def _init_watched(self) -> None:
+        self.subscribers: set[asyncio.Queue[Message]] = set()
+        self.latest: av.VideoFrame | None = None
+        self.viewers = 0  # WebRTC viewers relaying its video: they need every frame decoded
+        self.frame_seq = 0
+        self.new_frame = asyncio.Event()
+
+    def frame_arrived(self, frame: av.VideoFrame) -> None:
+        self.latest = frame
+        self.frame_seq += 1
+        self.new_frame.set()
+        self.new_frame = asyncio.Event()
+
+    def fan_out(self, msg: Message) -> None:
+        for q in list(self.subscribers):
+            if q.full():  # a slow reader loses the oldest message, never blocks scoring
+                q.get_nowait()
+            q.put_nowait(msg)
+
+    def subscribe(self) -> asyncio.Queue[Message]:
+        q: asyncio.Queue[Message] = asyncio.Queue(maxsize=64)
+        self.subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Message]) -> None:
+        self.subscribers.discard(q)
+
+
+class Camera(Watched):
     def __init__(self, registry: CameraRegistry, spec: CameraSpec) -> None:
         self._init_state(registry, spec)
         self.stream = registry.service.new_stream(self.id, self.publish, self)
@@ -281,11 +315,7 @@ class Camera:
         self.last_score: dict[str, Any] | None = None
         self.frames = 0
         self._frame_times: deque[float] = deque(maxlen=60)
-        self.subscribers: set[asyncio.Queue[Message]] = set()
-        self.latest: av.VideoFrame | None = None
-        self.viewers = 0  # WebRTC viewers relaying its video: they need every frame decoded
-        self.frame_seq = 0
-        self.new_frame = asyncio.Event()
+        self._init_watched()
         self.minute: Minute | None = None  # this wall-clock minute's scores, not yet kept
         self.alerts = AlertTracker(registry.service.bundle.threshold, self.alert_seconds)
 
@@ -326,10 +356,7 @@ class Camera:
         now = time.monotonic()
         self.frames += 1
         self._frame_times.append(now)
-        self.latest = frame
-        self.frame_seq += 1
-        self.new_frame.set()
-        self.new_frame = asyncio.Event()
+        self.frame_arrived(frame)
         self.stream.offer_frame(frame, t=now)
 
     def on_connected(self, reconnect: bool) -> None:
@@ -371,18 +398,7 @@ class Camera:
             self.minute.add(msg.p_fake, msg.label)
             for alert in self.alerts.update(msg):
                 self.registry.alert(self, alert, msg, now)
-        for q in list(self.subscribers):
-            if q.full():  # a slow reader loses the oldest message, never blocks scoring
-                q.get_nowait()
-            q.put_nowait(msg)
-
-    def subscribe(self) -> asyncio.Queue[Message]:
-        q: asyncio.Queue[Message] = asyncio.Queue(maxsize=64)
-        self.subscribers.add(q)
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue[Message]) -> None:
-        self.subscribers.discard(q)
+        self.fan_out(msg)
 
     @property
     def fps(self) -> float:

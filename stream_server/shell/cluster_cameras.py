@@ -6,7 +6,9 @@ On the node, `CameraActor` runs what a camera runs in one process: `RtspReader` 
 address checks, reconnects with back-off) feeding a `StreamAnalyzer` on a `Service` of its own
 (bundle, sessions, face stage and engine, loaded in the constructor, so a restarted actor loads
 them again on its new node). It keeps a short numbered log of what happened (connected, lost,
-error, score and status messages).
+error, score and status messages). The camera's viewers are `ViewerSession`s in the actor, as
+in one process: the API forwards their offers (`cluster_webrtc.RemoteViewer`), they relay the
+frames decoded here and get this camera's messages.
 
 In the API's process `RemoteCamera` stands in for `Camera`: the registry, the state database,
 the SSE feeds, alerts, webhooks and MQTT work on it unchanged. Its `ActorLink` long-polls the
@@ -31,7 +33,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from stream_server.core.messages import ScoreMessage, StatusMessage
 from stream_server.shell.camera_url import identity
-from stream_server.shell.cameras import Camera, CameraRegistry, RtspReader
+from stream_server.shell.cameras import Camera, CameraRegistry, RtspReader, Watched
 from stream_server.shell.cluster import STREAMS, ray_module
 from stream_server.shell.settings import Settings
 from stream_server.shell.store import CameraSpec
@@ -47,8 +49,9 @@ PENDING_NOTICE = 10.0  # seconds without an answer before a new camera says it w
 ENDED_KEPT = 256  # ended webcam sessions whose end GET /v1/sessions/{id} still tells
 
 
-class NodeCamera:
-    """The camera on its node: what `RtspReader` calls back into, as `Camera` in one process."""
+class NodeCamera(Watched):
+    """The camera on its node: what `RtspReader` calls back into and viewers watch, as `Camera`
+    in one process."""
 
     def __init__(self, actor: CameraActor, spec: CameraSpec) -> None:
         self.actor = actor
@@ -56,7 +59,7 @@ class NodeCamera:
         self.id = spec.id
         self.registry = SimpleNamespace(service=actor.service)  # RtspReader reads its settings
         self.frames = 0
-        self.viewers = 0  # a cluster camera's video is not relayed (watching it is a 409)
+        self._init_watched()
         self._frame_times: deque[float] = deque(maxlen=60)
         self.stream = actor.service.new_stream(spec.id, self._emit, self)
         # RtspReader needs only url, id, registry.service, viewers and the on_* calls below.
@@ -74,11 +77,13 @@ class NodeCamera:
 
     def _emit(self, msg: ScoreMessage | StatusMessage) -> None:
         self.actor.push(("message", msg))
+        self.fan_out(msg)  # to this node's viewers
 
     def on_frame(self, frame: av.VideoFrame) -> None:
         now = time.monotonic()
         self.frames += 1
         self._frame_times.append(now)
+        self.frame_arrived(frame)
         self.stream.offer_frame(frame, t=now)
 
     def on_connected(self, reconnect: bool) -> None:
@@ -86,6 +91,7 @@ class NodeCamera:
 
     def on_lost(self, reason: str) -> None:
         self.actor.push(("lost", reason))
+        self.fan_out(StatusMessage("source_lost", self.id, reason))
 
     def on_error(self, reason: str) -> None:
         self.actor.push(("error", reason))
@@ -99,13 +105,16 @@ class CameraActor:
 
     def __init__(self, settings: Settings, spec: CameraSpec) -> None:
         from stream_server.shell.service import Service
+        from stream_server.shell.webrtc import configure_ice
 
         ctx = ray_module().get_runtime_context()
         self.node: str = ctx.get_node_id()
         self.restarts = 0 if not ctx.was_current_actor_reconstructed else 1
         self.incarnation = uuid.uuid4().hex
         self.spec = spec
-        self.service = Service(replace(settings, ray_address=None))
+        self.settings = replace(settings, ray_address=None)
+        configure_ice(self.settings)  # the addresses this node's viewers are offered
+        self.service = Service(self.settings)
         from stream_server.shell.cluster_engine import use_node_engine
 
         shared = settings.ray_shared_engine and use_node_engine(self.service, self.node)
@@ -121,12 +130,16 @@ class CameraActor:
         if self.changed is not None:
             self.changed.set()
 
-    async def poll(self, cursor: int, wait: float = POLL_WAIT) -> dict[str, Any]:
-        """The log entries after `cursor` (waiting up to `wait` s for one), and the counters."""
-        if self.camera is None:  # the first poll starts it, on this actor's event loop
+    def _started(self) -> NodeCamera:
+        if self.camera is None:  # the first call starts it, on this actor's event loop
             self.changed = asyncio.Event()
             self.service.start()
             self.camera = NodeCamera(self, self.spec)
+        return self.camera
+
+    async def poll(self, cursor: int, wait: float = POLL_WAIT) -> dict[str, Any]:
+        """The log entries after `cursor` (waiting up to `wait` s for one), and the counters."""
+        camera = self._started()
         assert self.changed is not None
         if self.seq <= cursor:
             self.changed.clear()
@@ -139,11 +152,24 @@ class CameraActor:
             "node": self.node,
             "cursor": self.seq,
             "events": [(e, t) for s, e, t in self.log if s > cursor],
-            "frames": self.camera.frames,
-            "fps": self.camera.fps,
-            "dropped": self.camera.stream.dropped,
+            "frames": camera.frames,
+            "fps": camera.fps,
+            "dropped": camera.stream.dropped,
             "engine": self.engine,
         }
+
+    async def watch(self, sdp: str) -> dict[str, Any]:
+        """A viewer's forwarded offer: a `ViewerSession` here relays this camera's video and
+        messages (one `--max-streams` slot of this actor's, as in one process)."""
+        from stream_server.shell.cluster_webrtc import answer_here
+        from stream_server.shell.service import Capacity
+        from stream_server.shell.webrtc import ViewerSession
+
+        try:
+            viewer = ViewerSession(self.service, self.settings, self._started())
+        except Capacity as exc:
+            return {"error": str(exc), "status": 503}
+        return await answer_here(viewer, sdp, self.node)
 
     async def stop(self) -> None:
         if self.camera is not None:

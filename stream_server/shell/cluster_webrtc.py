@@ -4,6 +4,11 @@ actor's own aiortc peer (the same `PeerSession` as in one process) answers with 
 its node, so media goes from the browser straight to that node, and scores come back on the
 data channel from there. The API keeps only the actor's handle (`RemoteWebcam`).
 
+A camera's viewer (`/offer` with `camera`) is forwarded the same way, to the camera's own actor
+(`cluster_cameras.CameraActor`): its `ViewerSession` on that node relays the frames the actor
+decodes, with the camera's scores on the data channel (`RemoteViewer`). When the camera's node
+dies its viewers' connections end with it; a new offer reaches the actor Ray restarted elsewhere.
+
 A webcam actor is not restarted (`max_restarts=0`): a browser's session cannot move to
 another node; when its node dies the browser's peer connection fails, and the data channel that
 would carry an `error` message is gone with it. The API notices (the actor call it keeps pending
@@ -22,14 +27,50 @@ from aiortc import RTCSessionDescription
 
 from stream_server.core.messages import StatusMessage
 from stream_server.shell.cluster import STREAMS, ray_module
-from stream_server.shell.cluster_cameras import ClusterView
+from stream_server.shell.cluster_cameras import ClusterView, RemoteCamera
 from stream_server.shell.service import Capacity, Service
 from stream_server.shell.settings import Settings
-from stream_server.shell.webrtc import NoCandidate, OfferError
+from stream_server.shell.webrtc import NoCandidate, OfferError, PeerSession, ViewerSession
 
 log = logging.getLogger(__name__)
 
 PLACE_SECONDS = 30.0  # the longest an offer waits for its actor to be placed and answer
+
+
+async def answer_here(
+    session: PeerSession | ViewerSession, sdp: str, node: str, **extra: Any
+) -> dict[str, Any]:
+    """In a node's actor: `session`'s answer to a forwarded offer, or the error the API answers
+    (the session closed)."""
+    try:
+        answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
+    except OfferError as exc:
+        await session.close()
+        return {"error": str(exc), "status": 400}
+    except NoCandidate as exc:
+        await session.close()
+        return {"error": str(exc), "status": 500}
+    return {"sdp": answer.sdp, "type": answer.type, "stream": session.id, "node": node, **extra}
+
+
+async def forwarded(call: Any) -> dict[str, Any]:
+    """In the API: the answer of a node's actor to a forwarded offer (`answer_here`, through
+    the Ray call `call`); its errors raised as in one process (OfferError, NoCandidate,
+    Capacity)."""
+    ray = ray_module()
+    try:
+        r: dict[str, Any] = await asyncio.wait_for(
+            asyncio.wrap_future(call.future()), PLACE_SECONDS
+        )
+    except TimeoutError:
+        raise Capacity(f"no cluster node took the session within {PLACE_SECONDS:g} s") from None
+    except ray.exceptions.RayActorError:
+        raise Capacity(
+            "the cluster actor stopped before it answered (its node went down)"
+        ) from None
+    if "error" in r:
+        raise {400: OfferError, 500: NoCandidate}.get(r["status"], Capacity)(r["error"])
+    return r
 
 
 class WebcamActor:
@@ -50,25 +91,9 @@ class WebcamActor:
         self.session: Any = None
 
     async def answer(self, sdp: str) -> dict[str, Any]:
-        from stream_server.shell.webrtc import PeerSession
-
         self.service.start()
         self.session = PeerSession(self.service, self.settings)
-        try:
-            answer = await self.session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
-        except OfferError as exc:
-            await self.session.close()
-            return {"error": str(exc), "status": 400}
-        except NoCandidate as exc:
-            await self.session.close()
-            return {"error": str(exc), "status": 500}
-        return {
-            "sdp": answer.sdp,
-            "type": answer.type,
-            "stream": self.session.id,
-            "node": self.node,
-            "engine": self.engine,
-        }
+        return await answer_here(self.session, sdp, self.node, engine=self.engine)
 
     async def wait_closed(self) -> None:
         """Returns once the session has closed (PeerSession has no event for it: checked
@@ -118,13 +143,7 @@ class RemoteWebcam:
         )
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        fut = asyncio.wrap_future(self.actor.answer.remote(offer.sdp).future())
-        try:
-            r = await asyncio.wait_for(fut, PLACE_SECONDS)
-        except TimeoutError:
-            raise Capacity(f"no cluster node took the session within {PLACE_SECONDS:g} s") from None
-        if "error" in r:
-            raise (OfferError if r["status"] == 400 else NoCandidate)(r["error"])
+        r = await forwarded(self.actor.answer.remote(offer.sdp))
         self.id, self.node, self.engine = r["stream"], r["node"], r["engine"]
         self.view.remote_streams[self.id] = self.node
         self.service.owners[f"remote-{self.id}"] = self  # closed at shutdown
@@ -165,3 +184,22 @@ class RemoteWebcam:
         if self.watch is not None:
             self.watch.cancel()
         self._release()
+
+
+class RemoteViewer:
+    """The API's side of one viewer of a cluster camera: the offer goes to the camera's actor,
+    whose `ViewerSession` answers with its node's candidates and then lives on that node
+    (closed there when its peer goes, or with the node)."""
+
+    def __init__(self, camera: RemoteCamera) -> None:
+        self.camera = camera
+        self.id = ""
+        self.node: str | None = None
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        r = await forwarded(self.camera.reader.actor.watch.remote(offer.sdp))
+        self.id, self.node = r["stream"], r["node"]
+        return RTCSessionDescription(sdp=r["sdp"], type=r["type"])
+
+    async def close(self) -> None:
+        """Nothing to close here: a session whose answer failed was closed on its node."""
