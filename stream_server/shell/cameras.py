@@ -264,17 +264,21 @@ class RtspReader:
 class Watched:
     """What WebRTC viewers (`webrtc.ViewerSession`) and feeds watch of a camera, wherever it is
     decoded (`Camera` here, `cluster_cameras.NodeCamera` in a camera's actor on a cluster node):
-    its newest decoded frame with a sequence number and an event set when the next arrives, and
-    its messages fanned out to subscribers."""
+    its newest decoded frame with a sequence number and an event set when the next arrives, its
+    decoded frame count and rate, and its messages fanned out to subscribers."""
 
     def _init_watched(self) -> None:
+        self.frames = 0
+        self._frame_times: deque[float] = deque(maxlen=60)
         self.subscribers: set[asyncio.Queue[Message]] = set()
         self.latest: av.VideoFrame | None = None
         self.viewers = 0  # WebRTC viewers relaying its video: they need every frame decoded
         self.frame_seq = 0
         self.new_frame = asyncio.Event()
 
-    def frame_arrived(self, frame: av.VideoFrame) -> None:
+    def frame_arrived(self, frame: av.VideoFrame, now: float) -> None:
+        self.frames += 1
+        self._frame_times.append(now)
         self.latest = frame
         self.frame_seq += 1
         self.new_frame.set()
@@ -293,6 +297,11 @@ class Watched:
 
     def unsubscribe(self, q: asyncio.Queue[Message]) -> None:
         self.subscribers.discard(q)
+
+    @property
+    def fps(self) -> float:
+        ts = [t for t in self._frame_times if t > time.monotonic() - 5]
+        return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
 
 
 class Camera(Watched):
@@ -313,8 +322,6 @@ class Camera(Watched):
         self.error: str | None = None
         self.reconnects = 0
         self.last_score: dict[str, Any] | None = None
-        self.frames = 0
-        self._frame_times: deque[float] = deque(maxlen=60)
         self._init_watched()
         self.minute: Minute | None = None  # this wall-clock minute's scores, not yet kept
         self.alerts = AlertTracker(registry.service.bundle.threshold, self.alert_seconds)
@@ -354,9 +361,7 @@ class Camera(Watched):
     # -- from the decode thread (via the loop) ---------------------------------------------------
     def on_frame(self, frame: av.VideoFrame) -> None:
         now = time.monotonic()
-        self.frames += 1
-        self._frame_times.append(now)
-        self.frame_arrived(frame)
+        self.frame_arrived(frame, now)
         self.stream.offer_frame(frame, t=now)
 
     def on_connected(self, reconnect: bool) -> None:
@@ -399,11 +404,6 @@ class Camera(Watched):
             for alert in self.alerts.update(msg):
                 self.registry.alert(self, alert, msg, now)
         self.fan_out(msg)
-
-    @property
-    def fps(self) -> float:
-        ts = [t for t in self._frame_times if t > time.monotonic() - 5]
-        return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
 
     @property
     def dropped(self) -> int:

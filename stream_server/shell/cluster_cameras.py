@@ -58,9 +58,7 @@ class NodeCamera(Watched):
         self.spec = spec
         self.id = spec.id
         self.registry = SimpleNamespace(service=actor.service)  # RtspReader reads its settings
-        self.frames = 0
         self._init_watched()
-        self._frame_times: deque[float] = deque(maxlen=60)
         self.stream = actor.service.new_stream(spec.id, self._emit, self)
         # RtspReader needs only url, id, registry.service, viewers and the on_* calls below.
         self.reader = RtspReader(cast(Camera, self), asyncio.get_running_loop())
@@ -70,20 +68,13 @@ class NodeCamera(Watched):
     def url(self) -> str:
         return self.spec.url
 
-    @property
-    def fps(self) -> float:
-        ts = [t for t in self._frame_times if t > time.monotonic() - 5]
-        return round((len(ts) - 1) / (ts[-1] - ts[0]), 2) if len(ts) > 2 and ts[-1] > ts[0] else 0.0
-
     def _emit(self, msg: ScoreMessage | StatusMessage) -> None:
         self.actor.push(("message", msg))
         self.fan_out(msg)  # to this node's viewers
 
     def on_frame(self, frame: av.VideoFrame) -> None:
         now = time.monotonic()
-        self.frames += 1
-        self._frame_times.append(now)
-        self.frame_arrived(frame)
+        self.frame_arrived(frame, now)
         self.stream.offer_frame(frame, t=now)
 
     def on_connected(self, reconnect: bool) -> None:
