@@ -36,7 +36,10 @@ def test_add_watch_rename_history_and_remove_a_camera_from_the_page(
     ):
         page = ctx.new_page()
         page.goto(srv.url + "/#cameras")
-        assert "No cameras are registered" in page.locator("#camera-list").inner_text()
+        # The note is written before the list is drawn again: wait for the list, too.
+        page.locator("#camera-list").get_by_text("No cameras are registered").wait_for(
+            timeout=ms(10)
+        )
         # The stage (player and verdict) stays hidden until a camera is watched.
         assert not page.locator("#camera-stage").is_visible()
 
