@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per capacity level")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=1,
+        help="the server's --ingest-workers (webcam sessions in N worker processes); its CPU "
+        "and RSS include the workers'",
+    )
+    p.add_argument(
         "--client-codec",
         choices=["h264", "vp8"],
         default="h264",
@@ -98,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         uncapped_levels=uncapped,
         chromium_levels=browsers,
         senders=args.senders,
+        server_args=["--ingest-workers", str(args.ingest_workers)],
     )
+    result["capacity"]["ingest_workers"] = args.ingest_workers
     result["seconds"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

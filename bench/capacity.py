@@ -44,6 +44,28 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_pids(pid: int) -> list[int]:
+    """`pid` and its child processes (the ingest workers of `--ingest-workers`)."""
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _sum_or_zero(fn: Any, pids: list[int]) -> float:
+    total = 0.0
+    for p in pids:
+        try:
+            total += fn(p)
+        except OSError:  # a worker that exited meanwhile
+            continue
+    return total
+
+
 def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -219,16 +241,19 @@ def run_level(
             )
         )
     time.sleep(min(4.0, seconds / 3))  # connect and warm up before measuring the server
-    c0, t0 = proc_cpu_seconds(pid), time.monotonic()
-    first = thread_cpu(pid)
-    last = dict(first)
+    # The server and its ingest workers, if any (each process's threads split by role).
+    pids = server_pids(pid)
+    c0, t0 = _sum_or_zero(proc_cpu_seconds, pids), time.monotonic()
+    first = {p: thread_cpu(p) for p in pids}
+    last = {p: dict(first[p]) for p in pids}
     senders = [p for p in procs if p is not browser]  # Chromium's processes are not counted
     senders_first = {p.pid: _cpu_or_zero(p.pid) for p in senders}
     senders_last = dict(senders_first)
     rss = []
     while any(p.poll() is None for p in procs):
-        rss.append(proc_rss_mb(pid))
-        last.update(thread_cpu(pid))
+        rss.append(_sum_or_zero(proc_rss_mb, pids))
+        for p in pids:
+            last[p].update(thread_cpu(p))
         for p in senders:
             senders_last[p.pid] = max(senders_last[p.pid], _cpu_or_zero(p.pid))
         time.sleep(0.5)
@@ -236,8 +261,11 @@ def run_level(
             for p in procs:
                 p.kill()
     wall = max(1e-6, time.monotonic() - t0)
-    cpu = (proc_cpu_seconds(pid) - c0) / wall
-    split = cpu_split(pid, first, last)
+    cpu = (_sum_or_zero(proc_cpu_seconds, pids) - c0) / wall
+    split = dict.fromkeys(ROLES, 0.0)
+    for p in pids:
+        for role, used in cpu_split(p, first[p], last[p]).items():
+            split[role] += used
     results = []
     for p, out in zip(procs, outs, strict=True):
         p.wait()
@@ -274,6 +302,7 @@ def run_level(
         "analysed_fps_per_stream": round(float(np.mean(analysed)), 2) if analysed else 0.0,
         "drop_fraction": round(float(np.mean(drops)), 4) if drops else 1.0,
         "server_cpu_cores": round(cpu, 2),
+        "server_processes": len(pids),
         "server_rss_mb": round(max(rss), 1) if rss else None,
         "sender_fps": fps,
         "sender_size": list(size),

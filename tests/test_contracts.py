@@ -42,6 +42,7 @@ FLAG_VALUES: dict[str, tuple[str, Any]] = {
     "peer_idle_seconds": ("12", 12.0),
     "sender_max_kbps": ("500", 500),
     "event_loop": ("auto", "auto"),
+    "ingest_workers": ("3", 3),
     "token": ("t" * 20, "t" * 20),
     "metrics_public": ("false", False),
     "offer_rate_per_minute": ("30", 30.0),

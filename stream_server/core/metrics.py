@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 
 class Metrics:
@@ -60,5 +64,48 @@ class Metrics:
         )
         self.errors = Counter("deepfake_errors", "Analysis errors reported to clients", registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, others: Sequence[str] = ()) -> bytes:
+        """This registry in the text exposition format; with `others` (the same format, from
+        other processes of this service: ingest workers), every sample summed with the samples
+        of the same name and labels in them."""
+        own = generate_latest(self.registry)
+        return merge_exposition([own.decode("utf-8"), *others]) if others else own
+
+
+def _go_float(value: float) -> str:
+    """A sample value as prometheus_client writes it (+Inf, NaN, 1.0, 1e+06)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _escape(value: str, quote: bool) -> str:
+    value = value.replace("\\", "\\\\").replace("\n", "\\n")
+    return value.replace('"', '\\"') if quote else value
+
+
+def merge_exposition(texts: Sequence[str]) -> bytes:
+    """Prometheus text expositions added up: families in order of first appearance, samples of
+    the same name and labels summed (counters, gauges, histogram buckets, sums and counts all
+    add across processes). `_created` samples (when a counter was created) are left out: a sum
+    of timestamps means nothing."""
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name.endswith("_created"):  # the text format writes them as gauges
+                continue
+            _, _, samples = families.setdefault(fam.name, (fam.type, fam.documentation, {}))
+            for sample in fam.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = samples.get(key, 0.0) + sample.value
+    lines = []
+    for name, (kind, doc, samples) in families.items():
+        lines.append(f"# HELP {name} {_escape(doc, quote=False)}")
+        lines.append(f"# TYPE {name} {kind}")
+        for (sample_name, labels), value in samples.items():
+            inner = ",".join(f'{k}="{_escape(v, quote=True)}"' for k, v in labels)
+            number = _go_float(value)
+            lines.append(
+                f"{sample_name}{{{inner}}} {number}" if inner else f"{sample_name} {number}"
+            )
+    return ("\n".join(lines) + "\n").encode("utf-8")

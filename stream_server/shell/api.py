@@ -41,6 +41,7 @@ from stream_server.shell.webrtc import (
     check_offer,
     configure_ice,
 )
+from stream_server.shell.workers import WorkerPool, WorkerSession
 
 if TYPE_CHECKING:
     from stream_server.shell.cluster_webrtc import RemoteViewer, RemoteWebcam
@@ -138,6 +139,9 @@ def create_app(service: Service) -> Starlette:
         connect(settings.ray_address)
         cluster = ClusterView(registry, service.metrics.registry)
         registry.camera_class = functools.partial(RemoteCamera, relay=cluster.relay)
+    pool: WorkerPool | None = None
+    if settings.ingest_workers > 1:  # webcam sessions in worker processes, started with the app
+        pool = WorkerPool(service, settings.ingest_workers)
 
     async def index(request: Request) -> Response:
         """The web client (HTML)."""
@@ -204,14 +208,17 @@ def create_app(service: Service) -> Starlette:
         """Prometheus metrics (text exposition format)."""
         if cluster is not None:
             cluster.snapshot()  # per-node streams and capacity, as of now
-        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+        others = await pool.metrics() if pool is not None else []  # summed with this process's
+        return Response(service.metrics.render(others), media_type="text/plain; version=0.0.4")
 
     async def offer(request: Request) -> JSONResponse:
         """Start a WebRTC session: {"sdp", "type": "offer"} (and "camera": ID to watch a
         camera), answered with the SDP answer; scores arrive on the "scores" data channel.
 
         With --ray-address the offer is answered on a cluster node (a webcam actor; a camera's
-        own actor for a viewer), with that node's candidates; the answer names the node.
+        own actor for a viewer), with that node's candidates; the answer names the node. With
+        --ingest-workers a webcam offer is answered by the least-loaded worker process, with
+        its own candidates; the answer names the worker.
 
         400 bad offer, 404 no such camera, 500 no ICE candidate, 503 no room."""
         body = await read_json(request, settings.max_sdp_bytes + 4096)
@@ -219,7 +226,7 @@ def create_app(service: Service) -> Starlette:
             desc = check_offer(body, settings.max_sdp_bytes)
         except OfferError as exc:
             return error(400, str(exc))
-        peer: PeerSession | ViewerSession | RemoteWebcam | RemoteViewer
+        peer: PeerSession | ViewerSession | RemoteWebcam | RemoteViewer | WorkerSession
         if isinstance(body, dict) and body.get("camera") is not None:
             camera = registry.cameras.get(str(body["camera"]))
             if camera is None:
@@ -237,7 +244,9 @@ def create_app(service: Service) -> Starlette:
                 return error(503, str(exc))
         else:
             try:
-                if cluster is None:
+                if pool is not None:  # an ingest worker answers, with its own candidates
+                    peer = WorkerSession(pool)
+                elif cluster is None:
                     peer = PeerSession(service, settings)
                 else:  # a webcam actor on a cluster node answers, with its node's candidates
                     from stream_server.shell.cluster_webrtc import RemoteWebcam
@@ -268,12 +277,15 @@ def create_app(service: Service) -> Starlette:
                 "analysis_fps": service.fps,
                 "threshold": service.bundle.threshold,
                 **({"node": getattr(peer, "node", None)} if cluster is not None else {}),
+                **({"worker": peer.worker.index} if isinstance(peer, WorkerSession) else {}),
             }
         )
 
     def session_state(stream: str) -> dict[str, Any] | None:
         if cluster is not None:
             return cluster.session(stream)
+        if pool is not None:
+            return pool.session_state(stream)
         peer = service.owners.get(stream)
         if isinstance(peer, PeerSession):
             return {"stream": stream, "state": "ended" if peer.closed else "live"}
@@ -286,7 +298,8 @@ def create_app(service: Service) -> Starlette:
 
         With --ray-address a session whose node died is `ended` with `message`, the `error`
         status message its data channel would have carried (that channel died with the node);
-        the page asks when its connection drops. Without --ray-address everything comes on the
+        the page asks when its connection drops. With --ingest-workers the same for a session
+        whose worker process died, and `worker` names a live session's worker. Without --ray-address everything comes on the
         data channel, and an ended session is soon unknown. 400 bad wait, 404 no such session
         (or one that ended long ago)."""
         stream = request.path_params["session_id"]
@@ -319,6 +332,9 @@ def create_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
+        if pool is not None:
+            service.workers = pool
+            await pool.start()
         registry.start()
         try:
             yield

@@ -152,15 +152,14 @@ class CameraActor:
     async def watch(self, sdp: str) -> dict[str, Any]:
         """A viewer's forwarded offer: a `ViewerSession` here relays this camera's video and
         messages (one `--max-streams` slot of this actor's, as in one process)."""
-        from stream_server.shell.cluster_webrtc import answer_here
         from stream_server.shell.service import Capacity
-        from stream_server.shell.webrtc import ViewerSession
+        from stream_server.shell.webrtc import ViewerSession, answer_here
 
         try:
             viewer = ViewerSession(self.service, self.settings, self._started())
         except Capacity as exc:
             return {"error": str(exc), "status": 503}
-        return await answer_here(viewer, sdp, self.node)
+        return await answer_here(viewer, sdp, node=self.node)
 
     async def stop(self) -> None:
         if self.camera is not None:

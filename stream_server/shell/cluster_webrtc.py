@@ -30,27 +30,11 @@ from stream_server.shell.cluster import STREAMS, ray_module
 from stream_server.shell.cluster_cameras import ClusterView, RemoteCamera
 from stream_server.shell.service import Capacity, Service
 from stream_server.shell.settings import Settings
-from stream_server.shell.webrtc import NoCandidate, OfferError, PeerSession, ViewerSession
+from stream_server.shell.webrtc import NoCandidate, OfferError, PeerSession, answer_here
 
 log = logging.getLogger(__name__)
 
 PLACE_SECONDS = 30.0  # the longest an offer waits for its actor to be placed and answer
-
-
-async def answer_here(
-    session: PeerSession | ViewerSession, sdp: str, node: str, **extra: Any
-) -> dict[str, Any]:
-    """In a node's actor: `session`'s answer to a forwarded offer, or the error the API answers
-    (the session closed)."""
-    try:
-        answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
-    except OfferError as exc:
-        await session.close()
-        return {"error": str(exc), "status": 400}
-    except NoCandidate as exc:
-        await session.close()
-        return {"error": str(exc), "status": 500}
-    return {"sdp": answer.sdp, "type": answer.type, "stream": session.id, "node": node, **extra}
 
 
 async def forwarded(call: Any) -> dict[str, Any]:
@@ -93,15 +77,12 @@ class WebcamActor:
     async def answer(self, sdp: str) -> dict[str, Any]:
         self.service.start()
         self.session = PeerSession(self.service, self.settings)
-        return await answer_here(self.session, sdp, self.node, engine=self.engine)
+        return await answer_here(self.session, sdp, node=self.node, engine=self.engine)
 
     async def wait_closed(self) -> None:
-        """Returns once the session has closed (PeerSession has no event for it: checked
-        twice a second)."""
-        while True:
-            if self.session is None or self.session.closed:
-                return
-            await asyncio.sleep(0.5)
+        """Returns once the session has closed."""
+        if self.session is not None:
+            await self.session.ended.wait()
 
     async def close(self) -> None:
         if self.session is not None:

@@ -57,6 +57,10 @@ class Service:
         # slot of the same --max-streams budget as WebRTC peers and cameras.
         self.viewers: dict[str, Closable] = {}
         self.owners: dict[str, Closable] = {}
+        # Webcam sessions in ingest worker processes (--ingest-workers): they take slots of
+        # the same budget; `workers` is their pool (shell.workers.WorkerPool), None without.
+        self.remote_streams: dict[str, Closable] = {}
+        self.workers: Any = None
         self._closing = False
         # Set when shutdown begins: uploads being received or analysed stop and answer 503.
         self.stopping = threading.Event()
@@ -80,9 +84,9 @@ class Service:
 
     @property
     def load(self) -> int:
-        """Slots taken in the --max-streams budget: analysed streams (WebRTC peers, cameras)
-        and camera viewers."""
-        return len(self.streams) + len(self.viewers)
+        """Slots taken in the --max-streams budget: analysed streams (WebRTC peers, cameras,
+        webcam sessions in ingest workers) and camera viewers."""
+        return len(self.streams) + len(self.remote_streams) + len(self.viewers)
 
     def _check_room(self) -> None:
         if self._closing:
@@ -134,11 +138,16 @@ class Service:
             return "shutting down"
         if not self.engine.running:
             return "inference engine not running (warming up, or stopped)"
+        if self.workers is not None and not self.workers.any_ready():
+            return "no ingest worker is ready (starting, or restarting after a crash)"
         return None
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok" if self.engine.running and not self._closing else "degraded",
+        ok = self.engine.running and not self._closing
+        if self.workers is not None and not self.workers.any_ready():
+            ok = False
+        out = {
+            "status": "ok" if ok else "degraded",
             "model": self.bundle.model_id,
             "backbone": self.bundle.backbone,
             "precision": self.bundle.encoder.precision,
@@ -146,11 +155,14 @@ class Service:
             "analysis_fps": self.fps,
             "window": self.bundle.window,
             "threshold": self.bundle.threshold,
-            "streams": len(self.streams),
+            "streams": len(self.streams) + len(self.remote_streams),
             "viewers": len(self.viewers),
             "max_streams": self.settings.max_streams,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
+        if self.workers is not None:
+            out["ingest_workers"] = self.workers.snapshot()
+        return out
 
     def begin_shutdown(self) -> None:
         """Refuse new streams and tell in-flight uploads to stop (on the event loop)."""
@@ -165,6 +177,8 @@ class Service:
             await asyncio.gather(*(o.close() for o in owners), return_exceptions=True)
         for sid in list(self.streams):
             await self.end_stream(sid)
+        if self.workers is not None:
+            await self.workers.stop()
         self.engine.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("service stopped: %d stream(s) closed", len(owners))

@@ -93,6 +93,16 @@ class Settings:
             "event loop uvloop needs the uvloop package (pip install uvloop)",
         ),
     )
+    # One event loop and one GIL carry every stream's packets and Python work: past about 16
+    # streams on 2 cores they fall behind before the CPU is used up (docs/performance.md).
+    ingest_workers: int = setting(
+        1,
+        "processes that take webcam WebRTC sessions, each with its own event loop and engine "
+        "(1 = all in this process; e.g. the number of cores); cameras, their viewers and "
+        "uploads stay in this process",
+        lo=1,
+        hi=64,
+    )
     analysis_fps: float | None = setting(
         None,
         "analysed frames per second per stream, live and uploads alike",
@@ -298,6 +308,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.ingest_workers > 1 and self.ray_address is not None:
+            raise SettingsError(
+                "--ingest-workers and --ray-address do not go together: on a cluster each "
+                "webcam session already runs in an actor of its own"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

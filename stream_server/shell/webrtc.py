@@ -291,6 +291,27 @@ async def watch_peer(
                 return
 
 
+async def answer_here(
+    session: PeerSession | ViewerSession, sdp: str, **extra: Any
+) -> dict[str, Any]:
+    """For an offer forwarded from another process (a cluster node's actor, an ingest worker):
+    `session`'s answer to `sdp` as a dict (`sdp`, `type`, `stream` and `extra`), or the error
+    the API answers (`error` and the HTTP `status`; the session closed)."""
+    try:
+        answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
+    except OfferError as exc:
+        await session.close()
+        return {"error": str(exc), "status": 400}
+    except NoCandidate as exc:
+        await session.close()
+        return {"error": str(exc), "status": 500}
+    except Exception as exc:
+        await session.close()
+        log.exception("answering an offer failed")
+        return {"error": f"answering the offer failed: {_reason(exc)}", "status": 500}
+    return {"sdp": answer.sdp, "type": answer.type, "stream": session.id, **extra}
+
+
 class PeerSession:
     """One browser (or any WebRTC client) sending video and receiving scores."""
 
@@ -302,6 +323,7 @@ class PeerSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.settings = settings
         self._closed = False
+        self.ended = asyncio.Event()  # set once close() has finished
         self._closer: asyncio.Task[None] | None = None
         self.connected_at: float | None = None
         self.last_frame_at: float | None = None
@@ -379,13 +401,18 @@ class PeerSession:
         if self._closed:
             return
         self._closed = True
-        await self.service.end_stream(self.id)
-        current = asyncio.current_task()
-        for t in list(self.tasks):
-            if t is not current:
-                t.cancel()
-        await asyncio.gather(*(t for t in self.tasks if t is not current), return_exceptions=True)
-        await close_pc(self.pc)
+        try:
+            await self.service.end_stream(self.id)
+            current = asyncio.current_task()
+            for t in list(self.tasks):
+                if t is not current:
+                    t.cancel()
+            await asyncio.gather(
+                *(t for t in self.tasks if t is not current), return_exceptions=True
+            )
+            await close_pc(self.pc)
+        finally:
+            self.ended.set()
 
 
 def follow_connection(pc: RTCPeerConnection, session: PeerSession | ViewerSession) -> None:
