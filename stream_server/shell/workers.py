@@ -51,8 +51,13 @@ from stream_server.shell.webrtc import NoCandidate, OfferError
 
 log = logging.getLogger(__name__)
 
-# How a worker is started (bench/serve.py replaces it with its own thread-naming worker).
-WORKER_COMMAND = [sys.executable, "-m", "stream_server.shell.workers"]
+# How a worker is started: `python -m` this module, or the module DEEPFAKE_WORKER_MODULE names
+# (the capacity benchmark's `bench.serve`, which names the worker's threads for the OS).
+WORKER_COMMAND = [
+    sys.executable,
+    "-m",
+    os.environ.get("DEEPFAKE_WORKER_MODULE") or "stream_server.shell.workers",
+]
 READ_LIMIT = 16 * 1024 * 1024  # the longest protocol line (an SDP is at most 64 KiB)
 START_SECONDS = 180.0  # the longest a worker may take to load and warm its model
 CALL_SECONDS = 30.0  # the longest an offer waits for its worker's answer
