@@ -95,12 +95,12 @@ export function initLive() {
     }
   }
 
-  // With --ray-address a session runs on a cluster node, and when that node dies its data
-  // channel dies with it: the server then tells the session's `error` message on
-  // GET /v1/sessions/{id}, waited for here while the page reconnects. Shown unless a new
-  // connection has been made since.
+  // With --ray-address a session runs on a cluster node (with --ingest-workers in a worker
+  // process), and when that node (or process) dies its data channel dies with it: the server
+  // then tells the session's `error` message on GET /v1/sessions/{id}, waited for here while the
+  // page reconnects. Shown unless a new connection has been made since.
   async function explainEnd(answer, connectsThen) {
-    if (!answer.node || !answer.stream) return;
+    if ((answer.node === undefined && answer.worker === undefined) || !answer.stream) return;
     let state;
     try {
       state = await request(`/v1/sessions/${encodeURIComponent(answer.stream)}?wait=30`);

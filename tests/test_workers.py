@@ -197,3 +197,53 @@ def test_a_crashed_worker_ends_its_sessions_and_is_started_again(tiny_bundle: Pa
         assert not alive(out["victim"]["pid"])
         assert all(len(s) >= 3 for s in out["after"])
         assert sorted(out["workers_after"]) == [0, 1]
+
+
+@pytest.mark.browser
+def test_the_page_explains_a_crashed_worker_and_reconnects(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The page in a real Chromium, its session in a worker that is then killed: the page shows
+    the server's `error` message (from GET /v1/sessions/{id}) and goes live again on a worker."""
+    from tests.browser import chromium, write_y4m
+    from tests.timing import ms
+
+    clip = write_y4m(tmp_path / "face.y4m", face_frames(60, size=(640, 480)))
+    with LiveServer(bundle=tiny_bundle, ingest_workers=2) as srv, chromium(clip) as ctx:
+        page = ctx.new_page()
+        page.goto(srv.url + "/")
+        # everything the page writes into its error line, kept (it is cleared once live again)
+        page.evaluate(
+            """() => {
+              window.errorsSeen = [];
+              const el = document.querySelector('#live-error');
+              new MutationObserver(() => { if (el.textContent) window.errorsSeen.push(el.textContent); })
+                .observe(el, { childList: true, characterData: true, subtree: true });
+            }"""
+        )
+        page.get_by_role("button", name="Start camera").click()
+        page.wait_for_function(
+            "Number(document.querySelector('#timeline').dataset.points) >= 2", timeout=ms(20)
+        )
+        health = poll(
+            lambda: httpx.get(srv.url + "/healthz").json(),
+            10,
+            until=lambda h: any(w["streams"] == 1 for w in h["ingest_workers"]),
+        )
+        (victim,) = [w for w in health["ingest_workers"] if w["streams"] == 1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        page.wait_for_function(
+            "window.errorsSeen.some(t => t.includes('ingest worker'))", timeout=ms(45)
+        )
+        seen = page.evaluate("window.errorsSeen")
+        assert any(f"ingest worker {victim['index']} for this session stopped" in t for t in seen)
+        # it reconnects by itself, to a worker that is ready, and scores again
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'live'", timeout=ms(45)
+        )
+        before = int(page.locator("#timeline").get_attribute("data-points"))
+        page.wait_for_function(
+            f"Number(document.querySelector('#timeline').dataset.points) > {before}",
+            timeout=ms(20),
+        )
+        assert httpx.get(srv.url + "/healthz").json()["streams"] == 1
