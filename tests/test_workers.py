@@ -69,6 +69,25 @@ def test_ingest_workers_and_a_cluster_do_not_go_together() -> None:
         Settings(ingest_workers=2, ray_address="127.0.0.1:6379")
 
 
+def test_a_worker_that_cannot_start_stops_the_server_at_once(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the worker command fails at once (as a worker whose interpreter or
+    environment is broken would); the server refuses to start within seconds, not after the
+    3-minute start-up allowance, and leaves no worker behind."""
+    import sys
+    import time
+
+    from stream_server.shell import workers
+
+    monkeypatch.setattr(workers, "WORKER_COMMAND", [sys.executable, "-c", "raise SystemExit(3)"])
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="uvicorn did not start"):
+        with LiveServer(bundle=tiny_bundle, ingest_workers=2):
+            pass
+    assert time.monotonic() - t0 < scaled(20)
+
+
 def _offer_without_candidates_from(sdp: str) -> str:
     return "\r\n".join(line for line in sdp.split("\r\n") if not line.startswith("a=candidate"))
 

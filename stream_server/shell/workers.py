@@ -106,6 +106,8 @@ class WorkerPool:
         self.workers = [Worker(i) for i in range(count)]
         self.ended: collections.OrderedDict[str, StatusMessage | None] = collections.OrderedDict()
         self.stopping = False
+        self.starting = False
+        self._start_failed: asyncio.Event | None = None
         self._ids = 0
         self._restarts: set[asyncio.Task[None]] = set()
 
@@ -116,18 +118,32 @@ class WorkerPool:
         return [w.snapshot() for w in self.workers]
 
     async def start(self) -> None:
-        """Start every worker and wait until each has its model warm."""
+        """Start every worker and wait until each has its model warm (RuntimeError, at once,
+        when one exits before it is ready: a worker that cannot start is not retried here)."""
+        self.starting = True
+        failed = self._start_failed = asyncio.Event()
         for w in self.workers:
             await self._spawn(w)
         waits = [asyncio.ensure_future(w.ready_once.wait()) for w in self.workers]
-        done, pending = await asyncio.wait(waits, timeout=START_SECONDS)
-        for p in pending:
-            p.cancel()
-        if pending:
+        all_ready = asyncio.ensure_future(asyncio.wait(waits))
+        failure = asyncio.ensure_future(failed.wait())
+        await asyncio.wait(
+            [all_ready, failure], timeout=START_SECONDS, return_when="FIRST_COMPLETED"
+        )
+        self.starting = False
+        for fut in (*waits, all_ready, failure):
+            fut.cancel()
+        not_ready = [w.index for w in self.workers if not w.ready_once.is_set()]
+        if not_ready:
             await self.stop()
+            why = (
+                "exited before it was ready"
+                if failed.is_set()
+                else (f"did not start within {START_SECONDS:g} s")
+            )
             raise RuntimeError(
-                f"{len(pending)} of {len(self.workers)} ingest workers did not start within "
-                f"{START_SECONDS:g} s (see their log lines above)"
+                f"ingest worker {not_ready[0]} {why} ({len(not_ready)} of {len(self.workers)} "
+                "not ready; see the log lines above)"
             )
         log.info(
             "%d ingest workers ready (pids %s)",
@@ -201,6 +217,11 @@ class WorkerPool:
                 )
             )
         if self.stopping:
+            return
+        if self.starting and not w.ready_once.is_set():
+            log.error("ingest worker %d exited with code %s before it was ready", w.index, code)
+            if self._start_failed is not None:
+                self._start_failed.set()
             return
         log.warning(
             "ingest worker %d (pid %s) exited with code %s: %d session(s) ended; starting it again",
