@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -35,6 +35,7 @@ from stream_server.core.messages import ScoreMessage, StatusMessage
 from stream_server.shell.camera_url import identity
 from stream_server.shell.cameras import Camera, CameraRegistry, RtspReader, Watched
 from stream_server.shell.cluster import STREAMS, ray_module
+from stream_server.shell.service import EndedSessions
 from stream_server.shell.settings import Settings
 from stream_server.shell.store import CameraSpec
 
@@ -328,8 +329,7 @@ class ClusterView:
     def __init__(self, registry: CameraRegistry, prometheus: CollectorRegistry) -> None:
         self.registry = registry
         self.remote_streams: dict[str, str | None] = {}  # webcam session id -> its node
-        # The last ENDED_KEPT ended webcam sessions: why each ended (None: by its client).
-        self.ended: OrderedDict[str, StatusMessage | None] = OrderedDict()
+        self.ended = EndedSessions(ENDED_KEPT)  # webcam sessions that ended, and why
         self.nodes_alive = Gauge(
             "deepfake_cluster_nodes", "Live Ray nodes in the cluster", registry=prometheus
         )
@@ -354,22 +354,13 @@ class ClusterView:
         )
 
     def session_ended(self, stream: str, message: StatusMessage | None) -> None:
-        self.ended[stream] = message
-        while len(self.ended) > ENDED_KEPT:
-            self.ended.popitem(last=False)
+        self.ended.add(stream, message)
 
     def session(self, stream: str) -> dict[str, Any] | None:
         """A webcam session's state for GET /v1/sessions/{id} (None: no such session)."""
         if stream in self.remote_streams:
             return {"stream": stream, "state": "live", "node": self.remote_streams[stream]}
-        if stream in self.ended:
-            msg = self.ended[stream]
-            return {
-                "stream": stream,
-                "state": "ended",
-                **({"message": msg.to_dict()} if msg is not None else {}),
-            }
-        return None
+        return self.ended.state(stream)
 
     def snapshot(self) -> dict[str, Any]:
         from stream_server.shell.cluster import nodes

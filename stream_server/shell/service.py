@@ -4,6 +4,7 @@ and the registry of live streams. Created once at start-up; closed at shutdown."
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 from stream_server.core.bundle import Bundle, load_bundle
 from stream_server.core.engine import InferenceEngine
 from stream_server.core.faces import Detectors
+from stream_server.core.messages import StatusMessage
 from stream_server.core.metrics import Metrics
 from stream_server.core.pipeline import FramePipeline
 from stream_server.core.runtime import Sessions, open_sessions, warm_up
@@ -29,6 +31,32 @@ class Capacity(Exception):
 
 class Closable(Protocol):
     async def close(self) -> None: ...
+
+
+class EndedSessions:
+    """The last `keep` webcam sessions that ended away from this process (on a cluster node, in
+    an ingest worker) and why each ended (None: closed by its client), so that
+    GET /v1/sessions/{id} can tell a page the `error` its dead data channel could not carry."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._why: collections.OrderedDict[str, StatusMessage | None] = collections.OrderedDict()
+
+    def add(self, stream: str, message: StatusMessage | None) -> None:
+        self._why[stream] = message
+        while len(self._why) > self.keep:
+            self._why.popitem(last=False)
+
+    def state(self, stream: str) -> dict[str, Any] | None:
+        """`stream`'s `ended` state with its message, or None when it is not kept."""
+        if stream not in self._why:
+            return None
+        msg = self._why[stream]
+        return {
+            "stream": stream,
+            "state": "ended",
+            **({"message": msg.to_dict()} if msg is not None else {}),
+        }
 
 
 class Service:
@@ -143,11 +171,8 @@ class Service:
         return None
 
     def health(self) -> dict[str, Any]:
-        ok = self.engine.running and not self._closing
-        if self.workers is not None and not self.workers.any_ready():
-            ok = False
         out = {
-            "status": "ok" if ok else "degraded",
+            "status": "ok" if self.not_ready() is None else "degraded",
             "model": self.bundle.model_id,
             "backbone": self.bundle.backbone,
             "precision": self.bundle.encoder.precision,

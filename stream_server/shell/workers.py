@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import json
 import logging
@@ -45,7 +44,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from stream_server.core.messages import StatusMessage
-from stream_server.shell.service import Capacity, Service
+from stream_server.shell.service import Capacity, EndedSessions, Service
 from stream_server.shell.settings import Settings
 from stream_server.shell.webrtc import NoCandidate, OfferError
 
@@ -104,7 +103,7 @@ class WorkerPool:
         self.service = service
         self.settings = replace(service.settings, ingest_workers=1)
         self.workers = [Worker(i) for i in range(count)]
-        self.ended: collections.OrderedDict[str, StatusMessage | None] = collections.OrderedDict()
+        self.ended = EndedSessions(ENDED_KEPT)
         self.stopping = False
         self.starting = False
         self._start_failed: asyncio.Event | None = None
@@ -265,23 +264,11 @@ class WorkerPool:
             raise Capacity("no ingest worker is ready (starting, or restarting after a crash)")
         return min(ready, key=lambda w: (w.load, w.index))
 
-    def remember(self, stream: str, message: StatusMessage | None) -> None:
-        self.ended[stream] = message
-        while len(self.ended) > ENDED_KEPT:
-            self.ended.popitem(last=False)
-
     def session_state(self, stream: str) -> dict[str, Any] | None:
         for w in self.workers:
             if stream in w.sessions:
                 return {"stream": stream, "state": "live", "worker": w.index}
-        if stream in self.ended:
-            message = self.ended[stream]
-            return {
-                "stream": stream,
-                "state": "ended",
-                **({"message": message.to_dict()} if message is not None else {}),
-            }
-        return None
+        return self.ended.state(stream)
 
     async def metrics(self) -> list[str]:
         """Every ready worker's Prometheus exposition (a worker that does not answer within
@@ -363,7 +350,7 @@ class WorkerSession:
         self.service.remote_streams.pop(self._slot, None)
         if self.id:
             self.service.owners.pop(self.id, None)
-            self.pool.remember(self.id, message)
+            self.pool.ended.add(self.id, message)
 
     async def close(self) -> None:
         if self.closed:
