@@ -18,15 +18,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, V
 
 from bench.media import face_frames
 from tests.conftest import LiveServer, wait_serving
+from tests.exposition import scrape
 from tests.rtc_client import ClientPeer
-
-
-def metric(url: str, name: str) -> float:
-    """One sample's value from /metrics (0.0 when absent)."""
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rpartition(" ")[2])
-    return 0.0
 
 
 async def wait_for(cond: object, within: float) -> bool:
@@ -95,8 +88,8 @@ def test_peers_that_never_connect_free_their_slots(tiny_bundle: Path) -> None:
         asyncio.run(run())
         # The candidate-less peer always runs into the deadline; the closed one may instead fail
         # ICE first (its port is gone). The refused third never held a slot.
-        assert 1 <= metric(srv.url, SETUP) <= 2
-        assert metric(srv.url, MEDIA) == 0
+        assert 1 <= scrape(srv.url, SETUP, default=0.0) <= 2
+        assert scrape(srv.url, MEDIA, default=0.0) == 0
 
 
 def test_connected_peer_sending_no_video_is_closed_and_a_sending_one_is_not(
@@ -125,8 +118,8 @@ def test_connected_peer_sending_no_video_is_closed_and_a_sending_one_is_not(
             await idle.close()
 
         asyncio.run(run())
-        assert metric(srv.url, MEDIA) == 1
-        assert metric(srv.url, SETUP) == 0
+        assert scrape(srv.url, MEDIA, default=0.0) == 1
+        assert scrape(srv.url, SETUP, default=0.0) == 0
 
 
 # -- 15. BUNDLE naming a missing mid: 400, one line --------------------------------------------
@@ -321,7 +314,9 @@ def test_chunked_uploads_cannot_pass_the_size_limit(tiny_bundle: Path, tmp_path:
         headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
         r = httpx.post(srv.url + "/v1/analyze", content=body(), headers=headers, timeout=30)
         assert r.status_code == 413 and "larger than 65536 bytes" in r.json()["error"], r.text
-        assert metric(srv.url, 'deepfake_requests_refused_total{reason="too_large"}') >= 1
+        assert (
+            scrape(srv.url, 'deepfake_requests_refused_total{reason="too_large"}', default=0.0) >= 1
+        )
 
         # A chunked upload within the limit is analysed (it used to need Content-Length).
         def clip_body() -> Iterator[bytes]:
@@ -377,7 +372,9 @@ def test_trickling_upload_neither_blocks_others_nor_lives_past_the_body_deadline
         assert len(replies) == 2 and all(status_of(x) == 408 for x in replies), replies
         assert b"not received within 3 s" in replies[0]
         assert elapsed < 8, elapsed
-        assert metric(srv.url, 'deepfake_requests_refused_total{reason="timeout"}') == 2
+        assert (
+            scrape(srv.url, 'deepfake_requests_refused_total{reason="timeout"}', default=0.0) == 2
+        )
 
         # A client that goes away mid-body: no traceback, counted.
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
@@ -386,9 +383,9 @@ def test_trickling_upload_neither_blocks_others_nor_lives_past_the_body_deadline
             time.sleep(0.3)
         deadline = time.monotonic() + 10
         name = 'deepfake_requests_refused_total{reason="disconnected"}'
-        while metric(srv.url, name) < 1 and time.monotonic() < deadline:
+        while scrape(srv.url, name, default=0.0) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert metric(srv.url, name) == 1
+        assert scrape(srv.url, name, default=0.0) == 1
         assert not logs.tracebacks(), logs.tracebacks()
         h = httpx.get(srv.url + "/healthz").json()
         assert h["status"] == "ok"
@@ -525,7 +522,10 @@ def test_sigterm_with_uploads_in_flight_exits_0_without_tracebacks(
         # Wait until the long clip is being analysed (the engine has run); the trickle is mid-body.
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
-        while metric(url, "deepfake_batch_size_count") < 3 and time.monotonic() < deadline:
+        while (
+            scrape(url, "deepfake_batch_size_count", default=0.0) < 3
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert "analysed" not in results, results
         t0 = time.monotonic()

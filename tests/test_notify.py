@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, free_port
+from tests.exposition import scrape
 from tests.mqtt_broker import Broker, Subscriber
 from tests.rtsp import RtspServer, write_camera_clip
 from tests.timing import deadline, poll
@@ -70,13 +71,6 @@ class SigningReceiver:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(5)
-
-
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
 
 
 @pytest.mark.rtsp
@@ -139,9 +133,9 @@ def test_mqtt_and_a_signed_webhook_get_a_real_cameras_events(
                     assert summary["camera"] == "gate" and summary["t"] % 60 == 0
                     assert summary["with_face"] >= 1 and summary["p_fake_max"] >= 0.01
                     text = 'deepfake_webhook_deliveries_total{result="delivered"}'
-                    assert metric(srv.url, text) >= 1
+                    assert scrape(srv.url, text) >= 1
                     text = 'deepfake_mqtt_messages_total{result="published"}'
-                    poll(lambda: metric(srv.url, text), 10, every=0.1, until=lambda n: n >= 3)
+                    poll(lambda: scrape(srv.url, text), 10, every=0.1, until=lambda n: n >= 3)
                 online = [p for t, p, _ in sub.messages if t == "cams-test/status"]
                 assert online[:1] == ["online"] and online[-1] == "offline", online
                 retained = [r for t, _, r in sub.messages if t == base + "/status"]

@@ -18,18 +18,12 @@ import pytest
 
 from bench.media import face_frames
 from tests.conftest import LiveServer
+from tests.exposition import sample
 from tests.rtc_client import ClientPeer
 from tests.timing import scaled
 
 # Every micro-batch takes at least this long: 2.5x the 0.2 s between due frames at 5 fps.
 ENGINE_DELAY = 0.5
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 @pytest.fixture
@@ -96,9 +90,9 @@ def test_slow_engine_drops_oldest_counts_drops_and_keeps_up(slow_server: LiveSer
 
     # 2. ... and in Prometheus, as the same count (one stream only).
     text = httpx.get(srv.url + "/metrics").text
-    total = metric(text, "deepfake_frames_dropped_total")
+    total = sample(text, "deepfake_frames_dropped_total")
     assert dropped[-1] <= total <= dropped[-1] + 4 * fps * ENGINE_DELAY + 2, (total, dropped)
-    assert metric(text, "deepfake_frames_analysed_total") >= len(scores)
+    assert sample(text, "deepfake_frames_analysed_total") >= len(scores)
 
     # 3. Newest frame wins: consecutive analysed frames are about one analysis apart in stream
     # time (not 1/fps apart, as a queue would give), so how far the analysed frame lags behind

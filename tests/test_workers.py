@@ -19,18 +19,11 @@ from stream_server.core.metrics import merge_exposition
 from stream_server.shell.setting_fields import SettingsError
 from stream_server.shell.settings import Settings
 from tests.conftest import LiveServer
+from tests.exposition import sample
 from tests.rtc_client import ClientPeer
 from tests.timing import poll, scaled
 
 N_FRAMES = 60
-
-
-def metric(text: str, name: str) -> float:
-    """The value of the unlabelled sample `name` in a Prometheus exposition."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def alive(pid: int) -> bool:
@@ -54,12 +47,12 @@ def test_metrics_of_several_processes_add_up() -> None:
         Histogram("latency", "Latency", buckets=(0.1, 1.0), registry=r).observe(0.05 * n)
         texts.append(generate_latest(r).decode())
     merged = merge_exposition(texts).decode()
-    assert metric(merged, "frames_total") == 7
-    assert metric(merged, "streams") == 7
+    assert sample(merged, "frames_total") == 7
+    assert sample(merged, "streams") == 7
     assert 'closed_total{reason="idle"} 7.0' in merged
     assert 'latency_bucket{le="0.1"} 1.0' in merged  # 0.1 fell in it, 0.25 did not
     assert 'latency_bucket{le="1.0"} 2.0' in merged
-    assert metric(merged, "latency_count") == 2
+    assert sample(merged, "latency_count") == 2
     assert "_created" not in merged
     assert "# TYPE frames counter" in merged and "# TYPE latency histogram" in merged
 
@@ -147,8 +140,8 @@ def test_webcam_sessions_are_spread_over_worker_processes(tiny_bundle: Path) -> 
         assert out["health"]["streams"] == 2
         assert sorted(w["streams"] for w in out["health"]["ingest_workers"]) == [1, 1]
         text = out["metrics"]
-        assert metric(text, "deepfake_active_streams") == 2  # one in each worker, summed
-        assert metric(text, "deepfake_frames_analysed_total") >= 16
+        assert sample(text, "deepfake_active_streams") == 2  # one in each worker, summed
+        assert sample(text, "deepfake_frames_analysed_total") >= 16
         assert out["third"].status_code == 503
         assert "stream limit" in out["third"].json()["error"]
         assert out["live"]["state"] == "live" and out["live"]["worker"] in (0, 1)
