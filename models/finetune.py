@@ -238,10 +238,13 @@ class BatchMaker:
 # -- training loop -------------------------------------------------------------------------------
 
 
-def frame_classifier(encoder: Any, dropout: float = 0.2, train_from_block: int = 0) -> Any:
+def frame_classifier(
+    encoder: Any, dropout: float = 0.2, train_from_block: int = 0, train_bn: bool = False
+) -> Any:
     """encoder -> dropout -> Dense(1, sigmoid): the frame-level fake probability used to
-    fine-tune the encoder. Batch-norm layers keep their statistics (inference mode); with
-    `train_from_block` K, the stem and blocks before K keep their weights too."""
+    fine-tune the encoder. Batch-norm layers keep their statistics (inference mode) unless
+    `train_bn`, which trains them too (batch statistics while training, moving averages kept
+    for serving); with `train_from_block` K, the stem and blocks before K keep their weights."""
     import re
 
     import keras
@@ -252,7 +255,7 @@ def frame_classifier(encoder: Any, dropout: float = 0.2, train_from_block: int =
         if frozen and m and int(m.group(1)) >= train_from_block:
             frozen = False
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = train_bn and not frozen
         elif layer.weights:
             layer.trainable = not frozen
     h = keras.layers.Dropout(dropout, name="frame_dropout")(encoder.output)

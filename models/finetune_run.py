@@ -130,7 +130,9 @@ def end_to_end(
     pool = Pool(train_clips, pairs_train, stills, kinds, parse_weights(config.unit_weights))
     maker = BatchMaker(pool, landmarks, config.margin)
     say("encoder fine-tune pool: " + maker.describe())
-    clf = frame_classifier(encoder, train_from_block=config.train_from_block)
+    clf = frame_classifier(
+        encoder, train_from_block=config.train_from_block, train_bn=config.train_bn
+    )
     result = finetune(
         clf,
         maker,

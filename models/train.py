@@ -115,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="fine-tune from this backbone block on (the stem and earlier blocks stay ImageNet)",
     )
+    p.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="train the batch-norm layers too (batch statistics while fine-tuning; default: keep "
+        "ImageNet's statistics)",
+    )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tune")
     p.add_argument(
         "--ema",
@@ -215,6 +221,7 @@ class TrainConfig:
     units: int
     unit_weights: str
     train_from_block: int
+    train_bn: bool
     lr: float
     ema: float
     rank: float

@@ -418,3 +418,32 @@ def test_identity_adversarial_finetune_still_learns_and_resumes(tmp_path: Path) 
         **kw,  # type: ignore[arg-type]
     )
     assert "resumed encoder fine-tuning at step 60/80" in msgs and len(again.losses) == 80
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_batch_norm_statistics_move_only_with_train_bn(tmp_path: Path, train_bn: bool) -> None:
+    """By default the fine-tune keeps the backbone's batch-norm statistics (what the served
+    encoder normalises with); `--train-bn` fits them to the training crops."""
+    import keras
+
+    from models.cnn_gru import build_encoder
+    from models.config import ModelConfig
+    from models.finetune import finetune, frame_classifier
+
+    rng = np.random.default_rng(0)
+    maker = BatchMaker(Pool(_texture_clips(8, 32, rng), weights={"clip": 1.0}), None, 0.25)
+    encoder = build_encoder(ModelConfig(backbone="efficientnet_lite0", input_size=32, weights=None))
+    bns = [la for la in encoder.layers if isinstance(la, keras.layers.BatchNormalization)]
+    before = [np.array(b.moving_mean) for b in bns]
+    finetune(
+        frame_classifier(encoder, train_bn=train_bn),
+        maker,
+        3,
+        tmp_path / "ckpt",
+        units=4,
+        eval_every=0,
+        say=lambda m: None,
+    )
+    moved = [not np.allclose(b.moving_mean, m) for b, m in zip(bns, before, strict=True)]
+    assert all(moved) if train_bn else not any(moved)
