@@ -18,8 +18,9 @@ import pytest
 from bench.client import FramesTrack
 from bench.media import face_frames
 from tests.conftest import LiveServer
+from tests.exposition import scrape
 from tests.rtc_client import ClientPeer
-from tests.test_hostile import metric, wait_for
+from tests.test_hostile import wait_for
 
 
 class LoopingTrack(FramesTrack):
@@ -97,7 +98,7 @@ def test_looping_sender_keeps_being_scored_and_is_told(tiny_bundle: Path) -> Non
                 return [m for m in peer.messages if m.get("type") == "reconnected"]
 
             def jumps() -> float:
-                return metric(srv.url, "deepfake_stream_clock_jumps_total")
+                return scrape(srv.url, "deepfake_stream_clock_jumps_total", default=0.0)
 
             # Scores in the first loop, then until three more jumps have happened.
             assert await wait_for(lambda: len(reconnects()) >= 1, within=15.0), peer.messages
