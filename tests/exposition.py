@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-_MISSING = object()
 
-
-def sample(text: str, name: str, default: float | object = _MISSING) -> float:
-    """The value of the unlabelled sample `name`; `default` when it is absent, else an
-    AssertionError naming the sample."""
+def sample(text: str, name: str, default: float | None = None) -> float:
+    """The value of the unlabelled sample `name`; `default` when it is absent, else (no default)
+    an AssertionError naming the sample."""
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
-    if default is _MISSING:
+    if default is None:
         raise AssertionError(f"{name} not in /metrics")
-    return float(default)  # type: ignore[arg-type]
+    return default
 
 
-def scrape(url: str, name: str, default: float | object = _MISSING) -> float:
+def scrape(url: str, name: str, default: float | None = None) -> float:
     """`sample` of the server at `url`'s GET /metrics."""
     import httpx
 
