@@ -197,6 +197,7 @@ def end_to_end(
         "ema": config.ema,
         "rank": config.rank,
         "adversary": config.adversary,
+        "train_bn": config.train_bn,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),
     }
