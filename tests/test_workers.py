@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from bench.media import face_frames
-from stream_server.core.metrics import merge_exposition
+from stream_server.core.metrics import merge_exposition, monotonic_part
 from stream_server.shell.setting_fields import SettingsError
 from stream_server.shell.settings import Settings
 from tests.conftest import LiveServer
@@ -54,7 +54,12 @@ def test_metrics_of_several_processes_add_up() -> None:
     assert 'latency_bucket{le="1.0"} 2.0' in merged
     assert sample(merged, "latency_count") == 2
     assert "_created" not in merged
-    assert "# TYPE frames counter" in merged and "# TYPE latency histogram" in merged
+    assert "# TYPE frames_total counter" in merged and "# TYPE latency histogram" in merged
+    # a merged exposition merges again: what exited workers counted is summed so
+    again = merge_exposition([merged, monotonic_part(merged)]).decode()
+    assert sample(again, "frames_total") == 14 and 'closed_total{reason="idle"} 14.0' in again
+    assert sample(again, "latency_count") == 4
+    assert sample(again, "streams") == 7  # gauges are not part of what an exited process kept
 
 
 def test_ingest_workers_and_a_cluster_do_not_go_together() -> None:
@@ -172,6 +177,7 @@ def test_a_crashed_worker_ends_its_sessions_and_is_started_again(tiny_bundle: Pa
                 health = (await c.get("/healthz")).json()
                 victim = health["ingest_workers"][a.answer["worker"]]
                 out["victim"] = victim
+                out["metrics_before"] = (await c.get("/metrics")).text
                 os.kill(victim["pid"], signal.SIGKILL)
                 r = await c.get(f"/v1/sessions/{a.answer['stream']}", params={"wait": 20})
                 out["ended"] = r.json()
@@ -190,6 +196,7 @@ def test_a_crashed_worker_ends_its_sessions_and_is_started_again(tiny_bundle: Pa
                     await asyncio.sleep(0.2)
                     w = await restarted()
                 out["restarted"] = w
+                out["metrics_restarted"] = (await c.get("/metrics")).text
             # new sessions still work, on either worker
             peers = [ClientPeer(srv.url, face_frames(N_FRAMES), fps=15) for _ in range(2)]
             for p in peers:
@@ -209,6 +216,14 @@ def test_a_crashed_worker_ends_its_sessions_and_is_started_again(tiny_bundle: Pa
         assert not alive(out["victim"]["pid"])
         assert all(len(s) >= 3 for s in out["after"])
         assert sorted(out["workers_after"]) == [0, 1]
+        # /metrics sums every process: what the dead worker had counted stays in the counters
+        # (a total that went down would read as a counter reset to Prometheus), while its
+        # gauges went with it
+        frames = "deepfake_frames_analysed_total"
+        before = sample(out["metrics_before"], frames)
+        assert before >= 3
+        assert sample(out["metrics_restarted"], frames) >= before
+        assert sample(out["metrics_restarted"], "deepfake_active_streams") == 0
 
 
 @pytest.mark.browser

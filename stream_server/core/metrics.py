@@ -82,15 +82,22 @@ def _escape(value: str, quote: bool) -> str:
     return value.replace('"', '\\"') if quote else value
 
 
-def merge_exposition(texts: Sequence[str]) -> bytes:
+# Families whose samples only ever grow in a live process (what a restarted process must not
+# take back from a sum: see `monotonic_part`).
+MONOTONIC_KINDS = ("counter", "histogram", "summary")
+
+
+def merge_exposition(texts: Sequence[str], kinds: Sequence[str] | None = None) -> bytes:
     """Prometheus text expositions added up: families in order of first appearance, samples of
     the same name and labels summed (counters, gauges, histogram buckets, sums and counts all
     add across processes). `_created` samples (when a counter was created) are left out: a sum
-    of timestamps means nothing."""
+    of timestamps means nothing. With `kinds`, only families of those types are kept."""
     families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
     for text in texts:
         for fam in text_string_to_metric_families(text):
             if fam.name.endswith("_created"):  # the text format writes them as gauges
+                continue
+            if kinds is not None and fam.type not in kinds:
                 continue
             _, _, samples = families.setdefault(fam.name, (fam.type, fam.documentation, {}))
             for sample in fam.samples:
@@ -99,7 +106,10 @@ def merge_exposition(texts: Sequence[str]) -> bytes:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 samples[key] = samples.get(key, 0.0) + sample.value
     lines = []
-    for name, (kind, doc, samples) in families.items():
+    for family, (kind, doc, samples) in families.items():
+        # a counter's family is named with its `_total`, as prometheus_client writes it (its
+        # parser, which reads this output again, finds the samples of the family only so)
+        name = f"{family}_total" if kind == "counter" else family
         lines.append(f"# HELP {name} {_escape(doc, quote=False)}")
         lines.append(f"# TYPE {name} {kind}")
         for (sample_name, labels), value in samples.items():
@@ -109,3 +119,9 @@ def merge_exposition(texts: Sequence[str]) -> bytes:
                 f"{sample_name}{{{inner}}} {number}" if inner else f"{sample_name} {number}"
             )
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def monotonic_part(text: str) -> str:
+    """The counters and histograms of an exposition (no gauges): what a process that has
+    exited had counted, kept so that sums over processes never go down when one restarts."""
+    return merge_exposition([text], kinds=MONOTONIC_KINDS).decode("utf-8")

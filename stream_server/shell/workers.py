@@ -44,6 +44,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 
 from stream_server.core.messages import StatusMessage
+from stream_server.core.metrics import merge_exposition, monotonic_part
 from stream_server.shell.service import Capacity, EndedSessions, Service
 from stream_server.shell.settings import Settings
 from stream_server.shell.webrtc import NoCandidate, OfferError
@@ -81,6 +82,8 @@ class Worker:
         self.starts = 0
         self.ready_once = asyncio.Event()
         self.reader: asyncio.Task[None] | None = None
+        # the last exposition this process answered (for `WorkerPool.metrics`)
+        self.last_metrics: tuple[asyncio.subprocess.Process, str] | None = None
 
     @property
     def load(self) -> int:
@@ -109,6 +112,9 @@ class WorkerPool:
         self._start_failed: asyncio.Event | None = None
         self._ids = 0
         self._restarts: set[asyncio.Task[None]] = set()
+        # counters and histograms of worker processes that have exited, as last scraped, so
+        # the summed /metrics counters never go down when a worker is started again
+        self.retired = ""
 
     def any_ready(self) -> bool:
         return any(w.ready for w in self.workers)
@@ -200,6 +206,10 @@ class WorkerPool:
     def _lost(self, w: Worker, code: int, lived: float) -> None:
         """`w`'s process has exited: fail what waited on it, end its sessions, start it again."""
         was_ready, w.ready = w.ready, False
+        if w.last_metrics is not None:
+            dead = monotonic_part(w.last_metrics[1])
+            self.retired = merge_exposition([self.retired, dead]).decode("utf-8")
+            w.last_metrics = None
         for fut in w.pending.values():
             if not fut.done():
                 fut.set_exception(WorkerGone(f"ingest worker {w.index} exited (code {code})"))
@@ -271,18 +281,27 @@ class WorkerPool:
         return self.ended.state(stream)
 
     async def metrics(self) -> list[str]:
-        """Every ready worker's Prometheus exposition (a worker that does not answer within
-        2 s is left out of this scrape)."""
+        """Every ready worker's Prometheus exposition, plus what exited workers had counted.
+        Counters stay monotonic across a restart: an exited process's counters and histograms
+        (as last scraped) are kept in the sum, and a worker that does not answer within 2 s is
+        represented by its last answer's counters (its gauges are left out of that scrape)."""
 
         async def one(w: Worker) -> str | None:
+            proc = w.proc
             try:
                 r = await self.call(w, "metrics", within=2.0)
-            except (WorkerGone, TimeoutError):
+            except WorkerGone:
                 return None
-            return str(r.get("text", "")) or None
+            except TimeoutError:
+                last = w.last_metrics
+                return monotonic_part(last[1]) if last is not None and last[0] is proc else None
+            text = str(r.get("text", ""))
+            if proc is not None and text and w.proc is proc:
+                w.last_metrics = (proc, text)
+            return text or None
 
         texts = await asyncio.gather(*(one(w) for w in self.workers if w.ready))
-        return [t for t in texts if t is not None]
+        return [t for t in (*texts, self.retired) if t]
 
     async def stop(self) -> None:
         """Close every worker's stdin (it closes its sessions and exits); kill what is still
