@@ -250,6 +250,8 @@ export function initCameras() {
 
   // -- watching ------------------------------------------------------------------------------
   let watching = null; // the current watch; messages of an earlier one are ignored
+  let retries = 0; // reconnects since the watch last went live
+  let retryTimer = null;
 
   function resetStats() {
     recent = [];
@@ -257,18 +259,44 @@ export function initCameras() {
     $("camera-stat-latency").textContent = "–";
   }
 
-  async function watch(cam) {
-    stopWatching();
+  // A watch whose connection drops (the server restarted, a cluster node that carried the
+  // camera died, the network went away) is opened again on its own, with the live page's
+  // back-off (1, 2, 4 ... 10 s), until it goes live again or the user stops watching.
+  function reconnect(cam, mine, reason) {
+    if (watching !== mine || retryTimer) return;
+    if (session) session.close();
+    session = null;
+    retries += 1;
+    const delay = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+    renderVerdict(verdict, "connecting", null);
+    showError(`${reason} Reconnecting to ${cam.name} in ${Math.round(delay / 1000)} s…`);
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      if (watching === mine) watch(cam, { again: true });
+    }, delay);
+  }
+
+  async function watch(cam, { again = false } = {}) {
+    stopWatching({ keepRetries: again });
     const mine = { id: cam.id };
     watching = mine;
     stage.hidden = false;
     renderVerdict(verdict, "connecting", null);
-    timeline.clear();
+    if (!again) timeline.clear();
     showHistory(cam);
     try {
       const opened = await connect({
         camera: cam.id,
         onTrack: (stream) => watching === mine && (video.srcObject = stream),
+        onState: (state) => {
+          if (watching !== mine) return;
+          if (state === "failed" || state === "disconnected") {
+            reconnect(cam, mine, `The connection to ${cam.name} was lost.`);
+          } else if (state === "connected") {
+            retries = 0;
+            showError("");
+          }
+        },
         onMessage: (msg) => {
           if (msg.type !== "score" || watching !== mine) return;
           const now = performance.now();
@@ -290,18 +318,26 @@ export function initCameras() {
       timeline.threshold = threshold;
     } catch (err) {
       if (watching !== mine) return;
+      if (again && (err.status === 0 || err.status >= 500)) {
+        // still unreachable, or not ready yet: keep trying while the user watches
+        reconnect(cam, mine, failure(`${cam.name} could not be watched`, err));
+        return;
+      }
       showError(failure(`${cam.name} could not be watched`, err));
       renderVerdict(verdict, "idle", null);
     }
   }
 
-  function stopWatching() {
+  function stopWatching({ keepRetries = false } = {}) {
     watching = null;
+    if (retryTimer) clearTimeout(retryTimer);
+    retryTimer = null;
+    if (!keepRetries) retries = 0;
     if (session) session.close();
     session = null;
     video.srcObject = null;
     drawBoxes($("camera-overlay"), video, [], threshold); // no stale face box
-    timeline.clear();
+    if (!keepRetries) timeline.clear();
     resetStats();
     renderVerdict(verdict, "idle", null);
   }

@@ -101,14 +101,15 @@ def wait_serving(proc: Any, url: str, within: float = 60.0) -> None:
 class LiveServer:
     """A real uvicorn serving the app on a loopback port, in a background thread."""
 
-    def __init__(self, **overrides: object) -> None:
+    def __init__(self, port: int | None = None, **overrides: object) -> None:
+        """`port`: a given one (a server started again where the last one was), else a free one."""
         import uvicorn
 
         from stream_server.shell.api import create_app
         from stream_server.shell.service import Service
         from stream_server.shell.settings import Settings
 
-        self.port = free_port()
+        self.port = port or free_port()
         settings = Settings(port=self.port, ice_addresses=("127.0.0.1",), **overrides)  # type: ignore[arg-type]
         self.service = Service(settings)
         self.app = create_app(self.service)

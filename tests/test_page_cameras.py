@@ -216,3 +216,53 @@ def test_cameras_view_on_a_phone_by_keyboard_explains_refusals_and_keeps_file_ca
         page.locator("#cameras-note").get_by_text("Removed Side gate.").wait_for(timeout=ms(10))
         ids = [c["id"] for c in httpx.get(srv.url + "/v1/cameras").json()["cameras"]]
         assert ids == ["lobby"]
+
+
+def test_a_watched_camera_comes_back_by_itself_when_the_server_restarts(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """The server behind a watched camera stops (a restart, a deploy): the page says the
+    connection was lost and that it is reconnecting, keeps trying while nothing answers, and
+    shows the camera live again, scored, once the server is back on the same address; the
+    user does nothing."""
+    clip = write_camera_clip(tmp_path / "cam.mp4", loops=10)
+    port = free_port()
+    served = {
+        "port": port,
+        "bundle": tiny_bundle,
+        "camera_allow": ("127.0.0.1",),
+        "data_dir": tmp_path / "state",  # the camera is kept across the restart
+    }
+    error = "document.querySelector('#cameras-error')"
+    with RtspServer(clip, free_port()) as cam, chromium(None) as ctx:
+        page = ctx.new_page()
+        with LiveServer(**served) as srv:  # type: ignore[arg-type]
+            r = httpx.post(srv.url + "/v1/cameras", json={"url": cam.url, "name": "Front door"})
+            assert r.status_code == 201, r.text
+            page.goto(srv.url + "/#cameras")
+            page.get_by_role("button", name="Watch Front door").click()
+            page.wait_for_function(SCORED, timeout=ms(20))
+            assert not page.locator("#cameras-error").is_visible()
+        # the server is gone: the page explains and keeps trying
+        page.wait_for_function(
+            f"{error}.textContent.includes('Reconnecting to Front door')", timeout=ms(45)
+        )
+        assert page.locator("#camera-stage").is_visible()
+        page.wait_for_function(  # an attempt while nothing answers is one more retry, not the end
+            f"{error}.textContent.includes('could not be watched')", timeout=ms(30)
+        )
+        assert "Reconnecting" in page.locator("#cameras-error").inner_text()
+        with LiveServer(**served) as srv:  # type: ignore[arg-type]
+            viewers = poll(
+                lambda: httpx.get(srv.url + "/v1/cameras").json()["cameras"][0]["viewers"],
+                60,
+                every=0.5,
+                until=lambda n: n == 1,
+            )
+            assert viewers == 1
+            page.wait_for_function(SCORED, timeout=ms(30))
+            page.wait_for_function(
+                "document.querySelector('#camera-stat-fps').textContent.includes('frames/s')",
+                timeout=ms(20),
+            )
+            page.wait_for_function(f"{error}.hidden", timeout=ms(10))
