@@ -355,9 +355,15 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
 def lofo_lines(lofo: dict[str, Any]) -> list[str]:
     """The leave-one-family-out table (from `python -m models.lofo`)."""
     rows = lofo.get("families", {})
+    heading = (
+        "### Every generator family left out at once (one fine-tune on none of the families' "
+        "fakes; each family's fakes against the held-out reals)"
+        if lofo.get("at_once")
+        else "### Leave one generator family out (trained without the family, its fakes against "
+        "the held-out reals)"
+    )
     lines = [
-        "### Leave one generator family out (trained without the family, its fakes against the "
-        "held-out reals)",
+        heading,
         "",
         f"{lofo.get('how', '')}",
         "",

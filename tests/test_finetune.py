@@ -447,3 +447,91 @@ def test_batch_norm_statistics_move_only_with_train_bn(tmp_path: Path, train_bn:
     )
     moved = [not np.allclose(b.moving_mean, m) for b, m in zip(bns, before, strict=True)]
     assert all(moved) if train_bn else not any(moved)
+
+
+@pytest.mark.tensorflow
+def test_lofo_at_once_trains_once_without_every_family_and_scores_each(tmp_path: Path) -> None:
+    """`python -m models.lofo --at-once`: one encoder-only run with every family's fakes left
+    out (for a recipe trained on synthetic fakes only, what the per-family runs would train five
+    times), each family's fakes (train and held-out side alike) scored from it against the
+    held-out reals, and the bundle's model card says the families were left out at once."""
+    from bench.media import face_frames, write_video
+    from tests.conftest import tinted
+
+    data = tmp_path / "data"
+    data.mkdir()
+    meta = {}
+    generators = ["DeepFaceLive", "DFDC"]
+    for i in range(6):
+        frames = (
+            face_frames(30, size=(320, 240))[i * 2 :] + face_frames(30, size=(320, 240))[: i * 2]
+        )
+        write_video(data / f"p{i}_real.mp4", frames, fps=10)
+        write_video(data / f"p{i}_fake.mp4", tinted(frames), fps=10)
+        meta[f"p{i}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+        meta[f"p{i}_fake.mp4"] = {
+            "label": "FAKE",
+            "original": f"p{i}_real.mp4",
+            "split": "train",
+            "generator": generators[i % 2],
+        }
+    for j in range(4):  # people seen only in real clips: the held-out side (a pair of clips is
+        # too large a group to hold out from this few videos)
+        frames = face_frames(30, size=(320, 240))[j * 3 + 1 :]
+        write_video(data / f"solo{j}_real.mp4", frames, fps=10)
+        meta[f"solo{j}_real.mp4"] = {"label": "REAL", "original": None, "split": "train"}
+    (data / "metadata.json").write_text(json.dumps(meta))
+    out = tmp_path / "lofo"
+    cmd = [
+        sys.executable,
+        "-m",
+        "models.lofo",
+        "--at-once",
+        "--families",
+        "deepfacelive",
+        "dfdc",
+        "--out",
+        str(out),
+        "--",
+        "--data",
+        str(data),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--backbone",
+        "tiny_cnn",
+        "--input-size",
+        "64",
+        "--weights",
+        "none",
+        "--window",
+        "8",
+        "--val-fraction",
+        "0.5",
+        "--units",
+        "4",
+        "--unit-weights",
+        "synth=1",
+        "--synth",
+        "sbi,warp,rerender",
+        "--encoder-steps",
+        "4",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1/1: without deepfacelive, dfdc" in r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["all-families"]
+    ev = json.loads((out / "all-families" / "frame_eval.json").read_text())
+    assert all(ev["families"][f]["left_out_of_training"] for f in ("deepfacelive", "dfdc"))
+    lofo = json.loads((out / "lofo.json").read_text())
+    assert lofo["at_once"] is True and sorted(lofo["families"]) == ["deepfacelive", "dfdc"]
+    for f in ("deepfacelive", "dfdc"):
+        row = lofo["families"][f]
+        assert row["fakes"] == 3  # all of the family's fakes, whichever side of the split
+        assert row["auc"] == ev["families"][f]["auc"]
+        assert row["reals"] == 4
+    assert lofo["mean_auc"] == pytest.approx(
+        (lofo["families"]["deepfacelive"]["auc"] + lofo["families"]["dfdc"]["auc"]) / 2
+    )
+    from models.evaluation import lofo_lines
+
+    assert "left out at once" in lofo_lines(lofo)[0]
