@@ -117,23 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         "scored by the frame classifier (mean of up to 16 frames per clip) against the held-out "
         "real clips. "
     )
-    how = (
-        (
-            (
-                "One fine-tune without any family's fakes (every family left out at once: clips, the "
-                "DFDC still pairs and DFDC still images); the same identity split; each family's fakes "
-                "(train and held-out side alike, none trained on) "
-            )
-            if args.at_once
-            else (
-                "Each row is a separate fine-tune without that family's fakes (clips and, for DFDC, "
-                "the still pairs and DFDC still images); the same identity split; the family's fakes "
-                "(train and held-out side alike, none trained on) "
-            )
-        )
-        + scoring
-        + command
+    runs_were = (
+        "One fine-tune without any family's fakes (every family left out at once: clips, the "
+        "DFDC still pairs and DFDC still images); the same identity split; each family's fakes "
+        if args.at_once
+        else "Each row is a separate fine-tune without that family's fakes (clips and, for DFDC, "
+        "the still pairs and DFDC still images); the same identity split; the family's fakes "
     )
+    how = runs_were + "(train and held-out side alike, none trained on) " + scoring + command
     result = summarise(args.out, args.families, how, args.at_once)
     (args.out / "lofo.json").write_text(json.dumps(result, indent=1))
     for f, r in result["families"].items():

@@ -82,8 +82,9 @@ class Worker:
         self.starts = 0
         self.ready_once = asyncio.Event()
         self.reader: asyncio.Task[None] | None = None
-        # the last exposition this process answered (for `WorkerPool.metrics`)
-        self.last_metrics: tuple[asyncio.subprocess.Process, str] | None = None
+        # the last exposition the running process answered (for `WorkerPool.metrics`; cleared
+        # when the process exits)
+        self.last_metrics: str | None = None
 
     @property
     def load(self) -> int:
@@ -207,7 +208,7 @@ class WorkerPool:
         """`w`'s process has exited: fail what waited on it, end its sessions, start it again."""
         was_ready, w.ready = w.ready, False
         if w.last_metrics is not None:
-            dead = monotonic_part(w.last_metrics[1])
+            dead = monotonic_part(w.last_metrics)
             self.retired = merge_exposition([self.retired, dead]).decode("utf-8")
             w.last_metrics = None
         for fut in w.pending.values():
@@ -293,11 +294,12 @@ class WorkerPool:
             except WorkerGone:
                 return None
             except TimeoutError:
-                last = w.last_metrics
-                return monotonic_part(last[1]) if last is not None and last[0] is proc else None
+                return monotonic_part(w.last_metrics) if w.last_metrics else None
             text = str(r.get("text", ""))
-            if proc is not None and text and w.proc is proc:
-                w.last_metrics = (proc, text)
+            # not when the process exited while this answer waited to be read: `_lost` has
+            # already kept its last counters, and a later exit would count them twice
+            if text and proc is w.proc and proc is not None and proc.returncode is None:
+                w.last_metrics = text
             return text or None
 
         texts = await asyncio.gather(*(one(w) for w in self.workers if w.ready))
