@@ -1,7 +1,7 @@
 // Camera monitor: the registered RTSP cameras (add, rename, remove), one camera's video with its
 // live scores, and a camera's kept history (last hour per minute, alerts of the last 24 hours).
 import { request } from "./api.js";
-import { connect, serverConfig } from "./rtc.js";
+import { connect, reconnectDelay, serverConfig } from "./rtc.js";
 import { Timeline } from "./chart.js";
 import { renderVerdict, drawBoxes } from "./verdict.js";
 import { drawHistory, listAlerts } from "./history.js";
@@ -267,7 +267,7 @@ export function initCameras() {
     if (session) session.close();
     session = null;
     retries += 1;
-    const delay = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+    const delay = reconnectDelay(retries);
     renderVerdict(verdict, "connecting", null);
     showError(`${reason} Reconnecting to ${cam.name} in ${Math.round(delay / 1000)} s…`);
     retryTimer = setTimeout(() => {

@@ -1,6 +1,6 @@
 // The webcam live check: camera, preview, verdict, timeline, stats, reconnects.
 import { request } from "./api.js";
-import { cameraConstraints, connect, serverConfig } from "./rtc.js";
+import { cameraConstraints, connect, reconnectDelay, serverConfig } from "./rtc.js";
 import { Timeline } from "./chart.js";
 import { renderVerdict, drawBoxes } from "./verdict.js";
 
@@ -117,7 +117,7 @@ export function initLive() {
     if (session) session.close();
     session = null;
     retries += 1;
-    const delay = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+    const delay = reconnectDelay(retries);
     status("reconnecting");
     showError(`${reason} Reconnecting in ${Math.round(delay / 1000)} s…`);
     retryTimer = setTimeout(async () => {

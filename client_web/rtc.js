@@ -6,6 +6,12 @@ import { request } from "./api.js";
 // credentials) and analysis hints. Fetched once; an older server without it means no ICE servers.
 let configPromise = null;
 
+// The wait before reconnect attempt `retries` (1, 2, 4, 8, then 10 s), for the webcam and
+// camera views alike.
+export function reconnectDelay(retries) {
+  return Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+}
+
 export function serverConfig() {
   if (!configPromise) {
     configPromise = request("/v1/config").catch((err) => {

@@ -74,6 +74,19 @@ def exported_tiny_bundle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
     return export_bundle(load_model_dir(tiny_model_dir), out, config)
 
 
+# A tiny random-weight CNN-GRU for `deepfake-train` runs in tests (seconds per step on a CPU).
+TINY_MODEL_ARGS = [
+    "--backbone",
+    "tiny_cnn",
+    "--input-size",
+    "64",
+    "--weights",
+    "none",
+    "--window",
+    "8",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models.finetune import BatchMaker, Clip, Pool, family_of
+from tests.conftest import TINY_MODEL_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -224,14 +225,7 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
             str(tmp_path / "m"),
             "--cache",
             str(tmp_path / "cache"),
-            "--backbone",
-            "tiny_cnn",
-            "--input-size",
-            "64",
-            "--weights",
-            "none",
-            "--window",
-            "8",
+            *TINY_MODEL_ARGS,
             "--val-fraction",
             "0",
             "--units",
@@ -497,14 +491,7 @@ def test_lofo_at_once_trains_once_without_every_family_and_scores_each(tmp_path:
         str(data),
         "--cache",
         str(tmp_path / "cache"),
-        "--backbone",
-        "tiny_cnn",
-        "--input-size",
-        "64",
-        "--weights",
-        "none",
-        "--window",
-        "8",
+        *TINY_MODEL_ARGS,
         "--val-fraction",
         "0.5",
         "--units",

@@ -12,7 +12,7 @@ import pytest
 
 from bench.media import face_frames, faceless_frames
 from models.dfdc import DatasetError, identity_groups, read_folder, split_by_identity
-from tests.conftest import tinted
+from tests.conftest import TINY_MODEL_ARGS, tinted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,14 +128,7 @@ def _train(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[
         str(folder),
         "--out",
         str(out),
-        "--backbone",
-        "tiny_cnn",
-        "--input-size",
-        "64",
-        "--weights",
-        "none",
-        "--window",
-        "8",
+        *TINY_MODEL_ARGS,
         "--val-fraction",
         "0",
         "--encoder-epochs",
