@@ -249,10 +249,29 @@ FAMILY_TITLES = {
 }
 
 
+def _num(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"
+
+
 def _finetune_lines(ft: dict[str, Any]) -> list[str]:
     f = ft.get("fine_tune", {})
     sp = ft.get("still_pairs") or {}
+    init = ft.get("init_from") or {}
+    first = init.get("fine_tune") or {}
     return [
+        *(
+            [
+                f"- Stage 1: the encoder was first fine-tuned for {first.get('steps')} batches on "
+                f"{first.get('pool')} (`{init.get('command')}`); its frame classifier scored the "
+                f"held-out clips {_num(init.get('held_out_auc'))} and, per family, "
+                + ", ".join(f"{k} {_num(v)}" for k, v in (init.get("families") or {}).items())
+                + ". Stage 2 below started from those weights."
+            ]
+            if first
+            else [f"- Stage 1: started from `{init['weights']}`."]
+            if init
+            else []
+        ),
         f"- Encoder fine-tuned end to end for {f.get('steps')} batches of {f.get('units_per_batch')} "
         "real/fake units (2 crops each, degraded together: flips, crop jitter, colour, down/up-"
         "scaling, blur, noise, JPEG) in "

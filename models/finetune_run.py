@@ -5,6 +5,7 @@ classifier) and held-out still pairs (frame level)."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,9 @@ def end_to_end(
     clf = frame_classifier(
         encoder, train_from_block=config.train_from_block, train_bn=config.train_bn
     )
+    if config.init_from is not None and not config.resume:
+        clf.load_weights(config.init_from)
+        say(f"encoder fine-tune starts from {config.init_from}")
     result = finetune(
         clf,
         maker,
@@ -149,7 +153,12 @@ def end_to_end(
         say=say,
     )
     # Held-out measurements: clips per family (frame mean) and still pairs (frame level).
-    ev: dict[str, Any] = {"how": "frame classifier, mean over up to 16 frames per clip"}
+    ev: dict[str, Any] = {
+        "how": "frame classifier, mean over up to 16 frames per clip",
+        "command": "deepfake-train " + " ".join(sys.argv[1:]),
+    }
+    if config.init_from is not None:
+        ev["init_from"] = init_record(config.init_from)
     scored = val_clips + [clip(v) for v in excluded if len(crops[v.name].crops)]
     p = clip_scores(clf, scored)
     rows = [
@@ -213,6 +222,30 @@ def end_to_end(
         )
     )
     return ev
+
+
+def init_record(weights: Path) -> dict[str, Any]:
+    """What `--init-from` started from: the weights file and, where it was written by an earlier
+    `deepfake-train` run (OUT/checkpoints/finetune.weights.h5 beside OUT/frame_eval.json), that
+    run's command, fine-tune summary and held-out numbers."""
+    import json
+
+    rec: dict[str, Any] = {"weights": str(weights)}
+    ev_file = weights.parent.parent / "frame_eval.json"
+    if ev_file.is_file():
+        ev = json.loads(ev_file.read_text())
+        rec.update(
+            {
+                "command": ev.get("command"),
+                "fine_tune": {
+                    k: ev.get("fine_tune", {}).get(k)
+                    for k in ("steps", "seconds", "pool", "synthetic_kinds", "final_loss")
+                },
+                "held_out_auc": ev.get("held_out_auc"),
+                "families": {k: v.get("auc") for k, v in ev.get("families", {}).items()},
+            }
+        )
+    return rec
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -123,6 +123,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of the fine-tune")
     p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start the encoder fine-tune from an earlier run's frame classifier "
+        "(its OUT/checkpoints/finetune.weights.h5, same backbone and input size): a second "
+        "stage on another unit mix",
+    )
+    p.add_argument(
         "--ema",
         type=float,
         default=0.0,
@@ -223,6 +231,7 @@ class TrainConfig:
     train_from_block: int
     train_bn: bool
     lr: float
+    init_from: Path | None
     ema: float
     rank: float
     adversary: float
@@ -900,6 +909,13 @@ def export_and_evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_args(parser().parse_args(argv))
+    if config.init_from is not None and not config.init_from.is_file():
+        # Checked before any crop is cut, so a typo costs nothing.
+        print(
+            f"deepfake-train: error: --init-from: no such weights file: {config.init_from}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         run(config)
     except (DatasetError, ValueError, FileNotFoundError, ExportFailed) as exc:

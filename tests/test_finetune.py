@@ -252,6 +252,43 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
         "warp",
         "rerender",
     ]
+    # A second stage starts from the first stage's frame classifier: with a learning rate too
+    # small to move anything, it scores every held-out clip as the first stage left it.
+    first = tmp_path / "m" / "checkpoints" / "finetune.weights.h5"
+    r2 = train(
+        "--encoder-steps", "1", "--encoder-only", "--lr", "1e-12", "--init-from", str(first),
+        "--out", str(tmp_path / "stage2"),
+    )  # fmt: skip
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert f"encoder fine-tune starts from {first}" in r2.stderr
+    import h5py
+
+    def arrays(f: Path) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with h5py.File(f, "r") as h:
+
+            def keep(name: str, item: object) -> None:  # returning anything else stops the walk
+                if isinstance(item, h5py.Dataset) and not name.startswith("optimizer"):
+                    out[name] = np.array(item)
+
+            h.visititems(keep)
+        return out
+
+    before, after = (
+        arrays(first),
+        arrays(tmp_path / "stage2" / "checkpoints" / "finetune.weights.h5"),
+    )
+    assert len(before) >= 8 and before.keys() == after.keys()  # 4 layers: kernels and biases
+    assert all(np.allclose(before[k], after[k], atol=1e-6) for k in before)
+    # ...and a fresh start (no --init-from) does not: the check above can fail.
+    r0 = train(
+        "--encoder-steps", "1", "--encoder-only", "--lr", "1e-12", "--out", str(tmp_path / "fresh")
+    )
+    assert r0.returncode == 0, r0.stderr[-3000:]
+    fresh = arrays(tmp_path / "fresh" / "checkpoints" / "finetune.weights.h5")
+    assert not all(np.allclose(before[k], fresh[k], atol=1e-6) for k in before)
+    r3 = train("--encoder-steps", "1", "--init-from", str(tmp_path / "nothing.h5"))
+    assert r3.returncode != 0 and "--init-from: no such weights file" in r3.stderr
     r = train("--encoder-steps", "10", "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed encoder fine-tuning at step 6/10" in r.stderr
