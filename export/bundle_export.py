@@ -134,7 +134,10 @@ def convert_model(model: Any, tmp: Path, log: _Log) -> None:
         [ONNX_NAMES["encoder_out"]],
         tmp / "encoder.onnx",
     )
-    log(f"converting head (window {cfg.window}, GRU {list(cfg.gru_units)})")
+    log(
+        f"converting head (window {cfg.window}, "
+        + ("frame mean)" if cfg.head == "frame_mean" else f"GRU {list(cfg.gru_units)})")
+    )
     keras_to_onnx(
         model.head,
         (
@@ -260,7 +263,8 @@ def bundle_manifest(
             embeddings_name=ONNX_NAMES["head_emb"],
             mask_name=ONNX_NAMES["head_mask"],
             output_name=ONNX_NAMES["head_out"],
-            gru_units=tuple(model.config.gru_units),
+            gru_units=tuple(model.config.gru_units) if model.config.head == "gru" else None,
+            kind=model.config.head,
         ),
         detector=face.detector,
         roi_detector=face.roi_detector,

@@ -17,6 +17,8 @@ from models.config import ModelConfig
 ENCODER_INPUT = "crops"
 HEAD_EMBEDDINGS = "embeddings"
 HEAD_MASK = "mask"
+# The frame classifier's output layer, in the fine-tune's classifier and in a frame-mean head.
+FRAME_LAYER = "frame_fake"
 
 
 def build_encoder(cfg: ModelConfig) -> keras.Model:
@@ -48,6 +50,10 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     """
     emb = keras.Input((cfg.window, feature_dim), name=HEAD_EMBEDDINGS)
     mask = keras.Input((cfg.window,), dtype="bool", name=HEAD_MASK)
+    if cfg.head == "frame_mean":
+        # The frame classifier of the encoder fine-tune on every step, averaged over valid steps.
+        p = layers.Dense(1, activation="sigmoid", name=FRAME_LAYER)(emb)
+        return keras.Model([emb, mask], MaskedMean(name="p_fake")([p, mask]), name="head")
     # Per-dimension standardisation, set from the training embeddings (identity until then).
     x = layers.Normalization(axis=-1, name="embedding_norm")(emb)
     if cfg.input_dropout > 0:
@@ -62,6 +68,22 @@ def build_head(cfg: ModelConfig, feature_dim: int) -> keras.Model:
     x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     out = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
     return keras.Model([emb, mask], out, name="head")
+
+
+@keras.saving.register_keras_serializable(package="deepfake")
+class MaskedMean(layers.Layer):  # type: ignore[misc]
+    """[(batch, window, 1) values, (batch, window) bool mask] -> (batch, 1): the mean over the
+    valid steps (0 for a window with none)."""
+
+    def call(self, inputs: Any) -> Any:
+        from keras import ops
+
+        values, mask = inputs
+        m = ops.expand_dims(ops.cast(mask, values.dtype), -1)
+        return ops.sum(values * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (input_shape[0][0], 1)
 
 
 def set_embedding_norm(head: keras.Model, mean: Any, variance: Any) -> None:

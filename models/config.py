@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from stream_server.core.manifest import HEAD_KINDS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -30,11 +32,17 @@ class ModelConfig:
     # Take the embedding from this backbone layer (global average pooled) instead of the last one;
     # e.g. "block14_add" for efficientnet_lite0 (192-d, measured to generalise better here).
     feature_layer: str | None = None
+    # "gru": the masked GRU head above. "frame_mean": the fine-tuned frame classifier (one
+    # Dense(1, sigmoid) per embedding) averaged over the valid steps of the window; set from the
+    # encoder fine-tune, not trained on windows.
+    head: str = "gru"
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
         if not self.gru_units:
             raise ValueError("gru_units must name at least one GRU layer")
         if not 0.0 <= self.dropout < 1.0:

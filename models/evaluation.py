@@ -148,10 +148,21 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "not edited.",
         "",
         "## What it is",
-        f"- CNN-GRU: {m.backbone} frame encoder ({m.feature_dim}-d embedding per face crop, "
-        f"{size}x{size} uint8 RGB) and a masked GRU "
-        f"head {gru} over a window of {m.window} embeddings "
-        f"({m.window / m.analysis_fps:.0f} s at {m.analysis_fps:g} analysed frames/s).",
+        f"- {m.backbone} frame encoder ({m.feature_dim}-d embedding per face crop, "
+        f"{size}x{size} uint8 RGB) and "
+        + (
+            "a frame-mean head (the fine-tuned frame classifier's probability of each crop, "
+            "averaged over the valid steps of a window"
+            if m.head.kind == "frame_mean"
+            else f"a masked GRU head {gru} over a window"
+        )
+        + f" of {m.window} embeddings "
+        f"({m.window / m.analysis_fps:.0f} s at {m.analysis_fps:g} analysed frames/s"
+        + (
+            ")). A GRU over the same windows measured worse: docs/training.md."
+            if m.head.kind == "frame_mean"
+            else ")."
+        ),
         f"- Face stage: {m.detector.source}"
         + (
             f", with {m.roi_detector.detector.source} following tracked faces between full-frame "
@@ -184,8 +195,13 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
             [
                 f"- Face images (training side only): {t['images']['face_crops']} face crops "
                 f"({t['images']['real']} real, {t['images']['fake']} fake) from "
-                f"{', '.join(t['images']['folders'])}: still units of the encoder fine-tune, and runs "
-                f"of {t.get('settings', {}).get('window')} different faces as extra clips for the head."
+                f"{', '.join(t['images']['folders'])}: still units of the encoder fine-tune"
+                + (
+                    "."
+                    if m.head.kind == "frame_mean"
+                    else f", and runs of {t.get('settings', {}).get('window')} different faces as "
+                    "extra clips for the head."
+                )
             ]
             if t.get("images")
             else []
@@ -200,8 +216,13 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "## Reproduce",
         f"`{command}` (from the repository root, after `scripts/test.sh` set up `.venv`) took "
         f"{seconds / 60:.1f} minutes end to end (face crops, training, export, held-out evaluation) "
-        f"on {_cpu()} with {os.cpu_count()} cores and no GPU. `scripts/train_default.sh` runs this "
-        "command and then the leave-one-family-out runs (`python -m models.lofo`).",
+        f"on {_cpu()} with {os.cpu_count()} cores and no GPU. `scripts/train_default.sh` runs "
+        + (
+            "stage 1 (above), this command"
+            if (t.get("encoder_finetune") or {}).get("init_from")
+            else "this command"
+        )
+        + " and then the leave-one-family-out runs (`python -m models.lofo`).",
         "",
         "## Held-out results (video level, through the serving code path)",
     ]
@@ -301,7 +322,14 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
         "held-out videos (whole identities never trained on).",
         "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output.",
     ]
-    if ft and ft.get("held_out_auc") is not None:
+    frame_mean = read_manifest(bundle_dir).head.kind == "frame_mean"
+    if ft and ft.get("held_out_auc") is not None and frame_mean:
+        lines.append(
+            f"- The same held-out clips scored by the fine-tuned frame classifier in training (mean "
+            f"of up to 16 frames): AUC {ft['held_out_auc']:.3f}; served as a frame-mean head over "
+            f"windows (the numbers above): AUC {ev['auc']:.3f}."
+        )
+    elif ft and ft.get("held_out_auc") is not None:
         lines.append(
             f"- The same held-out clips scored by the fine-tuned frame classifier alone (mean of up to "
             f"16 frames, no GRU): AUC {ft['held_out_auc']:.3f}; the GRU head over windows of "

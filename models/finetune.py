@@ -249,6 +249,8 @@ def frame_classifier(
 
     import keras
 
+    from models.cnn_gru import FRAME_LAYER
+
     frozen = train_from_block > 0  # layers come in graph order: stem, block0, block1, ...
     for layer in encoder.layers:
         m = re.match(r"block(\d+)", layer.name)
@@ -259,7 +261,7 @@ def frame_classifier(
         elif layer.weights:
             layer.trainable = not frozen
     h = keras.layers.Dropout(dropout, name="frame_dropout")(encoder.output)
-    out = keras.layers.Dense(1, activation="sigmoid", name="frame_fake")(h)
+    out = keras.layers.Dense(1, activation="sigmoid", name=FRAME_LAYER)(h)
     return keras.Model(encoder.input, out, name="frame_classifier")
 
 

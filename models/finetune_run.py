@@ -106,7 +106,9 @@ def end_to_end(
     stage: Any,
     ckpt: Path,
     say: Callable[[str], None],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Any]:
+    """Fine-tune the encoder inside a frame classifier; returns the held-out measurements and
+    the frame classifier (whose output layer a frame-mean head takes over)."""
     import json
 
     from models.dfdc import identity_groups
@@ -221,7 +223,7 @@ def end_to_end(
             else ""
         )
     )
-    return ev
+    return ev, clf
 
 
 def init_record(weights: Path) -> dict[str, Any]:

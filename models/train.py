@@ -74,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
         help="dropout on the standardised embeddings before the GRUs",
     )
     p.add_argument("--head-l2", type=float, default=1e-3, help="L2 penalty on the GRU kernels")
+    p.add_argument(
+        "--head",
+        choices=["gru", "frame-mean"],
+        default="gru",
+        help="gru: a masked GRU trained on windows of embeddings; frame-mean: the fine-tuned "
+        "frame classifier averaged over the window (needs --encoder-steps)",
+    )
     p.add_argument("--window", type=int, default=20)
     p.add_argument(
         "--fps",
@@ -218,6 +225,7 @@ class TrainConfig:
     head_noise: float
     head_dropout: float
     head_l2: float
+    head: str
     window: int
     fps: float
     max_seconds: float
@@ -762,6 +770,7 @@ def model_config(config: TrainConfig, size: int) -> Any:
         feature_layer=config.feature_layer,
         input_dropout=config.head_dropout,
         l2=config.head_l2,
+        head=config.head.replace("-", "_"),
     )
 
 
@@ -785,7 +794,7 @@ def fit(
     if config.encoder_steps > 0:
         from models.finetune_run import end_to_end
 
-        e2e_info = end_to_end(
+        e2e_info, clf = end_to_end(
             model.encoder,
             config,
             split.videos,
@@ -807,6 +816,13 @@ def fit(
             return None
         for v in split.excluded:  # left-out families train nothing, the head included
             clips.seqs.pop(v.name, None)
+        if config.head == "frame-mean":
+            from models.cnn_gru import FRAME_LAYER
+
+            model.head.get_layer(FRAME_LAYER).set_weights(clf.get_layer(FRAME_LAYER).get_weights())
+            say("frame-mean head: the fine-tuned frame classifier, averaged over each window")
+            write_state(ckpt, "done", 0)
+            return e2e_info, []
         trunk, top = model.encoder, None
     else:
         trunk, top = split_encoder(model.encoder, config.backbone, config.finetune_blocks)
@@ -909,6 +925,13 @@ def export_and_evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_args(parser().parse_args(argv))
+    if config.head == "frame-mean" and config.encoder_steps <= 0:
+        print(
+            "deepfake-train: error: --head frame-mean needs --encoder-steps (the frame "
+            "classifier it averages comes from the encoder fine-tune)",
+            file=sys.stderr,
+        )
+        return 2
     if config.init_from is not None and not config.init_from.is_file():
         # Checked before any crop is cut, so a typo costs nothing.
         print(

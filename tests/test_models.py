@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,13 +48,14 @@ def test_head_defaults_are_the_original_design() -> None:
     assert head.inputs[0].shape[1:] == (20, 1280)
 
 
-def test_masked_window_equals_the_short_sequence() -> None:
+@pytest.mark.parametrize("kind", ["gru", "frame_mean"])
+def test_masked_window_equals_the_short_sequence(kind: str) -> None:
     """A 20-step window with only the first 7 valid gives the 7-frame sequence's probability."""
     from models.cnn_gru import build_head
 
     rng = np.random.default_rng(0)
-    head20 = build_head(ModelConfig(weights=None, window=20), 32)
-    head7 = build_head(ModelConfig(weights=None, window=7), 32)
+    head20 = build_head(ModelConfig(weights=None, window=20, head=kind), 32)
+    head7 = build_head(ModelConfig(weights=None, window=7, head=kind), 32)
     head7.set_weights(head20.get_weights())
     seq = rng.normal(size=(2, 20, 32)).astype("float32")
     mask = np.zeros((2, 20), bool)
@@ -64,6 +67,29 @@ def test_masked_window_equals_the_short_sequence() -> None:
     seq2 = seq.copy()
     seq2[:, 7:] = rng.normal(size=(2, 13, 32))
     np.testing.assert_allclose(np.asarray(head20([seq2, mask])), p20, atol=1e-6)
+
+
+def test_frame_mean_head_averages_the_frame_classifier_and_survives_saving(tmp_path: Path) -> None:
+    """The frame-mean head is the frame classifier's sigmoid(w.x + b) per valid step, averaged;
+    saved and loaded as a .keras file (as the model directory stores it) it computes the same."""
+    import keras
+
+    from models.cnn_gru import FRAME_LAYER, build_head
+
+    rng = np.random.default_rng(1)
+    head = build_head(ModelConfig(weights=None, window=5, head="frame_mean"), 8)
+    w, b = rng.normal(size=(8, 1)).astype("float32"), np.array([0.3], "float32")
+    head.get_layer(FRAME_LAYER).set_weights([w, b])
+    seq = rng.normal(size=(3, 5, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], bool)
+    frame_p = 1 / (1 + np.exp(-(seq @ w + b)[..., 0]))
+    want = [frame_p[0].mean(), frame_p[1, :2].mean(), 0.0]  # no valid step: 0
+    np.testing.assert_allclose(np.asarray(head([seq, mask]))[:, 0], want, atol=1e-6)
+    head.save(tmp_path / "head.keras")
+    again = keras.saving.load_model(tmp_path / "head.keras", compile=False)
+    np.testing.assert_allclose(np.asarray(again([seq, mask]))[:, 0], want, atol=1e-6)
+    with pytest.raises(ValueError, match="head must be one of gru, frame_mean"):
+        ModelConfig(head="mean")
 
 
 def test_unknown_backbone_is_a_clear_error() -> None:

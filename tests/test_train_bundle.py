@@ -93,3 +93,51 @@ def test_train_with_bundle_groups_and_int8(
     assert 0 < m["threshold"] < 1 and m["threshold"] == pytest.approx(ev["threshold"], abs=1e-4)
     card = bundle / "MODEL_CARD.md"
     assert card.is_file() and "tiny-trained 9" in card.read_text()
+
+
+def test_frame_mean_head_is_exported_and_served_as_the_fine_tuned_frame_classifier(
+    folder: Path, tmp_path: Path
+) -> None:
+    """`--head frame-mean`: the bundle's head is the encoder fine-tune's frame classifier
+    averaged over the valid steps of a window (recorded as head.kind), through ONNX as in the
+    server; without an encoder fine-tune to take it from, it is refused before any work."""
+    import numpy as np
+
+    from models.train import main
+    from stream_server.core.runtime import session
+
+    base = [
+        *("--data", str(folder), "--cache", str(tmp_path / "cache"), "--quantize", "none"),
+        *("--backbone", "tiny_cnn", "--input-size", "64", "--weights", "none"),
+        *("--window", "8", "--val-fraction", "0.25", "--seed", "3", "--head", "frame-mean"),
+    ]
+    assert main([*base, "--out", str(tmp_path / "x")]) == 2  # no --encoder-steps
+    assert not (tmp_path / "cache").exists()
+    out, bundle = tmp_path / "model", tmp_path / "bundle"
+    rc = main(
+        [
+            *base,
+            *("--out", str(out), "--bundle", str(bundle), "--encoder-steps", "4"),
+            *("--units", "4", "--synth", "none", "--name", "tiny-mean", "--version", "1"),
+        ]
+    )
+    assert rc == 0
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["head"]["kind"] == "frame_mean" and "gru_units" not in m["head"]
+    assert "frame-mean head" in (bundle / "MODEL_CARD.md").read_text()
+    head = session(bundle / "head.onnx")
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(2, 8, m["feature_dim"])).astype("float32")
+    mask = np.zeros((2, 8), bool)
+    mask[0, :8], mask[1, :3] = True, True
+
+    def p(e: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return np.asarray(head.run(None, {"embeddings": e, "mask": k})[0]).reshape(-1)
+
+    one = np.zeros((1, 8), bool)
+    one[0, 0] = True
+    # Each valid step's own probability (alone at step 0), then their mean is the window's.
+    steps = [[p(np.roll(emb[i : i + 1], -j, axis=1), one)[0] for j in range(8)] for i in (0, 1)]
+    got = p(emb, mask)
+    np.testing.assert_allclose(got, [np.mean(steps[0]), np.mean(steps[1][:3])], atol=1e-5)
+    assert len(set(np.round(steps[0], 6))) > 1  # the steps differ, so the mean is a real test

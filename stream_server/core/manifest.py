@@ -22,6 +22,7 @@ DEFAULT_RETRY_PAD = 0.5  # zoom-out retry border when the detector finds no face
 DEFAULT_ANALYSIS_FPS = 5.0
 MAX_ANALYSIS_FPS = 60.0  # analysis_fps is in (0, MAX_ANALYSIS_FPS], the bundle's and overrides
 DEFAULT_THRESHOLD = 0.5
+HEAD_KINDS = ("gru", "frame_mean")  # head.kind; absent means gru
 WARMUP_FRAMES_CAP = 5  # warm-up default: min(window, 5) analysed frames
 
 
@@ -284,7 +285,9 @@ class EncoderSection:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """The `head` section: the GRU head graph over (embeddings, mask) -> p_fake."""
+    """The `head` section: the head graph over (embeddings, mask) -> p_fake. `kind` says what
+    it computes: "gru" (a masked GRU over the window; also when absent, as in bundles before it
+    was recorded) or "frame_mean" (a per-frame probability averaged over the valid steps)."""
 
     file: str
     embeddings_name: str
@@ -292,11 +295,15 @@ class HeadSpec:
     output_name: str
     mask_semantics: str | None = "bool (batch, window); valid steps first, masked steps skipped"
     gru_units: tuple[int, ...] | None = None
+    kind: str | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> HeadSpec:
         w = "head."
         units = _opt(d, "gru_units", list, w)
+        kind = _opt(d, "kind", str, w)
+        if kind is not None and kind not in HEAD_KINDS:
+            raise BundleError(f"{w}kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
         return cls(
             file=_get(d, "file", str, w),
             embeddings_name=_get(d, "embeddings", str, w),
@@ -304,6 +311,7 @@ class HeadSpec:
             output_name=_get(d, "output", str, w),
             mask_semantics=_opt(d, "mask_semantics", str, w),
             gru_units=None if units is None else _positive_ints(units, w + "gru_units"),
+            kind=kind,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,6 +325,8 @@ class HeadSpec:
             out["mask_semantics"] = self.mask_semantics
         if self.gru_units is not None:
             out["gru_units"] = list(self.gru_units)
+        if self.kind is not None:
+            out["kind"] = self.kind
         return out
 
 
