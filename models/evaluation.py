@@ -141,6 +141,7 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
     sizes = {n: f.bytes for n, f in m.files.items()}
     size = m.encoder.input.size
     gru = list(m.head.gru_units) if m.head.gru_units is not None else None
+    frame_mean = m.head.kind == "frame_mean"
     lines = [
         f"# Model card: {m.name} {m.version}",
         "",
@@ -153,14 +154,14 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         + (
             "a frame-mean head (the fine-tuned frame classifier's probability of each crop, "
             "averaged over the valid steps of a window"
-            if m.head.kind == "frame_mean"
+            if frame_mean
             else f"a masked GRU head {gru} over a window"
         )
         + f" of {m.window} embeddings "
         f"({m.window / m.analysis_fps:.0f} s at {m.analysis_fps:g} analysed frames/s"
         + (
             ")). A GRU over the same windows measured worse: docs/training.md."
-            if m.head.kind == "frame_mean"
+            if frame_mean
             else ")."
         ),
         f"- Face stage: {m.detector.source}"
@@ -198,7 +199,7 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
                 f"{', '.join(t['images']['folders'])}: still units of the encoder fine-tune"
                 + (
                     "."
-                    if m.head.kind == "frame_mean"
+                    if frame_mean
                     else f", and runs of {t.get('settings', {}).get('window')} different faces as "
                     "extra clips for the head."
                 )
@@ -226,7 +227,7 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "",
         "## Held-out results (video level, through the serving code path)",
     ]
-    lines += _results_lines(ev, t.get("encoder_finetune"), bundle_dir)
+    lines += _results_lines(ev, t.get("encoder_finetune"), bundle_dir, frame_mean)
     lines += [
         "",
         "## Limitations",
@@ -312,7 +313,9 @@ def _finetune_lines(ft: dict[str, Any]) -> list[str]:
     ]
 
 
-def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Path) -> list[str]:
+def _results_lines(
+    ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Path, frame_mean: bool
+) -> list[str]:
     if not ev:
         return ["- No held-out evaluation was run."]
     lines = [
@@ -322,7 +325,6 @@ def _results_lines(ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Pa
         "held-out videos (whole identities never trained on).",
         "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output.",
     ]
-    frame_mean = read_manifest(bundle_dir).head.kind == "frame_mean"
     if ft and ft.get("held_out_auc") is not None and frame_mean:
         lines.append(
             f"- The same held-out clips scored by the fine-tuned frame classifier in training (mean "

@@ -923,21 +923,23 @@ def export_and_evaluate(
     write_model_card(bundle, out, command, time.monotonic() - T0)
 
 
+def refusal(config: TrainConfig) -> str | None:
+    """Flag combinations refused before any crop is cut, so a mistake costs nothing."""
+    if config.head == "frame-mean" and config.encoder_steps <= 0:
+        return (
+            "--head frame-mean needs --encoder-steps (the frame classifier it averages comes "
+            "from the encoder fine-tune)"
+        )
+    if config.init_from is not None and not config.init_from.is_file():
+        return f"--init-from: no such weights file: {config.init_from}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_args(parser().parse_args(argv))
-    if config.head == "frame-mean" and config.encoder_steps <= 0:
-        print(
-            "deepfake-train: error: --head frame-mean needs --encoder-steps (the frame "
-            "classifier it averages comes from the encoder fine-tune)",
-            file=sys.stderr,
-        )
-        return 2
-    if config.init_from is not None and not config.init_from.is_file():
-        # Checked before any crop is cut, so a typo costs nothing.
-        print(
-            f"deepfake-train: error: --init-from: no such weights file: {config.init_from}",
-            file=sys.stderr,
-        )
+    refused = refusal(config)
+    if refused:
+        print(f"deepfake-train: error: {refused}", file=sys.stderr)
         return 2
     try:
         run(config)
