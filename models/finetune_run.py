@@ -149,7 +149,7 @@ def end_to_end(
         ema=config.ema,
         rank=config.rank,
         adversary=config.adversary,
-        seed=config.seed,
+        seed=config.seed if config.batch_seed is None else config.batch_seed,
         resume=config.resume,
         val=val_clips,
         say=say,

@@ -12,6 +12,11 @@ from fakes made here, each from a real crop and its 68 dlib landmarks (in crop p
   lip-sync): a smooth displacement around the mouth, jaw and eyes, blended through the hull.
 - ``rerender``: the face region down-sampled and restored (up-sampled, smoothed or sharpened), as
   talking-head generators render the face at 256-512 px and paste it back.
+- ``reenact``: the whole crop re-drawn from itself, as reenactment and single-image talking-head
+  generators (FOMM, TPSMM, LivePortrait, AniTalker) render the full frame from one source image
+  through a motion field: a small head motion (rotation, scale, shift about the face centre) and
+  a smooth random deformation resample every pixel, often with a mouth warp, then the result goes
+  through a generator's resolution. No blend boundary: the mask is the whole crop.
 
 Every kind returns (fake, mask); wherever the mask is 0 the fake equals the real crop exactly, so
 the label lives only inside the face region.
@@ -29,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from models.sbi import BlendParams, transformed_source
 from stream_server.core.manifest import DEFAULT_MARGIN
 
-KINDS = ("sbi", "swap", "warp", "rerender")
+KINDS = ("sbi", "swap", "warp", "rerender", "reenact")
 MOUTH = list(range(48, 68))
 JAW = list(range(0, 17))
 EYES = list(range(36, 48))
@@ -206,10 +211,13 @@ def displacement_warp(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator
     return np.clip(out, 0, 255)
 
 
-def rerender(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Down-sample the face and restore it: up-sampled, then smoothed or sharpened."""
+def rerender(
+    img: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.2, 0.55)
+) -> np.ndarray:
+    """Down-sample the face (to `scale` of its size) and restore it: up-sampled, then smoothed
+    or sharpened."""
     s = img.shape[0]
-    small = max(16, round(s * rng.uniform(0.2, 0.55)))
+    small = max(16, round(s * rng.uniform(*scale)))
     pil = Image.fromarray(img).resize((small, small), Image.Resampling.BILINEAR)
     pil = pil.resize((s, s), Image.Resampling.BICUBIC)
     r = rng.random()
@@ -222,6 +230,46 @@ def rerender(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = np.asarray(pil, np.float32)
     if rng.random() < 0.5:
         out = out * rng.uniform(0.95, 1.05, 3) + rng.uniform(-6, 6)
+    return np.clip(out, 0, 255)
+
+
+def motion_field(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Resample the whole crop through a small head motion plus a smooth random deformation
+    (a coarse grid of displacements, bicubically up-sampled), the way a reenactment generator
+    warps its source image; bilinear resampling, edges clamped."""
+    from scipy.ndimage import map_coordinates, zoom
+
+    s = img.shape[0]
+    cx, cy = (float(v) for v in pts.mean(0))
+    angle = np.deg2rad(rng.uniform(-5.0, 5.0))
+    scale = rng.uniform(0.96, 1.04)
+    tx, ty = rng.uniform(-0.025, 0.025, 2) * s
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    # output pixel -> source pixel: the inverse of rotate-scale about the face centre, then shift
+    u, v = (xx - cx - tx) / scale, (yy - cy - ty) / scale
+    ca, sa = np.cos(angle), np.sin(angle)
+    src_x = cx + ca * u + sa * v
+    src_y = cy - sa * u + ca * v
+    grid = int(rng.integers(3, 6))
+    amp = s * rng.uniform(0.006, 0.02)
+    for coord in (src_x, src_y):
+        coarse = rng.normal(0.0, amp, (grid, grid)).astype(np.float32)
+        coord += zoom(coarse, s / grid, order=3)[:s, :s]
+    # the motion fades out over the outer 12 % of the crop, so its edges never smear: the crop
+    # is cut from a larger frame the generator drew whole, not a warped tile
+    ramp = np.clip(np.minimum(np.arange(s), np.arange(s)[::-1]) / (0.12 * s), 0.0, 1.0)
+    fade = np.minimum.outer(ramp, ramp).astype(np.float32)
+    src_x = xx + fade * (src_x - xx)
+    src_y = yy + fade * (src_y - yy)
+    out = np.stack(
+        [
+            map_coordinates(
+                img[..., ch].astype(np.float32), [src_y, src_x], order=1, mode="nearest"
+            )
+            for ch in range(3)
+        ],
+        -1,
+    )
     return np.clip(out, 0, 255)
 
 
@@ -250,6 +298,14 @@ def make_fake(
     elif kind == "rerender":
         mask = hull_mask(pts, size, rng)
         source = rerender(target, rng)
+    elif kind == "reenact":
+        source = motion_field(target, pts, rng)
+        if rng.random() < 0.5:
+            source = displacement_warp(source.astype(np.uint8), pts, rng)
+        if rng.random() < 0.7:
+            source = rerender(source.astype(np.uint8), rng, (0.5, 0.9))
+        mask = np.ones((size, size), np.float32)
+        return blend(target, source, mask), mask
     else:
         raise ValueError(f"unknown synthetic fake kind {kind!r}; choose from {', '.join(KINDS)}")
     mask = mask * float(rng.uniform(0.8, 1.0))

@@ -92,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--batch-seed",
+        type=int,
+        default=None,
+        help="seed of the encoder fine-tune's batch order only (default: --seed); the identity "
+        "split stays the one --seed gives",
+    )
+    p.add_argument(
         "--sbi",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -231,6 +238,7 @@ class TrainConfig:
     max_seconds: float
     val_fraction: float
     seed: int
+    batch_seed: int | None
     sbi: bool
     finetune_blocks: int
     encoder_steps: int
@@ -932,6 +940,12 @@ def refusal(config: TrainConfig) -> str | None:
         )
     if config.init_from is not None and not config.init_from.is_file():
         return f"--init-from: no such weights file: {config.init_from}"
+    if config.init_from is not None and not config.init_from.name.endswith(".weights.h5"):
+        # Keras reads any other .h5 as a legacy whole-model file and fails with a layer count
+        return (
+            f"--init-from: {config.init_from} is not a Keras weights file (the name must end "
+            "in .weights.h5, as OUT/checkpoints/finetune.weights.h5 does)"
+        )
     return None
 
 

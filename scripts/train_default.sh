@@ -4,8 +4,8 @@
 #   scripts/train_default.sh [OUT=runs/default]     (after scripts/test.sh or setup_env.sh full set up .venv)
 # Two stages (docs/training.md): the encoder first learns from synthetic fakes of the real
 # training crops only (no real deepfake of any generator), then from the whole unit mix,
-# starting where the first stage left off. On the 2-core CPU build machine: about 6 minutes for
-# stage 1, 15 for stage 2 with the head, export and evaluation, and 15 for the five
+# starting where the first stage left off. On the 2-core CPU build machine: about 4 minutes for
+# stage 1, 5 for stage 2 with the head, export and evaluation, and 21 for the five
 # leave-one-out runs (which reuse stage 1: it has seen no family).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,8 +28,8 @@ stage1="$out/synth/checkpoints/finetune.weights.h5"
 # Stage 2: the full unit mix from stage 1's weights at half the learning rate; the bundle's head
 # is the fine-tuned frame classifier averaged over the window (it measured better than a GRU
 # trained on windows of these embeddings: docs/training.md).
-stage2=(--encoder-steps "${STEPS:-300}" --lr 1e-4 --init-from "$stage1")
+stage2=(--encoder-steps "${STEPS:-600}" --lr 1e-4 --init-from "$stage1")
 "$py" -m models "${common[@]}" --out "$out/model" --bundle models/default_bundle \
-  "${stage2[@]}" --head frame-mean --name deepfake-cnn-gru --version 0.5.0
+  "${stage2[@]}" --head frame-mean --name deepfake-cnn-gru --version 0.6.0
 "$py" -m models.lofo --out "$out/lofo" --bundle models/default_bundle -- "${common[@]}" \
   "${stage2[@]}"

@@ -75,6 +75,28 @@ def test_synthetic_fake_differs_from_the_real_crop_only_inside_the_mask(
         assert np.abs(fake[inside].astype(int) - face[inside]).mean() > 0.5
 
 
+def test_reenact_fake_redraws_the_whole_crop_but_never_smears_its_edges(
+    face: np.ndarray, landmarks: object
+) -> None:
+    """A reenactment generator draws the whole frame from one source image: no blend boundary
+    (the mask is the crop), every inner pixel moves, and the crop's edges are the real ones (the
+    motion fades out there instead of stretching the border pixels)."""
+    from models.synth import make_fake, motion_field
+
+    pts = landmarks(face)  # type: ignore[operator]
+    rng = np.random.default_rng(5)
+    centre = (slice(40, 120), slice(40, 120))
+    for _ in range(4):
+        fake, mask = make_fake("reenact", face, pts, rng)
+        assert fake.shape == face.shape and fake.dtype == np.uint8
+        assert (mask == 1).all()
+        assert np.abs(fake[centre].astype(int) - face[centre]).mean() > 1.0
+        moved = motion_field(face, pts, rng)
+        for edge in (np.s_[0], np.s_[-1], np.s_[:, 0], np.s_[:, -1]):
+            np.testing.assert_allclose(moved[edge], face[edge], atol=1e-3)
+        assert np.abs(moved[centre] - face[centre]).mean() > 1.0
+
+
 def test_synthetic_fake_errors(face: np.ndarray) -> None:
     from models.synth import make_fake
 
@@ -237,7 +259,7 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
             "--batch-size",
             "8",
             "--synth",
-            "sbi,warp,rerender",
+            "sbi,warp,rerender,reenact",
             *extra,
         ]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -251,6 +273,7 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
         "sbi",
         "warp",
         "rerender",
+        "reenact",
     ]
     # A second stage starts from the first stage's frame classifier: with a learning rate too
     # small to move anything, it scores every held-out clip as the first stage left it.
@@ -274,6 +297,18 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
             h.visititems(keep)
         return out
 
+    # Another batch order (--batch-seed) trains other weights on the same identity split.
+    rb = train(
+        "--encoder-steps", "6", "--encoder-only", "--batch-seed", "7", "--out", str(tmp_path / "b7")
+    )
+    assert rb.returncode == 0, rb.stderr[-3000:]
+    assert (tmp_path / "b7" / "split.json").read_text() == (
+        tmp_path / "m" / "split.json"
+    ).read_text()
+    w0 = arrays(tmp_path / "m" / "checkpoints" / "finetune.weights.h5")
+    w7 = arrays(tmp_path / "b7" / "checkpoints" / "finetune.weights.h5")
+    assert not all(np.allclose(w0[k], w7[k], atol=1e-6) for k in w0)
+
     before, after = (
         arrays(first),
         arrays(tmp_path / "stage2" / "checkpoints" / "finetune.weights.h5"),
@@ -289,6 +324,10 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
     assert not all(np.allclose(before[k], fresh[k], atol=1e-6) for k in before)
     r3 = train("--encoder-steps", "1", "--init-from", str(tmp_path / "nothing.h5"))
     assert r3.returncode != 0 and "--init-from: no such weights file" in r3.stderr
+    renamed = tmp_path / "stage1.h5"  # the same weights under a name Keras would misread
+    renamed.write_bytes(first.read_bytes())
+    r4 = train("--encoder-steps", "1", "--init-from", str(renamed))
+    assert r4.returncode == 2 and "is not a Keras weights file" in r4.stderr
     r = train("--encoder-steps", "10", "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed encoder fine-tuning at step 6/10" in r.stderr
