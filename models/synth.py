@@ -167,8 +167,6 @@ def colour_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
 def displacement_warp(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Move mouth (open/close, smile), jaw and eye landmarks and drag the texture smoothly with
     them (Gaussian radial basis displacement, bilinear resampling)."""
-    from scipy.ndimage import map_coordinates
-
     s = img.shape[0]
     ctrl, moves = [], []
     face_h = float(pts[8, 1] - pts[27, 1]) or s * 0.4
@@ -200,7 +198,15 @@ def displacement_warp(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator
     w_sum = np.maximum(1.0, w.sum(-1))
     dx = (w * v[:, 0]).sum(-1) / w_sum
     dy = (w * v[:, 1]).sum(-1) / w_sum
-    coords = [yy - dy, xx - dx]
+    return resample(img, yy - dy, xx - dx)
+
+
+def resample(img: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarray:
+    """Each output pixel read from (src_y, src_x) of `img`: bilinear, edges clamped, float in
+    [0, 255]."""
+    from scipy.ndimage import map_coordinates
+
+    coords = [src_y, src_x]
     out = np.stack(
         [
             map_coordinates(img[..., ch].astype(np.float32), coords, order=1, mode="nearest")
@@ -236,8 +242,8 @@ def rerender(
 def motion_field(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Resample the whole crop through a small head motion plus a smooth random deformation
     (a coarse grid of displacements, bicubically up-sampled), the way a reenactment generator
-    warps its source image; bilinear resampling, edges clamped."""
-    from scipy.ndimage import map_coordinates, zoom
+    warps its source image; the motion fades out towards the crop's edges."""
+    from scipy.ndimage import zoom
 
     s = img.shape[0]
     cx, cy = (float(v) for v in pts.mean(0))
@@ -259,18 +265,7 @@ def motion_field(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> 
     # is cut from a larger frame the generator drew whole, not a warped tile
     ramp = np.clip(np.minimum(np.arange(s), np.arange(s)[::-1]) / (0.12 * s), 0.0, 1.0)
     fade = np.minimum.outer(ramp, ramp).astype(np.float32)
-    src_x = xx + fade * (src_x - xx)
-    src_y = yy + fade * (src_y - yy)
-    out = np.stack(
-        [
-            map_coordinates(
-                img[..., ch].astype(np.float32), [src_y, src_x], order=1, mode="nearest"
-            )
-            for ch in range(3)
-        ],
-        -1,
-    )
-    return np.clip(out, 0, 255)
+    return resample(img, yy + fade * (src_y - yy), xx + fade * (src_x - xx))
 
 
 def make_fake(
