@@ -28,6 +28,15 @@ def _affine(img: Image.Image, scale: float, dx: float, dy: float) -> Image.Image
 def degrade(crops: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """The same random flip, crop jitter, colour shift, down/up-scaling, blur, noise and
     JPEG re-compression for every crop in `crops` (uint8 HxWx3, equal sizes)."""
+    return degrade_with_masks(crops, [], rng)[0]
+
+
+def degrade_with_masks(
+    crops: list[np.ndarray], masks: list[np.ndarray], rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`degrade`, plus the same flip and crop jitter (only the geometry) applied to each of
+    `masks` (float HxW in [0, 1], the crops' size), so a mask still covers the pixels it marked.
+    Draws exactly the random numbers `degrade` draws."""
     flip = rng.random() < 0.5
     jitter = (
         (rng.uniform(0.92, 1.1), rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04))
@@ -71,4 +80,12 @@ def degrade(crops: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarra
             Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
             arr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
         out.append(np.ascontiguousarray(arr, dtype=np.uint8))
-    return out
+    moved = []
+    for m in masks:
+        img = Image.fromarray(np.ascontiguousarray(m, np.float32))  # mode "F"
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if jitter is not None:
+            img = _affine(img, *jitter)
+        moved.append(np.clip(np.asarray(img, np.float32), 0.0, 1.0))
+    return out, moved

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.augment import degrade
+from models.augment import degrade_with_masks
 
 FAMILIES: dict[str, str] = {
     "DeepFaceLive": "deepfacelive",
@@ -66,6 +66,15 @@ FAMILIES: dict[str, str] = {
 FAMILY_NAMES = ("deepfacelive", "dfdc", "faceswap", "talking_head", "reenactment")
 # Share of each unit kind in a batch (the recipe of the default bundle).
 DEFAULT_UNIT_WEIGHTS = {"pair": 0.25, "clip": 0.25, "still_pair": 0.15, "synth": 0.25, "still": 0.1}
+
+
+def cell_shares(mask: np.ndarray, grid: int) -> np.ndarray:
+    """The mean of `mask` (HxW) over each cell of a `grid` x `grid` partition (area-weighted
+    box resampling), float32 in [0, 1]."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(mask, np.float32))
+    return np.clip(np.asarray(img.resize((grid, grid), Image.Resampling.BOX), np.float32), 0, 1)
 
 
 def family_of(generator: str | None, label: int) -> str | None:
@@ -177,6 +186,21 @@ class BatchMaker:
         self, kind: str, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """(real crop, fake crop, (identity index of each, -1 where unknown))."""
+        real, fake, groups, _ = self.unit_with_mask(kind, rng)
+        return real, fake, groups
+
+    def unit_with_mask(
+        self, kind: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
+        """`unit_with_groups` plus where the fake was manipulated (float HxW in [0, 1]) when that
+        is known (synthetic fakes: their blend mask), else None."""
+        if kind == "synth":
+            return self._synth_unit(rng)
+        return (*self._unit(kind, rng), None)
+
+    def _unit(
+        self, kind: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         if kind == "pair":
             fake, real = self.pairs[int(rng.integers(len(self.pairs)))]
             f, t = self._frame(fake, rng)
@@ -200,20 +224,23 @@ class BatchMaker:
             crops, labels = self.pool.stills
             ri, fi = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
             return crops[int(rng.choice(ri))], crops[int(rng.choice(fi))], (-1, -1)
-        if kind == "synth":
-            from models.synth import make_fake
-
-            assert self.landmarks is not None
-            target, g = self._real_crop(rng)
-            pts = self.landmarks(target)
-            which = self.pool.synth_kinds[int(rng.integers(len(self.pool.synth_kinds)))]
-            donor = None
-            if which == "swap":
-                d, _ = self._real_crop(rng)
-                donor = (d, self.landmarks(d))
-            fake, _ = make_fake(which, target, pts, rng, donor, self.margin)
-            return target, fake, (g, g)
         raise ValueError(f"unknown unit kind {kind!r}")
+
+    def _synth_unit(
+        self, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray]:
+        from models.synth import make_fake
+
+        assert self.landmarks is not None
+        target, g = self._real_crop(rng)
+        pts = self.landmarks(target)
+        which = self.pool.synth_kinds[int(rng.integers(len(self.pool.synth_kinds)))]
+        donor = None
+        if which == "swap":
+            d, _ = self._real_crop(rng)
+            donor = (d, self.landmarks(d))
+        fake, mask = make_fake(which, target, pts, rng, donor, self.margin)
+        return target, fake, (g, g), mask
 
     def batch(self, rng: np.random.Generator, units: int) -> tuple[np.ndarray, np.ndarray]:
         """`units` (real, fake) units: 2 * units crops, each unit's two crops side by side and
@@ -225,14 +252,40 @@ class BatchMaker:
         self, rng: np.random.Generator, units: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`batch` plus each crop's identity index (-1: unknown, e.g. stills)."""
+        x, y, g, _ = self.batch_with_masks(rng, units, 0)
+        return x, y, g
+
+    def batch_with_masks(
+        self, rng: np.random.Generator, units: int, grid: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`batch_with_groups` plus, with `grid` > 0, a manipulation map per crop,
+        (2 * units, grid, grid, 2): [..., 0] the share of each grid cell that was manipulated,
+        [..., 1] its weight (1 where that is known: every real crop is nowhere manipulated, a
+        synthetic fake where its blend mask says; 0 for a fake of unknown extent). The crops and
+        labels are the same with or without maps."""
         xs: list[np.ndarray] = []
         gs: list[int] = []
+        maps: list[np.ndarray] = []
         for kind in rng.choice(self.kinds, size=units, p=self.probs):
-            real, fake, g = self.unit_with_groups(str(kind), rng)
-            xs.extend(degrade([real, fake], rng))
+            real, fake, g, mask = self.unit_with_mask(str(kind), rng)
+            crops, moved = degrade_with_masks(
+                [real, fake], [mask] if mask is not None and grid else [], rng
+            )
+            xs.extend(crops)
             gs.extend(g)
+            if grid:
+                maps.append(np.stack([np.zeros((grid, grid)), np.ones((grid, grid))], -1))
+                if moved:
+                    maps.append(np.stack([cell_shares(moved[0], grid), np.ones((grid, grid))], -1))
+                else:
+                    maps.append(np.zeros((grid, grid, 2)))
         y = np.tile(np.array([0.0, 1.0], np.float32), units)
-        return np.stack(xs), y, np.asarray(gs, np.int32)
+        m = (
+            np.stack(maps).astype(np.float32)
+            if grid
+            else np.zeros((2 * units, 0, 0, 2), np.float32)
+        )
+        return np.stack(xs), y, np.asarray(gs, np.int32), m
 
 
 # -- training loop -------------------------------------------------------------------------------
@@ -323,12 +376,35 @@ def identity_adversary(clf: Any, groups: int, strength: float) -> Any:
     return keras.Model(clf.input, [clf.output, who], name="identity_adversarial")
 
 
+def manipulation_head(clf: Any) -> Any:
+    """A training-only 1x1 convolution on the encoder's last feature map (before its global
+    pooling) that predicts, per cell, how much of it was manipulated: the localisation target
+    of Face X-ray-style training, which makes the features that feed the pooled embedding mark
+    *where* a blend is rather than what the scene looks like."""
+    import keras
+
+    fmap = clf.get_layer("embedding").input
+    return keras.layers.Conv2D(1, 1, activation="sigmoid", name="manipulation_map")(fmap)
+
+
+def map_loss(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy of the manipulation map, weighted per cell by y_true[..., 1] (the
+    share in [..., 0]); per crop, the mean over its weighted cells (0 where none is known)."""
+    from keras import ops
+
+    t, w = y_true[..., 0], y_true[..., 1]
+    p = ops.clip(y_pred[..., 0], 1e-6, 1 - 1e-6)
+    bce = -(t * ops.log(p) + (1 - t) * ops.log(1 - p))
+    return ops.sum(w * bce, axis=(1, 2)) / ops.maximum(ops.sum(w, axis=(1, 2)), 1.0)
+
+
 @dataclass
 class FinetuneResult:
     steps: int
     losses: list[float]
     val_auc: list[tuple[int, float]]
     seconds: float
+    map_losses: list[float] = field(default_factory=list)  # with `mask_loss`, this run's steps
 
 
 def finetune(
@@ -342,6 +418,7 @@ def finetune(
     ema: float = 0.0,
     rank: float = 0.0,
     adversary: float = 0.0,
+    mask_loss: float = 0.0,
     seed: int = 0,
     resume: bool = False,
     val: list[Clip] | None = None,
@@ -355,7 +432,9 @@ def finetune(
     run draws the same batches as an uninterrupted one). With `adversary` L > 0 an identity
     classifier reads the embedding through a gradient reversal of strength L, so the encoder is
     pushed to drop what tells the training people apart (it is not saved: on resume it starts
-    afresh)."""
+    afresh). With `mask_loss` W > 0 a manipulation-map head (`manipulation_head`) is trained
+    beside the classifier with weight W on the maps of `BatchMaker.batch_with_masks`; like the
+    adversary it is training-only and not saved."""
     import keras
     from tqdm import tqdm
 
@@ -378,9 +457,24 @@ def finetune(
     main_loss = unit_loss(rank) if rank > 0 else "binary_crossentropy"
     adv = adversary > 0 and len(maker.groups) >= 2
     model = identity_adversary(clf, len(maker.groups), adversary) if adv else clf
+    grid = 0
+    if mask_loss > 0:
+        head = manipulation_head(clf)
+        grid = int(head.shape[1])
+        outputs = [*model.outputs, head] if adv else [clf.output, head]
+        model = keras.Model(clf.input, outputs, name="with_manipulation_map")
+    losses_of: list[Any] = [main_loss]
+    weights_of = [1.0]
+    if adv:
+        losses_of.append("sparse_categorical_crossentropy")
+        weights_of.append(1.0)
+    if grid:
+        losses_of.append(map_loss)
+        weights_of.append(float(mask_loss))
     model.compile(
         optimizer=opt,
-        loss=[main_loss, "sparse_categorical_crossentropy"] if adv else main_loss,
+        loss=losses_of if len(losses_of) > 1 else main_loss,
+        loss_weights=weights_of if len(losses_of) > 1 else None,
     )
     if adversary > 0 and not adv:
         say("--adversary: fewer than two identity groups among the training clips; off")
@@ -416,19 +510,28 @@ def finetune(
         initial=start,
         total=steps,
     )
-    run_loss = run_id = None
+    run_loss = run_id = run_map = None
+    map_losses: list[float] = []
     for step in bar:
-        x, y, g = maker.batch_with_groups(np.random.default_rng([seed, step]), units)
-        if adv:
-            out = np.asarray(
-                model.train_on_batch(
-                    x,
-                    [y, np.maximum(g, 0)],
-                    sample_weight=[np.ones_like(y), (g >= 0).astype(np.float32)],
-                )
-            ).reshape(-1)
-            loss, id_loss = float(out[1]), float(out[2])
-            run_id = id_loss if run_id is None else 0.95 * run_id + 0.05 * id_loss
+        x, y, g, maps = maker.batch_with_masks(np.random.default_rng([seed, step]), units, grid)
+        if adv or grid:
+            targets: list[Any] = [y]
+            sw: list[Any] = [np.ones_like(y)]
+            if adv:
+                targets.append(np.maximum(g, 0))
+                sw.append((g >= 0).astype(np.float32))
+            if grid:
+                targets.append(maps)
+                sw.append(np.ones_like(y))
+            out = np.asarray(model.train_on_batch(x, targets, sample_weight=sw)).reshape(-1)
+            loss = float(out[1])
+            if adv:
+                id_loss = float(out[2])
+                run_id = id_loss if run_id is None else 0.95 * run_id + 0.05 * id_loss
+            if grid:
+                m_loss = float(out[-1])
+                map_losses.append(m_loss)
+                run_map = m_loss if run_map is None else 0.95 * run_map + 0.05 * m_loss
         else:
             loss = float(np.asarray(model.train_on_batch(x, y)).reshape(-1)[0])
         losses.append(loss)
@@ -436,6 +539,8 @@ def finetune(
         post = {"loss": f"{run_loss:.3f}"}
         if run_id is not None:
             post["identity"] = f"{run_id:.2f}"
+        if run_map is not None:
+            post["map"] = f"{run_map:.3f}"
         bar.set_postfix(post)
         done = step + 1
         if ema > 0 and done == steps:
@@ -445,4 +550,4 @@ def finetune(
         if eval_every and (done % eval_every == 0 or done == steps):
             evaluate(done)
             save(done)
-    return FinetuneResult(steps, losses, val_auc, time.monotonic() - t0)
+    return FinetuneResult(steps, losses, val_auc, time.monotonic() - t0, map_losses)

@@ -165,6 +165,13 @@ def parser() -> argparse.ArgumentParser:
         "encoder to forget who is in the training clips (e.g. 0.1; 0 = off)",
     )
     p.add_argument(
+        "--mask-loss",
+        type=float,
+        default=0.0,
+        help="weight of a manipulation-map loss: a training-only head marks where each synthetic "
+        "fake was blended (Face X-ray style localisation; e.g. 1.0; 0 = off)",
+    )
+    p.add_argument(
         "--pairs",
         type=Path,
         nargs="*",
@@ -251,6 +258,7 @@ class TrainConfig:
     ema: float
     rank: float
     adversary: float
+    mask_loss: float
     pairs: list[Path]
     pair_val_fraction: float
     synth: str

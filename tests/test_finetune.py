@@ -598,3 +598,101 @@ def test_lofo_at_once_trains_once_without_every_family_and_scores_each(tmp_path:
     from models.evaluation import lofo_lines
 
     assert "left out at once" in lofo_lines(lofo)[0]
+
+
+def test_degrade_moves_a_mask_with_its_crop() -> None:
+    """`degrade_with_masks` draws what `degrade` draws, and flips and shifts each mask exactly
+    as it flips and shifts the crops, so a mask still covers the pixels it marked."""
+    from models.augment import degrade, degrade_with_masks
+
+    crop = np.zeros((64, 64, 3), np.uint8)
+    crop[8:30, 4:24] = 255  # a bright patch off-centre
+    mask = (crop[..., 0] > 0).astype(np.float32)
+    flipped = 0
+    for seed in range(30):
+        (a,) = degrade([crop], np.random.default_rng(seed))
+        (b,), (m,) = degrade_with_masks([crop], [mask], np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
+        bright = b.astype(float).mean(-1)
+        bright = bright > (bright.max() + bright.min()) / 2
+        inside = m > 0.5
+        assert (bright & inside).sum() / max(1, (bright | inside).sum()) > 0.7  # IoU
+        flipped += int(m[:, 32:].sum() > m[:, :32].sum())
+    assert 3 < flipped < 27  # about half the draws mirror the crop, and its mask with it
+
+
+def test_synthetic_units_carry_their_blend_mask_and_reals_are_nowhere_manipulated(
+    face: np.ndarray, landmarks: object
+) -> None:
+    from models.finetune import cell_shares
+
+    real = Clip("r", 0, None, np.stack([face] * 3), np.arange(3) * 0.2)
+    fake = Clip("f", 1, "faceswap", np.stack([face[:, ::-1]] * 3), np.arange(3) * 0.2)
+    maker = BatchMaker(
+        Pool([real, fake], weights={"synth": 1.0, "clip": 1.0}),
+        landmarks,  # type: ignore[arg-type]
+        0.25,
+    )
+    rng = np.random.default_rng(7)
+    x, y, _, maps = maker.batch_with_masks(rng, 12, 5)
+    assert maps.shape == (24, 5, 5, 2)
+    # The same crops as a batch drawn without maps.
+    x2, y2 = maker.batch(np.random.default_rng(7), 12)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    reals, fakes = maps[0::2], maps[1::2]
+    assert (reals[..., 0] == 0).all() and (reals[..., 1] == 1).all()
+    known = fakes[..., 1].reshape(12, -1).max(axis=1) == 1
+    assert 0 < known.sum() < 12  # synthetic fakes known, the clip unit's fakes not
+    assert (fakes[~known] == 0).all()
+    for m in fakes[known]:
+        t = m[..., 0]
+        corners = np.mean([t[0, 0], t[0, -1], t[-1, 0], t[-1, -1]])
+        assert t.max() > 0.3 and t[2, 2] > corners and corners < 0.25  # the face, not a corner
+    # cell_shares is an area mean: a half-covered crop gives half in the cells it cuts.
+    half = np.zeros((160, 160), np.float32)
+    half[:, :80] = 1
+    np.testing.assert_allclose(cell_shares(half, 4), [[1, 1, 0, 0]] * 4, atol=1e-6)
+
+
+@pytest.mark.tensorflow
+def test_manipulation_map_finetune_learns_where_and_is_training_only(tmp_path: Path) -> None:
+    from models.cnn_gru import build_encoder
+    from models.config import ModelConfig
+    from models.finetune import clip_scores, finetune, frame_classifier
+    from stream_server.core.evaluate import auc
+
+    size = 32
+    clips = _texture_clips(12, size, np.random.default_rng(0))
+    patch = np.zeros((size, size), np.float32)
+    q = size // 4
+    patch[q:-q, q:-q] = 1.0  # where `_texture_clips` pasted its fakes' patch
+
+    class Known(BatchMaker):  # fakes whose manipulated region is known, as synthetic ones are
+        def unit_with_mask(self, kind, rng):  # type: ignore[no-untyped-def, override]
+            real, fake, groups = self._unit(kind, rng)
+            return real, fake, groups, patch
+
+    maker = Known(Pool(clips, weights={"clip": 1.0}), None, 0.25)
+    cfg = ModelConfig(backbone="tiny_cnn", input_size=size, weights=None)
+    clf = frame_classifier(build_encoder(cfg))
+    kw = {"units": 8, "lr": 3e-3, "mask_loss": 1.0, "seed": 1, "eval_every": 0}
+    first = finetune(clf, maker, 100, tmp_path / "ck", say=lambda m: None, **kw)  # type: ignore[arg-type]
+    assert len(first.map_losses) == 100
+    assert np.mean(first.map_losses[-10:]) < 0.7 * np.mean(first.map_losses[:10])
+    assert np.mean(first.losses[-10:]) < 0.8 * np.mean(first.losses[:10])
+    y = np.array([c.label for c in clips])
+    assert auc(y, clip_scores(clf, clips)) >= 0.8
+    # What is saved is the frame classifier alone: the map head is training-only.
+    assert [layer.name for layer in clf.layers if layer.name == "manipulation_map"] == []
+    msgs: list[str] = []
+    again = finetune(
+        frame_classifier(build_encoder(cfg)),
+        maker,
+        120,
+        tmp_path / "ck",
+        resume=True,
+        say=msgs.append,
+        **kw,  # type: ignore[arg-type]
+    )
+    assert "resumed encoder fine-tuning at step 100/120" in msgs and len(again.losses) == 120
