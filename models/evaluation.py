@@ -302,6 +302,16 @@ def _finetune_lines(ft: dict[str, Any]) -> list[str]:
         f"{', '.join(f.get('synthetic_kinds', [])) or 'none'}.",
         *(
             [
+                f"- Manipulation map (weight {f['mask_loss']:g}): a training-only 1x1 "
+                "convolution on the encoder's last feature map learned where each synthetic fake "
+                "was blended (its hull mask per cell; every real crop: nowhere), so the features "
+                "the classifier pools mark the blend rather than the scene. It is not exported."
+            ]
+            if f.get("mask_loss")
+            else []
+        ),
+        *(
+            [
                 f"- Still pairs: {sp.get('train_pairs')} real/fake pairs from "
                 f"{', '.join(sp.get('folders', []))} trained on, {sp.get('held_out_pairs')} held out "
                 f"({sp.get('dropped_shared_people')} dropped as sharing DFDC originals with clips or "

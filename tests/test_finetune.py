@@ -336,6 +336,24 @@ def test_train_cli_end_to_end_fine_tune(tmp_path: Path, dfdc_folder: Path) -> No
     ).is_file()
     training = json.loads((tmp_path / "m" / "training.json").read_text())
     assert training["encoder_finetune"]["fine_tune"]["steps"] == 10
+    # --mask-loss trains the manipulation map beside the classifier, and the card says so.
+    rm = train(
+        "--encoder-steps",
+        "3",
+        "--encoder-only",
+        "--mask-loss",
+        "1",
+        "--out",
+        str(tmp_path / "mask"),
+    )
+    assert rm.returncode == 0, rm.stderr[-3000:]
+    assert "map=" in rm.stderr  # its loss on the progress bar
+    ft = json.loads((tmp_path / "mask" / "frame_eval.json").read_text())["fine_tune"]
+    assert ft["mask_loss"] == 1.0 and ev["fine_tune"]["mask_loss"] == 0.0
+    from models.evaluation import _finetune_lines
+
+    assert any("Manipulation map (weight 1)" in line for line in _finetune_lines({"fine_tune": ft}))
+    assert not any("Manipulation map" in line for line in _finetune_lines(ev))
 
 
 def test_eer_threshold_sits_between_the_classes() -> None:
