@@ -13,7 +13,15 @@ import numpy as np
 from export.convert import ExportError
 from stream_server.core.runtime import session
 
-__all__ = ["Drift", "DriftError", "check_drift", "measure_drift", "quantize_encoder", "session"]
+__all__ = [
+    "STEM_CONVS",
+    "Drift",
+    "DriftError",
+    "check_drift",
+    "measure_drift",
+    "quantize_encoder",
+    "session",
+]
 
 # Refuse an INT8 encoder that moves embeddings or probabilities more than this.
 MIN_COSINE = 0.98
@@ -28,9 +36,12 @@ class Drift:
     calibration_crops: int
     evaluation_crops: int
     bounds: dict[str, float]
+    float_nodes: tuple[str, ...] = ()  # nodes left in fp32 (the stem, when full INT8 drifted)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["float_nodes"] = list(self.float_nodes)
+        return d
 
 
 class _Reader:
@@ -43,9 +54,21 @@ class _Reader:
         return next(self._it, None)
 
 
+# With `float_stem`, this many of the first convolutions stay fp32 (EfficientNet-Lite: the stem
+# and block 0's depthwise convolution, which see the raw pixel range).
+STEM_CONVS = 2
+
+
 def quantize_encoder(
-    fp32_path: Path, out_path: Path, input_name: str, calibration: np.ndarray
-) -> Path:
+    fp32_path: Path,
+    out_path: Path,
+    input_name: str,
+    calibration: np.ndarray,
+    float_stem: bool = False,
+) -> tuple[str, ...]:
+    """Write the static INT8 encoder to `out_path`; returns the names of the nodes left fp32
+    (with `float_stem`, the first `STEM_CONVS` convolutions in graph order; else none)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -57,6 +80,10 @@ def quantize_encoder(
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        keep: tuple[str, ...] = ()
+        if float_stem:
+            convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+            keep = tuple(convs[:STEM_CONVS])
         quantize_static(
             str(pre),
             str(out_path),
@@ -66,8 +93,9 @@ def quantize_encoder(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(keep),
         )
-    return out_path
+    return keep
 
 
 def measure_drift(
@@ -78,6 +106,7 @@ def measure_drift(
     crops: np.ndarray,
     window: int,
     calibration_count: int,
+    float_nodes: tuple[str, ...] = (),
 ) -> Drift:
     a = fp32.run([names["encoder_out"]], {names["encoder_in"]: crops})[0]
     b = int8.run([names["encoder_out"]], {names["encoder_in"]: crops})[0]
@@ -94,6 +123,7 @@ def measure_drift(
         calibration_crops=calibration_count,
         evaluation_crops=len(crops),
         bounds={"min_cosine": MIN_COSINE, "max_prob_change": MAX_PROB_CHANGE},
+        float_nodes=tuple(float_nodes),
     )
 
 

@@ -20,6 +20,16 @@ def crops(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
 
 
+def _float_convs(path: Path) -> list[str]:
+    """Convolutions of an ONNX graph whose weight is an initializer, not a DequantizeLinear
+    output (i.e. left fp32 by the quantizer), in graph order."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name for i in g.initializer}
+    return [n.name for n in g.node if n.op_type == "Conv" and n.input[1] in inits]
+
+
 def test_quantized_encoder_is_qdq_and_its_drift_is_measured(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
@@ -27,11 +37,18 @@ def test_quantized_encoder_is_qdq_and_its_drift_is_measured(
 
     from export.quantize import check_drift, measure_drift, quantize_encoder, session
 
-    out = quantize_encoder(
-        tiny_bundle / "encoder.onnx", tmp_path / "int8.onnx", ONNX_NAMES["encoder_in"], crops(24)
-    )
+    out = tmp_path / "int8.onnx"
+    kept = quantize_encoder(tiny_bundle / "encoder.onnx", out, ONNX_NAMES["encoder_in"], crops(24))
+    assert kept == ()
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    assert _float_convs(out) == []  # every convolution reads dequantized INT8 weights
+    # With the stem kept fp32, its first two convolutions read their fp32 weights directly.
+    stem = tmp_path / "stem.onnx"
+    kept = quantize_encoder(
+        tiny_bundle / "encoder.onnx", stem, ONNX_NAMES["encoder_in"], crops(24), float_stem=True
+    )
+    assert len(kept) == 2 and _float_convs(stem) == list(kept)
     fp32, int8 = session(tiny_bundle / "encoder.onnx"), session(out)
     head = session(tiny_bundle / "head.onnx")
     window = load_bundle(tiny_bundle).window
@@ -103,7 +120,7 @@ def test_parity_passes_the_real_conversion_and_catches_a_broken_one(
 
 
 @pytest.mark.tensorflow
-@pytest.mark.parametrize("bounds", ["relaxed", "impossible"])
+@pytest.mark.parametrize("bounds", ["relaxed", "impossible", "stem"])
 def test_export_cli_quantize_int8(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounds: str
 ) -> None:
@@ -114,11 +131,20 @@ def test_export_cli_quantize_int8(
     from export.cli import main
     from export.validate import validate_bundle
 
-    if bounds == "relaxed":
+    if bounds in ("relaxed", "stem"):
         monkeypatch.setattr(q, "MIN_COSINE", -1.0)
         monkeypatch.setattr(q, "MAX_PROB_CHANGE", 1.0)
     else:
         monkeypatch.setattr(q, "MIN_COSINE", 1.5)
+    if bounds == "stem":  # fault injection: the fully quantized encoder drifts too far
+        import export.bundle_export as be
+
+        def refuse_full_int8(d: q.Drift) -> None:
+            if not d.float_nodes:
+                raise q.DriftError("INT8 encoder drifts too far (injected)")
+            q.check_drift(d)
+
+        monkeypatch.setattr(be, "check_drift", refuse_full_int8)
     out = tmp_path / "int8"
     rc = main(["build", str(tiny_model_dir), "--out", str(out), "--quantize", "int8"])
     if bounds == "impossible":
@@ -132,6 +158,9 @@ def test_export_cli_quantize_int8(
     assert enc["alternatives"] == {"fp32": "encoder.onnx"}
     assert enc["quantization"]["bounds"] == {"min_cosine": -1.0, "max_prob_change": 1.0}
     assert enc["quantization"]["calibration_crops"] > 0
+    # Full INT8 first; only when it drifts is the stem kept fp32 (and the manifest says so).
+    assert len(enc["quantization"]["float_nodes"]) == (2 if bounds == "stem" else 0)
+    assert _float_convs(out / "encoder_int8.onnx") == enc["quantization"]["float_nodes"]
     assert load_bundle(out).encoder.precision == "int8"
     assert load_bundle(out, precision="fp32").encoder.file == "encoder.onnx"
     assert validate_bundle(out, "int8")
