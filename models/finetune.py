@@ -266,6 +266,9 @@ class BatchMaker:
         xs: list[np.ndarray] = []
         gs: list[int] = []
         maps: list[np.ndarray] = []
+        ones = np.ones((grid, grid), np.float32)
+        nowhere = np.stack([np.zeros_like(ones), ones], -1)  # a real crop: known, untouched
+        unknown = np.zeros((grid, grid, 2), np.float32)  # a fake of unknown extent: no weight
         for kind in rng.choice(self.kinds, size=units, p=self.probs):
             real, fake, g, mask = self.unit_with_mask(str(kind), rng)
             crops, moved = degrade_with_masks(
@@ -274,11 +277,8 @@ class BatchMaker:
             xs.extend(crops)
             gs.extend(g)
             if grid:
-                maps.append(np.stack([np.zeros((grid, grid)), np.ones((grid, grid))], -1))
-                if moved:
-                    maps.append(np.stack([cell_shares(moved[0], grid), np.ones((grid, grid))], -1))
-                else:
-                    maps.append(np.zeros((grid, grid, 2)))
+                maps.append(nowhere)
+                maps.append(np.stack([cell_shares(moved[0], grid), ones], -1) if moved else unknown)
         y = np.tile(np.array([0.0, 1.0], np.float32), units)
         m = (
             np.stack(maps).astype(np.float32)

@@ -475,6 +475,28 @@ def test_batches_carry_each_crops_identity_group() -> None:
     np.testing.assert_array_equal(x, x2)
 
 
+def _resumes_where_it_stopped(
+    maker: BatchMaker, cfg: object, ckpt: Path, kw: dict[str, object], done: int, steps: int
+) -> None:
+    """A fresh frame classifier resumed from `ckpt` (saved at step `done`) trains on to
+    `steps` with the same options `kw`."""
+    from models.cnn_gru import build_encoder
+    from models.finetune import finetune, frame_classifier
+
+    msgs: list[str] = []
+    again = finetune(
+        frame_classifier(build_encoder(cfg)),  # type: ignore[arg-type]
+        maker,
+        steps,
+        ckpt,
+        resume=True,
+        say=msgs.append,
+        **kw,  # type: ignore[arg-type]
+    )
+    assert f"resumed encoder fine-tuning at step {done}/{steps}" in msgs
+    assert len(again.losses) == steps
+
+
 @pytest.mark.tensorflow
 def test_identity_adversarial_finetune_still_learns_and_resumes(tmp_path: Path) -> None:
     from models.cnn_gru import build_encoder
@@ -495,17 +517,7 @@ def test_identity_adversarial_finetune_still_learns_and_resumes(tmp_path: Path) 
     assert auc(y, clip_scores(clf, clips)) >= 0.8
     # The saved model is the frame classifier alone (the identity head is training-only).
     assert [layer.name for layer in clf.layers if layer.name.startswith("identity")] == []
-    msgs: list[str] = []
-    again = finetune(
-        frame_classifier(build_encoder(cfg)),
-        maker,
-        80,
-        tmp_path / "ck",
-        resume=True,
-        say=msgs.append,
-        **kw,  # type: ignore[arg-type]
-    )
-    assert "resumed encoder fine-tuning at step 60/80" in msgs and len(again.losses) == 80
+    _resumes_where_it_stopped(maker, cfg, tmp_path / "ck", kw, 60, 80)
 
 
 @pytest.mark.tensorflow
@@ -703,14 +715,4 @@ def test_manipulation_map_finetune_learns_where_and_is_training_only(tmp_path: P
     assert auc(y, clip_scores(clf, clips)) >= 0.8
     # What is saved is the frame classifier alone: the map head is training-only.
     assert [layer.name for layer in clf.layers if layer.name == "manipulation_map"] == []
-    msgs: list[str] = []
-    again = finetune(
-        frame_classifier(build_encoder(cfg)),
-        maker,
-        120,
-        tmp_path / "ck",
-        resume=True,
-        say=msgs.append,
-        **kw,  # type: ignore[arg-type]
-    )
-    assert "resumed encoder fine-tuning at step 100/120" in msgs and len(again.losses) == 120
+    _resumes_where_it_stopped(maker, cfg, tmp_path / "ck", kw, 100, 120)
