@@ -55,6 +55,49 @@ def tflite_to_onnx(tflite_path: Path, path: Path) -> Path:
     import tf2onnx
 
     proto, _ = tf2onnx.convert.from_tflite(str(tflite_path), opset=OPSET)
+    canonical_names(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
+
+
+def canonical_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename `model`'s internal tensors, nodes and initializers by their order in the graph, in
+    place, so converting the same file twice writes the same bytes (tf2onnx numbers the names it
+    makes from a process-wide counter, so each export of the unchanged face detector differed).
+    The graph's inputs and outputs keep their names (the manifest refers to them); a graph with
+    subgraphs (If, Loop) is left as it is."""
+    g = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
+        return model
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    names: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = f"t{len(names)}"
+        return names[name]
+
+    for k, node in enumerate(g.node):
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+        node.name = f"{node.op_type}_{k}"
+    for init in g.initializer:
+        init.name = rename(init.name)
+    for info in g.value_info:
+        info.name = rename(info.name)
+    order = {v: i for i, v in enumerate(names.values())}
+    for field in (g.initializer, g.value_info):
+        items = [type(m)() for m in field]
+        for copy, m in zip(items, field, strict=True):
+            copy.CopyFrom(m)
+        items.sort(key=lambda m: order.get(m.name, -1))
+        del field[:]
+        field.extend(items)
+    return model

@@ -103,6 +103,34 @@ def test_cli_build_and_validate(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "not empty" in r.stderr
 
 
+@pytest.mark.tensorflow
+def test_face_detector_converts_to_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """Retraining re-exports the unchanged BlazeFace graphs into the bundle; they must come out
+    byte for byte the same (tf2onnx's names count up across conversions in one process, which made
+    2 MB of new detector files per committed retrain), and the renaming must not change them."""
+    import onnx
+    import onnxruntime as ort
+    import tf2onnx
+
+    from export.convert import OPSET, tflite_to_onnx
+    from export.detector import VARIANTS, tflite_dir
+
+    src = tflite_dir() / VARIANTS["full_range"]["tflite"]
+    first = tflite_to_onnx(src, tmp_path / "a.onnx").read_bytes()
+    tflite_to_onnx(tflite_dir() / VARIANTS["short_range"]["tflite"], tmp_path / "s.onnx")
+    assert tflite_to_onnx(src, tmp_path / "b.onnx").read_bytes() == first
+
+    raw, _ = tf2onnx.convert.from_tflite(str(src), opset=OPSET)
+    onnx.save(raw, str(tmp_path / "raw.onnx"))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 192, 192, 3)).astype(np.float32)
+    ours, theirs = (ort.InferenceSession(str(tmp_path / f)) for f in ("a.onnx", "raw.onnx"))
+    assert [o.name for o in ours.get_outputs()] == [o.name for o in theirs.get_outputs()]
+    assert ours.get_inputs()[0].name == theirs.get_inputs()[0].name
+    got = ours.run(None, {ours.get_inputs()[0].name: x})
+    want = theirs.run(None, {theirs.get_inputs()[0].name: x})
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
 def test_build_rejects_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
     r = run_cli("build", str(tmp_path), "--out", str(tmp_path / "b"))
     assert r.returncode == 1
