@@ -4,7 +4,7 @@
 #   scripts/train_default.sh [OUT=runs/default]     (after scripts/test.sh or setup_env.sh full set up .venv)
 # Two stages (docs/training.md): the encoder first learns from synthetic fakes of the real
 # training crops only (no real deepfake of any generator), then from the whole unit mix,
-# starting where the first stage left off. On the 2-core CPU build machine: about 4 minutes for
+# starting where the first stage left off. On the 2-core CPU build machine: about 14 minutes for
 # stage 1, 5 for stage 2 with the head, export and evaluation, and 21 for the five
 # leave-one-out runs (which reuse stage 1: it has seen no family).
 set -euo pipefail
@@ -18,11 +18,12 @@ common=(--data "$data/dev" "$data/dev_extra" "$data/reenact" --images "$data/fac
         --cache "$out/cache" --input-size 160)
 # Stage 1: synthetic fakes only (self-blend, graphics swap, landmark warp, re-render), with
 # every generator family left out, so no real deepfake reaches it and its frame_eval.json is a
-# zero-shot measurement of all five families.
+# zero-shot measurement of all five families. It also learns the manipulation map (where each
+# synthetic fake was blended: --mask-loss), 2,000 batches (0.7.0; docs/training.md).
 no_family=(); for f in deepfacelive dfdc faceswap talking_head reenactment; do no_family+=(--exclude-family "$f"); done
 if [ ! -f "$out/synth/frame_eval.json" ]; then  # done already: keep it (delete it to redo)
   "$py" -m models "${common[@]}" --out "$out/synth" --encoder-only \
-    --encoder-steps "${SYNTH_STEPS:-500}" --unit-weights synth=1 "${no_family[@]}"
+    --encoder-steps "${SYNTH_STEPS:-2000}" --unit-weights synth=1 "${no_family[@]}" --mask-loss 1.0
 fi
 stage1="$out/synth/checkpoints/finetune.weights.h5"
 # Stage 2: the full unit mix from stage 1's weights at half the learning rate; the bundle's head
@@ -30,6 +31,6 @@ stage1="$out/synth/checkpoints/finetune.weights.h5"
 # trained on windows of these embeddings: docs/training.md).
 stage2=(--encoder-steps "${STEPS:-600}" --lr 1e-4 --init-from "$stage1")
 "$py" -m models "${common[@]}" --out "$out/model" --bundle models/default_bundle \
-  "${stage2[@]}" --head frame-mean --name deepfake-cnn-gru --version 0.6.0
+  "${stage2[@]}" --head frame-mean --name deepfake-cnn-gru --version 0.7.0
 "$py" -m models.lofo --out "$out/lofo" --bundle models/default_bundle -- "${common[@]}" \
   "${stage2[@]}"
