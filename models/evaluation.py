@@ -45,7 +45,7 @@ def evaluate_bundle(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     with Scanner(bundle_dir, providers="cpu") as scanner:
         for v in tqdm(videos, desc="held-out scan", unit="video", file=sys.stderr):
             try:
@@ -71,8 +71,8 @@ def evaluate_bundle(
     if choose_threshold and scored:
         # The verdict threshold is chosen here, on held-out *video* scores (the equal-error point).
         threshold = round(eer_threshold(ys, ps), 4)
-        for r in scored:  # verdicts at the chosen threshold, as the server will give them
-            r["verdict"] = "fake" if r["p_fake"] >= threshold else "real"
+        for row in scored:  # verdicts at the chosen threshold, as the server will give them
+            row["verdict"] = "fake" if row["p_fake"] >= threshold else "real"
     metrics = compute(ys, ps, threshold)
     result = {
         "metrics": metrics.to_dict(),

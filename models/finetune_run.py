@@ -51,7 +51,10 @@ def still_pairs(
         [v.name for v in videos]
         + [str(i.path) for f in config.images for i in read_image_folder(f)]
     )
-    tr_r, tr_f, va_r, va_f = [], [], [], []
+    tr_r: list[Any] = []
+    tr_f: list[Any] = []
+    va_r: list[Any] = []
+    va_f: list[Any] = []
     info: dict[str, Any] = {"folders": [str(p) for p in config.pairs]}
     dropped = faceless = 0
     for folder in config.pairs:
@@ -164,7 +167,7 @@ def end_to_end(
         ev["init_from"] = init_record(config.init_from)
     scored = val_clips + [clip(v) for v in excluded if len(crops[v.name].crops)]
     p = clip_scores(clf, scored)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "video": c.name,
             "label": c.label,

@@ -98,7 +98,7 @@ def transformed_source(face: np.ndarray, p: BlendParams) -> np.ndarray:
         resample=Image.Resampling.BILINEAR,
     )
     arr = np.asarray(img, dtype=np.float32) * np.asarray(p.gain, np.float32) + p.bias
-    return np.clip(arr, 0, 255)
+    return np.asarray(np.clip(arr, 0, 255))
 
 
 def self_blend(face: np.ndarray, p: BlendParams) -> tuple[np.ndarray, np.ndarray]:

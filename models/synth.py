@@ -214,7 +214,7 @@ def resample(img: np.ndarray, src_y: np.ndarray, src_x: np.ndarray) -> np.ndarra
         ],
         -1,
     )
-    return np.clip(out, 0, 255)
+    return np.asarray(np.clip(out, 0, 255))
 
 
 def rerender(
@@ -233,10 +233,10 @@ def rerender(
         )
     elif r < 0.7:
         pil = pil.filter(ImageFilter.MedianFilter(3))
-    out = np.asarray(pil, np.float32)
+    out: np.ndarray = np.asarray(pil, np.float32)
     if rng.random() < 0.5:
         out = out * rng.uniform(0.95, 1.05, 3) + rng.uniform(-6, 6)
-    return np.clip(out, 0, 255)
+    return np.asarray(np.clip(out, 0, 255))
 
 
 def motion_field(img: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The code style gates run with the suite: ruff (lint + format) everywhere, mypy strict on the
-serving and export packages."""
+serving and export packages, mypy's defaults on the training package (`models`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,6 @@ def test_ruff_lint_and_format() -> None:
     assert r.returncode == 0, r.stdout[-3000:]
 
 
-def test_mypy_strict_on_serving_and_export() -> None:
-    r = _run(sys.executable, "-m", "mypy", "stream_server", "export")
+def test_mypy_strict_on_serving_and_export_and_default_on_training() -> None:
+    r = _run(sys.executable, "-m", "mypy", "stream_server", "export", "models")
     assert r.returncode == 0, r.stdout[-3000:]
