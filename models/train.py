@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head",
         choices=["gru", "frame-mean"],
+        type=lambda s: s.replace("_", "-"),  # frame_mean, as the manifest spells it, works too
         default="gru",
         help="gru: a masked GRU trained on windows of embeddings; frame-mean: the fine-tuned "
         "frame classifier averaged over the window (needs --encoder-steps)",

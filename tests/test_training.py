@@ -293,3 +293,19 @@ def test_train_config_has_one_typed_field_per_flag() -> None:
     config = TrainConfig.from_args(parser().parse_args(["--data", "d", "--out", "o"]))
     assert config.data == [Path("d")] and config.out == Path("o") and config.bundle is None
     assert "data" not in config.settings() and config.settings()["window"] == config.window
+
+
+def test_head_flag_takes_the_manifest_spelling_too_and_refuses_unknown_heads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The manifest says head.kind "frame_mean"; `--head frame_mean` trains the same head as
+    `--head frame-mean`, and a head that does not exist is refused with the choices listed."""
+    from models.train import parser
+
+    for spelling in ("frame-mean", "frame_mean"):
+        assert parser().parse_args(["--data", "d", "--out", "o", "--head", spelling]).head == (
+            "frame-mean"
+        )
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--data", "d", "--out", "o", "--head", "lstm"])
+    assert "'gru', 'frame-mean'" in capsys.readouterr().err
