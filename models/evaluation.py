@@ -13,21 +13,53 @@ import numpy as np
 from models.dfdc import Video
 from models.finetune import family_of
 from stream_server.core.bundle import load_bundle, read_manifest, write_manifest
-from stream_server.core.evaluate import auc, compute, eer_threshold, plot_roc
+from stream_server.core.evaluate import auc, auc_interval, compute, eer_threshold, plot_roc
 from stream_server.core.scan import ScanError, Scanner
 
+AUC_95_HOW = (
+    "95 % percentile bootstrap of the AUC, 2,000 resamples of whole identity groups (a person's "
+    "videos, a fake with its own real) with replacement"
+)
 
-def by_group(rows: list[dict[str, Any]], key: str, threshold: float) -> dict[str, Any]:
-    """Per family (or generator): its fakes against every scored real: AUC, mean p_fake, the
-    share flagged at `threshold`; and the reals' own row."""
-    reals = [r["p_fake"] for r in rows if r["label"] == 0]
+
+def split_groups(out: Path) -> dict[str, str] | None:
+    """file name -> identity group, from the training run's split.json (None without one)."""
+    try:
+        groups = json.loads((out / "split.json").read_text()).get("groups")
+    except (OSError, ValueError):
+        return None
+    return groups if isinstance(groups, dict) else None
+
+
+def interval(rows: list[dict[str, Any]], groups: dict[str, str] | None) -> list[float] | None:
+    """The 95 % bootstrap interval of the AUC of `rows` (`label`, `p_fake`, `video`), resampling
+    whole identity groups when `groups` (file name -> group, from split.json) names them all."""
+    if not rows or len({r["label"] for r in rows}) < 2:
+        return None
+    clusters = None
+    if groups and all(r["video"] in groups for r in rows):
+        clusters = [groups[r["video"]] for r in rows]
+    lo, hi = auc_interval([r["label"] for r in rows], [r["p_fake"] for r in rows], clusters)
+    return [round(lo, 4), round(hi, 4)]
+
+
+def by_group(
+    rows: list[dict[str, Any]], key: str, threshold: float, groups: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Per family (or generator): its fakes against every scored real: AUC (with its 95 %
+    interval, see `interval`), mean p_fake, the share flagged at `threshold`; and the reals' own
+    row."""
+    real_rows = [r for r in rows if r["label"] == 0]
+    reals = [r["p_fake"] for r in real_rows]
     out: dict[str, Any] = {}
     for g in sorted({str(r[key]) for r in rows if r["label"] == 1}):
-        fk = [r["p_fake"] for r in rows if r["label"] == 1 and str(r[key]) == g]
+        fake_rows = [r for r in rows if r["label"] == 1 and str(r[key]) == g]
+        fk = [r["p_fake"] for r in fake_rows]
         y = np.r_[np.zeros(len(reals)), np.ones(len(fk))]
         out[g] = {
             "fakes": len(fk),
             "auc_vs_reals": float(auc(y, np.r_[reals, fk])) if reals else None,
+            "auc_95": interval(real_rows + fake_rows, groups),
             "mean_p_fake": float(np.mean(fk)),
             "flagged": float(np.mean(np.asarray(fk) >= threshold)),
         }
@@ -74,10 +106,11 @@ def evaluate_bundle(
         for row in scored:  # verdicts at the chosen threshold, as the server will give them
             row["verdict"] = "fake" if row["p_fake"] >= threshold else "real"
     metrics = compute(ys, ps, threshold)
-    result = {
-        "metrics": metrics.to_dict(),
-        "by_family": by_group(scored, "family", threshold),
-        "by_generator": by_group(scored, "generator", threshold),
+    groups = split_groups(out)
+    result: dict[str, Any] = {
+        "metrics": {**metrics.to_dict(), "auc_95": interval(scored, groups)},
+        "by_family": by_group(scored, "family", threshold, groups),
+        "by_generator": by_group(scored, "generator", threshold, groups),
         "videos": rows,
         "unscored": [r["video"] for r in rows if r.get("p_fake") is None],
     }
@@ -93,7 +126,8 @@ def evaluate_bundle(
     training["evaluation"] = {
         "held_out_videos": len(rows),
         "scored": len(scored),
-        **metrics.to_dict(),
+        **result["metrics"],
+        "auc_95_how": AUC_95_HOW,
         "how": "deepfake-scan path on whole held-out videos; video p_fake = mean over frames",
         "threshold_from": "equal-error point of the held-out videos"
         if choose_threshold
@@ -105,6 +139,36 @@ def evaluate_bundle(
     write_manifest(bundle_dir, manifest.with_(training=training, threshold=threshold))
     load_bundle(bundle_dir)
     return result
+
+
+def refresh_intervals(bundle_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """Recompute the AUC intervals of a bundle's held-out evaluation from the training run that
+    made it (RUN/evaluation.json and RUN/split.json), store them in the manifest and rewrite the
+    model card; for bundles evaluated before the intervals existed. Refuses a run whose held-out
+    videos or AUC are not the bundle's."""
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    manifest = read_manifest(bundle_dir)
+    training = dict(manifest.training or {})
+    ev = dict(training.get("evaluation") or {})
+    scored = [r for r in result["videos"] if r.get("p_fake") is not None]
+    if (
+        sorted(r["video"] for r in result["videos"]) != ev.get("held_out_files")
+        or abs(result["metrics"]["auc"] - ev.get("auc", -1.0)) > 1e-6
+    ):
+        raise ValueError(f"{run_dir} holds another evaluation than the one of {bundle_dir}")
+    groups = split_groups(run_dir)
+    ev["auc_95"], ev["auc_95_how"] = interval(scored, groups), AUC_95_HOW
+    for key, field in (("family", "by_family"), ("generator", "by_generator")):
+        fresh = by_group(scored, key, ev["threshold"], groups)
+        ev[field] = {
+            k: {**v, "auc_95": fresh.get(k, {}).get("auc_95")} if k != "(real)" else v
+            for k, v in (ev.get(field) or {}).items()
+        }
+    training["evaluation"] = ev
+    write_manifest(bundle_dir, manifest.with_(training=training))
+    load_bundle(bundle_dir)
+    rewrite_model_card(bundle_dir)
+    return ev
 
 
 def _cpu() -> str:
@@ -329,12 +393,19 @@ def _results_lines(
     if not ev:
         return ["- No held-out evaluation was run."]
     lines = [
-        f"- AUC **{ev['auc']:.3f}**, log loss {ev['log_loss']:.3f}, EER {ev['eer']:.3f}, accuracy "
-        f"{ev['accuracy']:.3f} at threshold {ev['threshold']} (chosen at the equal-error point of "
-        f"these held-out videos, not on stills) on {ev['scored']} of {ev['held_out_videos']} "
-        "held-out videos (whole identities never trained on).",
-        "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output.",
+        f"- AUC **{ev['auc']:.3f}**{_ci(ev.get('auc_95'))}, log loss {ev['log_loss']:.3f}, EER "
+        f"{ev['eer']:.3f}, accuracy {ev['accuracy']:.3f} at threshold {ev['threshold']} (chosen "
+        f"at the equal-error point of these held-out videos, not on stills) on {ev['scored']} of "
+        f"{ev['held_out_videos']} held-out videos (whole identities never trained on).",
     ]
+    if ev.get("auc_95"):
+        lines.append(
+            f"- Intervals in brackets: {ev.get('auc_95_how', AUC_95_HOW)}. With this few videos "
+            "they are wide: two models whose intervals overlap are not told apart by them."
+        )
+    lines.append(
+        "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output."
+    )
     if ft and ft.get("held_out_auc") is not None and frame_mean:
         lines.append(
             f"- The same held-out clips scored by the fine-tuned frame classifier in training (mean "
@@ -363,7 +434,8 @@ def _results_lines(
             "",
             f"### Held-out videos by {title}",
             "",
-            "| group | held-out fakes | AUC vs reals | mean p_fake | flagged at threshold |",
+            "| group | held-out fakes | AUC vs reals (95 % interval) | mean p_fake | "
+            "flagged at threshold |",
             "| --- | --- | --- | --- | --- |",
         ]
         for k, v in groups.items():
@@ -374,6 +446,7 @@ def _results_lines(
                 )
                 continue
             a = "-" if v["auc_vs_reals"] is None else f"{v['auc_vs_reals']:.3f}"
+            a += _ci(v.get("auc_95"))
             lines.append(
                 f"| {names.get(k, k)} | {v['fakes']} | {a} | {v['mean_p_fake']:.2f} | "
                 f"{v['flagged']:.0%} |"
@@ -411,6 +484,11 @@ def _results_lines(
     return lines
 
 
+def _ci(pair: Any) -> str:
+    """' [lo-hi]' for a stored interval, '' without one (bundles evaluated before it existed)."""
+    return f" [{pair[0]:.2f}-{pair[1]:.2f}]" if pair else ""
+
+
 def lofo_lines(lofo: dict[str, Any]) -> list[str]:
     """The leave-one-family-out table (from `python -m models.lofo`)."""
     rows = lofo.get("families", {})
@@ -426,7 +504,7 @@ def lofo_lines(lofo: dict[str, Any]) -> list[str]:
         "",
         f"{lofo.get('how', '')}",
         "",
-        "| family left out | its fakes | AUC | mean p_fake (fakes / reals) |",
+        "| family left out | its fakes | AUC (95 % interval) | mean p_fake (fakes / reals) |",
         "| --- | --- | --- | --- |",
     ]
     for k, v in rows.items():
@@ -436,9 +514,37 @@ def lofo_lines(lofo: dict[str, Any]) -> list[str]:
             else ""
         )
         lines.append(
-            f"| {FAMILY_TITLES.get(k, k)} | {v['fakes']} | {v['auc']:.3f}{extra} | "
+            f"| {FAMILY_TITLES.get(k, k)} | {v['fakes']} | {v['auc']:.3f}{_ci(v.get('auc_95'))}"
+            f"{extra} | "
             f"{v['mean_p_fake']:.2f} / {v['mean_p_fake_real']:.2f} |"
         )
     if rows:
         lines.append(f"| **mean over families** | | **{lofo['mean_auc']:.3f}** | |")
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m models.evaluation",
+        description="Add the AUC intervals to a bundle's held-out evaluation and model card, from "
+        "the training run that evaluated it (its evaluation.json and split.json).",
+    )
+    p.add_argument("bundle", type=Path, help="bundle directory (models/default_bundle)")
+    p.add_argument("run", type=Path, help="the training run's --out (runs/default/model)")
+    args = p.parse_args(argv)
+    for need in (args.run / "evaluation.json", args.bundle / "manifest.json"):
+        if not need.is_file():
+            p.error(f"{need} not found")
+    try:
+        ev = refresh_intervals(args.bundle, args.run)
+    except ValueError as exc:
+        p.error(str(exc))
+    lo, hi = ev["auc_95"] or (float("nan"), float("nan"))
+    print(f"held-out AUC {ev['auc']:.3f}, 95 % interval {lo:.3f}-{hi:.3f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.evaluation import interval, split_groups
 from models.finetune import FAMILY_NAMES
 
 
@@ -58,8 +59,10 @@ def summarise(out: Path, families: list[str], how: str, at_once: bool = False) -
         fam = ev["families"].get(f)
         if not fam:
             continue
+        scored = [r for r in ev.get("rows", []) if r["label"] == 0 or r["family"] == f]
         rows[f] = {
             "auc": fam["auc"],
+            "auc_95": interval(scored, split_groups(ev_file.parent)),
             "fakes": fam["fakes"],
             "reals": fam["reals"],
             "mean_p_fake": fam["mean_p_fake"],

@@ -99,6 +99,19 @@ def test_default_model_held_out_metrics_are_reproducible() -> None:
         fk = [p for p, n in zip(ps, names, strict=True) if _family(where[n], n) == fam]
         assert len(fk) == row["fakes"]
         assert sum(fk) / len(fk) == pytest.approx(row["mean_p_fake"], abs=0.03)
+    # And the card's interval around the AUC: identity groups redone from the recorded command.
+    if ev.get("auc_95"):
+        import shlex
+
+        from models.dfdc import identity_groups, read_folders
+        from stream_server.core.evaluate import auc_interval
+
+        cmd = shlex.split(m["training"]["reproduce"]["command"])
+        rules = json.loads((ROOT / cmd[cmd.index("--groups") + 1]).read_text())
+        videos = read_folders([SHARED / Path(d).name for d in m["training"]["data"]]).videos
+        groups = identity_groups(videos, rules)
+        lo, hi = auc_interval(ys, ps, [groups[n] for n in names])
+        assert [lo, hi] == pytest.approx(ev["auc_95"], abs=0.03)
 
 
 def _family(path: Path, name: str) -> str | None:

@@ -49,6 +49,57 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def auc_interval(
+    labels: Any,
+    scores: Any,
+    clusters: Any = None,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC at `level` (2.5th-97.5th percentile at 0.95).
+
+    With `clusters` (one key per video, e.g. its identity group), whole clusters are drawn with
+    replacement, not single videos: the videos of one person or one footage (a fake and its own
+    real) are not independent, and resampling them one by one would make the interval too
+    narrow. Resamples without a fake or without a real are drawn again. NaN, NaN when the labels
+    hold only one class."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError("labels and scores must be equal-length 1-d sequences")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be between 0 and 1, not {level}")
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan"), float("nan")
+    keys = np.arange(len(y)) if clusters is None else np.asarray(clusters)
+    if keys.shape != y.shape:
+        raise ValueError("clusters must name one cluster per score")
+    _, cid = np.unique(keys, return_inverse=True)
+    n_clusters = int(cid.max()) + 1
+    # 1 where the fake outscores the real, 0.5 for a tie: the AUC is the weighted mean of this.
+    wins = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    need = resamples
+    while need > 0:
+        draws = rng.integers(0, n_clusters, size=(need, n_clusters))
+        counts = np.zeros((need, n_clusters))
+        np.add.at(counts, (np.arange(need)[:, None], draws), 1.0)
+        w = counts[:, cid]  # each video's weight: how often its cluster was drawn
+        wp, wn = w[:, pos], w[:, neg]
+        ok = (wp.sum(1) > 0) & (wn.sum(1) > 0)
+        wp, wn = wp[ok], wn[ok]
+        out.append(((wp @ wins) * wn).sum(1) / (wp.sum(1) * wn.sum(1)))
+        need -= int(ok.sum())
+    aucs = np.concatenate(out)[:resamples]
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(aucs, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def eer(labels: np.ndarray, scores: np.ndarray) -> float:
     fpr, tpr = roc_curve(labels, scores)
     fnr = 1.0 - tpr
