@@ -104,6 +104,23 @@ class Pool:
     stills: tuple[np.ndarray, np.ndarray] | None = None  # (crops, labels)
     synth_kinds: tuple[str, ...] = ("sbi", "swap", "warp", "rerender")
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_UNIT_WEIGHTS))
+    # Where the real crops that synthetic fakes are made from come from, and how often.
+    synth_sources: tuple[str, ...] = ("clips", "still_pairs")
+
+
+SYNTH_SOURCES = ("clips", "still_pairs", "stills")
+# Shares of the synthetic fakes' real sources (renormalised over the ones in use and present).
+SOURCE_WEIGHTS = {"clips": 0.5, "still_pairs": 0.25, "stills": 0.25}
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in names if s not in SYNTH_SOURCES]
+    if bad or not names:
+        raise ValueError(
+            f"--synth-sources takes a comma list of {', '.join(SYNTH_SOURCES)}, not {text!r}"
+        )
+    return names
 
 
 class BatchMaker:
@@ -136,6 +153,23 @@ class BatchMaker:
             "still": pool.stills is not None
             and 0 < int(pool.stills[1].sum()) < len(pool.stills[1]),
         }
+        sources = {
+            "clips": len(self.reals),
+            "still_pairs": 0 if pool.still_pairs is None else len(pool.still_pairs[0]),
+            "stills": 0 if pool.stills is None else int((pool.stills[1] == 0).sum()),
+        }
+        present = [s for s in pool.synth_sources if sources.get(s)]
+        self.source_names = present
+        sw = np.array(
+            [
+                # the historical default: clips 0.75, still pairs 0.25
+                0.75
+                if s == "clips" and set(present) == {"clips", "still_pairs"}
+                else SOURCE_WEIGHTS[s]
+                for s in present
+            ]
+        )
+        self.source_probs = sw / sw.sum() if len(sw) else sw
         w = {k: v for k, v in pool.weights.items() if avail.get(k) and v > 0}
         if not w:
             raise ValueError("nothing to train the encoder on: no real/fake clips, pairs or stills")
@@ -145,7 +179,12 @@ class BatchMaker:
 
     def _has_real_source(self) -> bool:
         p = self.pool
-        return bool(self.reals) or (p.still_pairs is not None and len(p.still_pairs[0]) > 0)
+        counts = {
+            "clips": len([c for c in p.clips if c.label == 0 and len(c.crops)]),
+            "still_pairs": 0 if p.still_pairs is None else len(p.still_pairs[0]),
+            "stills": 0 if p.stills is None else int((p.stills[1] == 0).sum()),
+        }
+        return any(counts.get(s) for s in p.synth_sources)
 
     def describe(self) -> str:
         fam = ", ".join(f"{k} {len(v)}" for k, v in sorted(self.fakes_by_family.items()))
@@ -153,6 +192,15 @@ class BatchMaker:
         return (
             f"{len(self.reals)} real clips, fake clips by family: {fam or 'none'}; "
             f"{len(self.pairs)} real/fake clip pairs; units: {mix}"
+            + (
+                "; synthetic fakes made from: "
+                + ", ".join(
+                    f"{s} {p:.2f}"
+                    for s, p in zip(self.source_names, self.source_probs, strict=True)
+                )
+                if "synth" in self.kinds
+                else ""
+            )
         )
 
     # -- one unit each ---------------------------------------------------------------------------
@@ -166,12 +214,22 @@ class BatchMaker:
         return self._gid.get(c.group, -1) if c.group is not None else -1
 
     def _real_crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        sp = self.pool.still_pairs
-        if self.reals and (sp is None or rng.random() < 0.75):
+        """A real crop to make a synthetic fake from (`Pool.synth_sources`)."""
+        k = 0 if len(self.source_names) == 1 else int(rng.random() >= self.source_probs[0])
+        if len(self.source_names) > 2 and k:
+            k = 1 + int(rng.random() >= self.source_probs[1] / self.source_probs[1:].sum())
+        which = self.source_names[k]
+        if which == "clips":
             c = self.reals[int(rng.integers(len(self.reals)))]
             return self._frame(c, rng)[0], self._gi(c)
-        assert sp is not None
-        return sp[0][int(rng.integers(len(sp[0])))], -1
+        if which == "still_pairs":
+            sp = self.pool.still_pairs
+            assert sp is not None
+            return sp[0][int(rng.integers(len(sp[0])))], -1
+        assert self.pool.stills is not None
+        crops, labels = self.pool.stills
+        real = np.flatnonzero(labels == 0)
+        return crops[int(real[int(rng.integers(len(real)))])], -1
 
     def _fake_clip(self, rng: np.random.Generator) -> Clip:
         fams = sorted(self.fakes_by_family)

@@ -22,6 +22,7 @@ from models.finetune import (
     family_of,
     finetune,
     frame_classifier,
+    parse_sources,
 )
 
 if TYPE_CHECKING:
@@ -133,7 +134,14 @@ def end_to_end(
         from models.synth import Landmarks
 
         landmarks = Landmarks(config.margin)
-    pool = Pool(train_clips, pairs_train, stills, kinds, parse_weights(config.unit_weights))
+    pool = Pool(
+        train_clips,
+        pairs_train,
+        stills,
+        kinds,
+        parse_weights(config.unit_weights),
+        parse_sources(config.synth_sources),
+    )
     maker = BatchMaker(pool, landmarks, config.margin)
     say("encoder fine-tune pool: " + maker.describe())
     clf = frame_classifier(
@@ -213,6 +221,7 @@ def end_to_end(
         "rank": config.rank,
         "adversary": config.adversary,
         "mask_loss": config.mask_loss,
+        "synth_sources": config.synth_sources,
         "train_bn": config.train_bn,
         "synthetic_kinds": list(kinds),
         "pool": maker.describe(),

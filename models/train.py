@@ -191,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
         help="synthetic fake kinds made online from real crops (comma list, or none)",
     )
     p.add_argument(
+        "--synth-sources",
+        default="clips,still_pairs",
+        help="real crops the synthetic fakes are made from (comma list of clips, still_pairs, "
+        "stills: the real training clips, the real halves of the still pairs, the real face "
+        "images of --images)",
+    )
+    p.add_argument(
         "--exclude-family",
         action="append",
         default=[],
@@ -263,6 +270,7 @@ class TrainConfig:
     pairs: list[Path]
     pair_val_fraction: float
     synth: str
+    synth_sources: str
     exclude_family: list[str]
     encoder_only: bool
     encoder_epochs: int
@@ -942,6 +950,12 @@ def export_and_evaluate(
 
 def refusal(config: TrainConfig) -> str | None:
     """Flag combinations refused before any crop is cut, so a mistake costs nothing."""
+    from models.finetune import parse_sources
+
+    try:
+        parse_sources(config.synth_sources)
+    except ValueError as exc:
+        return str(exc)
     if config.head == "frame-mean" and config.encoder_steps <= 0:
         return (
             "--head frame-mean needs --encoder-steps (the frame classifier it averages comes "

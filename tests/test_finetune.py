@@ -160,6 +160,46 @@ def test_nothing_to_train_on_is_a_clear_error() -> None:
         BatchMaker(Pool([_clip("r", 0, 0, 3, 0.0)]), None, 0.25)
 
 
+def test_synthetic_fakes_are_made_from_the_chosen_real_sources() -> None:
+    """--synth-sources: the real crops behind the synthetic fakes come from the training clips,
+    the still pairs' real halves and/or the real face images, never from a fake."""
+    from models.finetune import parse_sources
+
+    clips = [_clip("r", 0, 10, 3, 0.0), _clip("f", 1, 20, 3, 0.0, "faceswap")]
+    pairs = (np.full((4, 8, 8, 3), 50, np.uint8), np.full((4, 8, 8, 3), 60, np.uint8))
+    stills = (
+        np.stack([np.full((8, 8, 3), v, np.uint8) for v in (90, 90, 200, 200)]),
+        np.array([0, 0, 1, 1]),
+    )
+
+    def shares(sources: tuple[str, ...]) -> dict[int, float]:
+        pool = Pool(clips, pairs, stills, weights={"synth": 1.0}, synth_sources=sources)
+        maker = BatchMaker(pool, lambda c: np.zeros((68, 2), np.float32), 0.25)
+        rng = np.random.default_rng(0)
+        got = [int(maker._real_crop(rng)[0][0, 0, 0]) for _ in range(4000)]
+        return {v: got.count(v) / len(got) for v in set(got)}
+
+    default = shares(parse_sources("clips,still_pairs"))  # the recipe before the option
+    assert set(default) <= {10, 11, 12, 50} and default[50] == pytest.approx(0.25, abs=0.03)
+    assert set(shares(("stills",))) == {90}  # the real images only, never a fake one
+    every = shares(parse_sources("clips, still_pairs, stills"))
+    assert set(every) <= {10, 11, 12, 50, 90}
+    assert every[90] == pytest.approx(0.25, abs=0.03) and every[50] == pytest.approx(0.25, abs=0.03)
+    # A source with nothing in it is skipped; none at all is the usual clear error.
+    assert set(shares(("still_pairs", "stills"))) == {50, 90}
+    pool = Pool(clips, pairs, stills, weights={"synth": 1.0}, synth_sources=("clips", "stills"))
+    said = BatchMaker(pool, lambda c: np.zeros((68, 2), np.float32), 0.25).describe()
+    assert "synthetic fakes made from: clips 0.67, stills 0.33" in said  # in the training log
+    with pytest.raises(ValueError, match="nothing to train"):
+        BatchMaker(
+            Pool([clips[1]], weights={"synth": 1.0}, synth_sources=("clips",)),
+            lambda c: np.zeros((68, 2), np.float32),
+            0.25,
+        )
+    with pytest.raises(ValueError, match="--synth-sources takes"):
+        parse_sources("clips,videos")
+
+
 def test_family_of() -> None:
     assert family_of("DeepFaceLive", 1) == "deepfacelive"
     assert family_of("MegActor", 1) == "reenactment"
