@@ -145,14 +145,6 @@ class BatchMaker:
         # Identity groups of the training clips, numbered: what `--adversary` must not learn.
         self.groups = sorted({c.group for c in clips if c.group is not None})
         self._gid = {g: i for i, g in enumerate(self.groups)}
-        avail = {
-            "pair": bool(self.pairs),
-            "clip": bool(self.reals) and bool(self.fakes_by_family),
-            "still_pair": pool.still_pairs is not None and len(pool.still_pairs[0]) > 0,
-            "synth": bool(pool.synth_kinds) and landmarks is not None and self._has_real_source(),
-            "still": pool.stills is not None
-            and 0 < int(pool.stills[1].sum()) < len(pool.stills[1]),
-        }
         sources = {
             "clips": len(self.reals),
             "still_pairs": 0 if pool.still_pairs is None else len(pool.still_pairs[0]),
@@ -170,21 +162,20 @@ class BatchMaker:
             ]
         )
         self.source_probs = sw / sw.sum() if len(sw) else sw
+        avail = {
+            "pair": bool(self.pairs),
+            "clip": bool(self.reals) and bool(self.fakes_by_family),
+            "still_pair": pool.still_pairs is not None and len(pool.still_pairs[0]) > 0,
+            "synth": bool(pool.synth_kinds) and landmarks is not None and bool(present),
+            "still": pool.stills is not None
+            and 0 < int(pool.stills[1].sum()) < len(pool.stills[1]),
+        }
         w = {k: v for k, v in pool.weights.items() if avail.get(k) and v > 0}
         if not w:
             raise ValueError("nothing to train the encoder on: no real/fake clips, pairs or stills")
         total = sum(w.values())
         self.kinds = list(w)
         self.probs = np.array([w[k] / total for k in self.kinds])
-
-    def _has_real_source(self) -> bool:
-        p = self.pool
-        counts = {
-            "clips": len([c for c in p.clips if c.label == 0 and len(c.crops)]),
-            "still_pairs": 0 if p.still_pairs is None else len(p.still_pairs[0]),
-            "stills": 0 if p.stills is None else int((p.stills[1] == 0).sum()),
-        }
-        return any(counts.get(s) for s in p.synth_sources)
 
     def describe(self) -> str:
         fam = ", ".join(f"{k} {len(v)}" for k, v in sorted(self.fakes_by_family.items()))
