@@ -145,10 +145,14 @@ class BatchMaker:
         # Identity groups of the training clips, numbered: what `--adversary` must not learn.
         self.groups = sorted({c.group for c in clips if c.group is not None})
         self._gid = {g: i for i, g in enumerate(self.groups)}
+        # The real face images, by index into pool.stills (a synthetic fakes' source).
+        self.real_stills = (
+            np.zeros(0, np.int64) if pool.stills is None else np.flatnonzero(pool.stills[1] == 0)
+        )
         sources = {
             "clips": len(self.reals),
             "still_pairs": 0 if pool.still_pairs is None else len(pool.still_pairs[0]),
-            "stills": 0 if pool.stills is None else int((pool.stills[1] == 0).sum()),
+            "stills": len(self.real_stills),
         }
         present = [s for s in pool.synth_sources if sources.get(s)]
         self.source_names = present
@@ -206,6 +210,9 @@ class BatchMaker:
 
     def _real_crop(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A real crop to make a synthetic fake from (`Pool.synth_sources`)."""
+        # A sequential draw (first source or not, then second or third): with two sources it
+        # uses the generator exactly as the clips-or-still-pairs draw before --synth-sources did,
+        # so earlier runs repeat batch for batch.
         k = 0 if len(self.source_names) == 1 else int(rng.random() >= self.source_probs[0])
         if len(self.source_names) > 2 and k:
             k = 1 + int(rng.random() >= self.source_probs[1] / self.source_probs[1:].sum())
@@ -218,9 +225,8 @@ class BatchMaker:
             assert sp is not None
             return sp[0][int(rng.integers(len(sp[0])))], -1
         assert self.pool.stills is not None
-        crops, labels = self.pool.stills
-        real = np.flatnonzero(labels == 0)
-        return crops[int(real[int(rng.integers(len(real)))])], -1
+        pick = self.real_stills[int(rng.integers(len(self.real_stills)))]
+        return self.pool.stills[0][int(pick)], -1
 
     def _fake_clip(self, rng: np.random.Generator) -> Clip:
         fams = sorted(self.fakes_by_family)

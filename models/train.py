@@ -25,7 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from models.dfdc import DatasetError, Video, identity_groups, read_folders, split_by_identity  # noqa: E402
-from models.finetune import DEFAULT_UNIT_WEIGHTS, FAMILY_NAMES, family_of  # noqa: E402
+from models.finetune import (  # noqa: E402
+    DEFAULT_UNIT_WEIGHTS,
+    FAMILY_NAMES,
+    family_of,
+    parse_sources,
+)
 from stream_server.core.manifest import DEFAULT_ANALYSIS_FPS, DEFAULT_MARGIN  # noqa: E402
 
 T0 = time.monotonic()
@@ -950,8 +955,6 @@ def export_and_evaluate(
 
 def refusal(config: TrainConfig) -> str | None:
     """Flag combinations refused before any crop is cut, so a mistake costs nothing."""
-    from models.finetune import parse_sources
-
     try:
         parse_sources(config.synth_sources)
     except ValueError as exc:
