@@ -65,11 +65,8 @@ def run(bundle_dir: Path, quick: bool = False) -> dict[str, Any]:
     size = bundle.encoder.input_size
     crops = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
     enc: dict[str, Any] = {}
-    precisions = ["fp32"] + (
-        ["int8"]
-        if "int8" in {*bundle.manifest.encoder.alternatives, bundle.encoder.precision}
-        else []
-    )
+    have = {*bundle.manifest.encoder.alternatives, bundle.encoder.precision}
+    precisions = [p for p in ("fp32", "int8") if p in have]  # an INT8-only bundle: int8 alone
     for prec in precisions:
         b = load_bundle(bundle_dir, precision=prec)
         sess = open_sessions(b, "cpu").encoder

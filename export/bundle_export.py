@@ -69,10 +69,13 @@ class ExportConfig:
     margin: float = DEFAULT_MARGIN
     warmup_frames: int | None = None  # None: default_warmup(window)
     force: bool = False  # replace a non-empty output directory
+    int8_only: bool = False  # with quantize int8: leave the fp32 encoder out of the bundle
 
     def __post_init__(self) -> None:
         if self.quantize not in (None, "int8"):
             raise ExportError(f"unknown quantization {self.quantize!r} (supported: int8)")
+        if self.int8_only and self.quantize != "int8":
+            raise ExportError("--int8-only needs --quantize int8")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ def export_bundle(
         encoder = fp32_encoder(model.config.input_size)
         if cfg.quantize == "int8":
             encoder = quantize_int8(model, tmp, face.opened, crop, encoder, calibration_crops, log)
+            if cfg.int8_only:
+                # Measured against fp32 above; the bundle ships the INT8 encoder alone.
+                (tmp / encoder.alternatives["fp32"]).unlink()
+                encoder = replace(encoder, alternatives={})
+                log("INT8 only: the fp32 encoder is left out of the bundle")
         write_manifest(tmp, bundle_manifest(model, cfg, encoder, face, crop, parity))
         publish(tmp, out_dir)
         log(f"bundle written to {out_dir}")

@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --quantize int8: when the INT8 encoder drifts too far, export fp32 only",
     )
     b.add_argument(
+        "--int8-only",
+        action="store_true",
+        help="with --quantize int8: ship the INT8 encoder alone, without the fp32 one "
+        "(half the size; --precision fp32 is then refused). With --int8-fallback and INT8 "
+        "refused, the bundle is fp32 only as before",
+    )
+    b.add_argument(
         "--calibration",
         type=Path,
         default=None,
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             analysis_fps=args.analysis_fps,
             margin=args.margin,
             force=args.force,
+            int8_only=args.int8_only,
         )
         try:
             export_bundle(model, args.out, config, calibration_crops=calib)
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.int8_fallback:
                 raise
             print(f"deepfake-export: INT8 refused ({exc}); exporting fp32 only", file=sys.stderr)
-            export_bundle(model, args.out, replace(config, quantize=None))
+            export_bundle(model, args.out, replace(config, quantize=None, int8_only=False))
         return 0
     except (ExportError, BundleError, FileNotFoundError, ValueError) as exc:
         print(f"deepfake-export: error: {exc}", file=sys.stderr)

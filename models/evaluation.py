@@ -206,6 +206,8 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
     size = m.encoder.input.size
     gru = list(m.head.gru_units) if m.head.gru_units is not None else None
     frame_mean = m.head.kind == "frame_mean"
+    ens = t.get("ensemble") or {}
+    n_members = len(ens.get("members", []))
     lines = [
         f"# Model card: {m.name} {m.version}",
         "",
@@ -213,10 +215,18 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "not edited.",
         "",
         "## What it is",
-        f"- {m.backbone} frame encoder ({m.feature_dim}-d embedding per face crop, "
-        f"{size}x{size} uint8 RGB) and "
+        (
+            f"- {n_members} {m.backbone} frame encoders side by side ({m.feature_dim}-d: their "
+            f"embeddings of each face crop concatenated, {size}x{size} uint8 RGB) and "
+            if ens
+            else f"- {m.backbone} frame encoder ({m.feature_dim}-d embedding per face crop, "
+            f"{size}x{size} uint8 RGB) and "
+        )
         + (
-            "a frame-mean head (the fine-tuned frame classifier's probability of each crop, "
+            "a frame-mean head (the weighted mean of their fine-tuned frame classifiers' "
+            "probabilities of each crop, averaged over the valid steps of a window"
+            if ens
+            else "a frame-mean head (the fine-tuned frame classifier's probability of each crop, "
             "averaged over the valid steps of a window"
             if frame_mean
             else f"a masked GRU head {gru} over a window"
@@ -272,6 +282,7 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
             else []
         ),
         *(_finetune_lines(t["encoder_finetune"]) if t.get("encoder_finetune") else []),
+        *(_ensemble_lines(ens) if ens else []),
         f"- Held out (whole identities, never trained on): {vids.get('val')} videos "
         f"({vids.get('val_real')} real, {vids.get('val_fake')} fake).",
         f"- Settings: `{json.dumps(t.get('settings', {}), sort_keys=True)}`",
@@ -279,7 +290,16 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "command and machine).",
         "",
         "## Reproduce",
-        f"`{command}` (from the repository root, after `scripts/test.sh` set up `.venv`) took "
+        (
+            f"`scripts/train_default.sh` (from the repository root, after `scripts/test.sh` set up "
+            f"`.venv`) trains the members (stage 1, then stage 2 from it), runs `{command}` (export "
+            f"and held-out evaluation: {seconds / 60:.1f} minutes on {_cpu()} with "
+            f"{os.cpu_count()} cores and no GPU), then the leave-one-family-out runs "
+            "(`python -m models.lofo`) and `python -m models.ensemble lofo`, which averages each "
+            "of them with stage 1 as the served model averages stage 2 with it."
+        )
+        if ens
+        else f"`{command}` (from the repository root, after `scripts/test.sh` set up `.venv`) took "
         f"{seconds / 60:.1f} minutes end to end (face crops, training, export, held-out evaluation) "
         f"on {_cpu()} with {os.cpu_count()} cores and no GPU. `scripts/train_default.sh` runs "
         + (
@@ -291,7 +311,7 @@ def write_model_card(bundle_dir: Path, out: Path, command: str = "", seconds: fl
         "",
         "## Held-out results (video level, through the serving code path)",
     ]
-    lines += _results_lines(ev, t.get("encoder_finetune"), bundle_dir, frame_mean)
+    lines += _results_lines(ev, t.get("encoder_finetune"), bundle_dir, frame_mean, bool(ens))
     lines += [
         "",
         "## Limitations",
@@ -387,8 +407,33 @@ def _finetune_lines(ft: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ensemble_lines(ens: dict[str, Any]) -> list[str]:
+    out = [
+        "- Served as an ensemble: the weighted mean of the frame probabilities of "
+        f"{len(ens.get('members', []))} fine-tuned frame classifiers (`{ens.get('command')}`):"
+    ]
+    for i, mem in enumerate(ens.get("members", [])):
+        fams = mem.get("families") or {}
+        out.append(
+            f"  - member {i + 1}, weight {mem.get('weight', 0):.2f}: `{mem.get('weights')}`, "
+            f"{(mem.get('fine_tune') or {}).get('steps')} batches (`{mem.get('command')}`); its "
+            f"frame classifier alone scored the held-out clips {_num(mem.get('held_out_auc'))}"
+            + (
+                ", per family " + ", ".join(f"{k} {_num(v)}" for k, v in fams.items())
+                if fams
+                else ""
+            )
+            + "."
+        )
+    return out
+
+
 def _results_lines(
-    ev: dict[str, Any], ft: dict[str, Any] | None, bundle_dir: Path, frame_mean: bool
+    ev: dict[str, Any],
+    ft: dict[str, Any] | None,
+    bundle_dir: Path,
+    frame_mean: bool,
+    ensemble: bool = False,
 ) -> list[str]:
     if not ev:
         return ["- No held-out evaluation was run."]
@@ -406,7 +451,13 @@ def _results_lines(
     lines.append(
         "- ROC curve: `roc.png`. Per-video scores: `evaluation.json` in the training output."
     )
-    if ft and ft.get("held_out_auc") is not None and frame_mean:
+    if ft and ft.get("held_out_auc") is not None and ensemble:
+        lines.append(
+            f"- The same held-out clips scored in training by the first member's frame classifier "
+            f"alone (mean of up to 16 frames): AUC {ft['held_out_auc']:.3f}; the served ensemble "
+            f"over windows (the numbers above): AUC {ev['auc']:.3f}."
+        )
+    elif ft and ft.get("held_out_auc") is not None and frame_mean:
         lines.append(
             f"- The same held-out clips scored by the fine-tuned frame classifier in training (mean "
             f"of up to 16 frames): AUC {ft['held_out_auc']:.3f}; served as a frame-mean head over "

@@ -185,22 +185,8 @@ def end_to_end(
         }
         for c, s in zip(scored, p, strict=True)
     ]
-    reals = [r["p_fake"] for r in rows if r["label"] == 0]
-    ev["held_out_auc"] = _auc([r for r in rows if not r["excluded_family"]])
-    fam: dict[str, Any] = {}
-    for f in (*FAMILY_NAMES, "other"):
-        fk = [r["p_fake"] for r in rows if r["family"] == f]
-        if fk and reals:
-            y = np.r_[np.zeros(len(reals)), np.ones(len(fk))]
-            fam[f] = {
-                "auc": float(auc(y, np.r_[reals, fk])),
-                "fakes": len(fk),
-                "reals": len(reals),
-                "mean_p_fake": float(np.mean(fk)),
-                "left_out_of_training": f in config.exclude_family,
-            }
-    ev["families"] = fam
-    ev["mean_p_fake_real"] = float(np.mean(reals)) if reals else None
+    ev.update(row_summary(rows, config.exclude_family))
+    fam = ev["families"]
     if pairs_val is not None:
         import keras
 
@@ -238,6 +224,32 @@ def end_to_end(
         )
     )
     return ev, clf
+
+
+def row_summary(rows: list[dict[str, Any]], left_out: Any = ()) -> dict[str, Any]:
+    """frame_eval.json's summary of its per-clip rows: the AUC on the held-out identities (rows
+    not of a left-out family), each family's fakes against every scored real, and the reals'
+    mean score. `left_out`: the families the run did not train on."""
+    from stream_server.core.evaluate import auc
+
+    reals = [r["p_fake"] for r in rows if r["label"] == 0]
+    fam: dict[str, Any] = {}
+    for f in (*FAMILY_NAMES, "other"):
+        fk = [r["p_fake"] for r in rows if r["family"] == f]
+        if fk and reals:
+            y = np.r_[np.zeros(len(reals)), np.ones(len(fk))]
+            fam[f] = {
+                "auc": float(auc(y, np.r_[reals, fk])),
+                "fakes": len(fk),
+                "reals": len(reals),
+                "mean_p_fake": float(np.mean(fk)),
+                "left_out_of_training": f in left_out,
+            }
+    return {
+        "held_out_auc": _auc([r for r in rows if not r["excluded_family"]]),
+        "families": fam,
+        "mean_p_fake_real": float(np.mean(reals)) if reals else None,
+    }
 
 
 def init_record(weights: Path) -> dict[str, Any]:

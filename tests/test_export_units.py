@@ -166,6 +166,34 @@ def test_export_cli_quantize_int8(
     assert validate_bundle(out, "int8")
 
 
+@pytest.mark.tensorflow
+def test_export_int8_only_ships_the_int8_encoder_alone(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """`--int8-only` (the two-encoder default bundle uses it to stay small): the INT8 encoder is
+    measured against fp32 as always, then the fp32 file is left out; asking the bundle for fp32
+    is a clear error. Without --quantize int8 it is refused and nothing is written."""
+    import export.quantize as q
+    from export.cli import main
+    from export.validate import validate_bundle
+    from stream_server.core.bundle import BundleError
+
+    monkeypatch.setattr(q, "MIN_COSINE", -1.0)
+    monkeypatch.setattr(q, "MAX_PROB_CHANGE", 1.0)
+    out = tmp_path / "int8"
+    assert main(["build", str(tiny_model_dir), "--out", str(out), "--int8-only"]) == 1
+    assert "--int8-only needs --quantize int8" in capsys.readouterr().err and not out.exists()
+    argv = ["build", str(tiny_model_dir), "--out", str(out), "--quantize", "int8", "--int8-only"]
+    assert main(argv) == 0
+    enc = json.loads((out / "manifest.json").read_text())["encoder"]
+    assert enc["file"] == "encoder_int8.onnx" and "alternatives" not in enc
+    assert enc["quantization"]["evaluation_crops"] > 0  # measured against fp32 first
+    assert not (out / "encoder.onnx").exists()
+    assert validate_bundle(out, "int8")
+    with pytest.raises(BundleError, match="bundle has no fp32 encoder"):
+        load_bundle(out, precision="fp32")
+
+
 def test_evaluation_on_a_tiny_bundle_and_folder(
     tiny_bundle: Path, dfdc_folder: Path, tmp_path: Path
 ) -> None:
