@@ -209,6 +209,9 @@ def lofo(
         "models.ensemble " + " ".join(sys.argv[1:])
     )
     result = summarise(out, families, how)
+    missing = [f for f in FAMILY_NAMES if f not in families]
+    if missing:
+        result["missing"] = missing
     (out / "lofo.json").write_text(json.dumps(result, indent=1))
     if bundle is not None:
         from models.evaluation import rewrite_model_card

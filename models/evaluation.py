@@ -571,6 +571,12 @@ def lofo_lines(lofo: dict[str, Any]) -> list[str]:
         )
     if rows:
         lines.append(f"| **mean over families** | | **{lofo['mean_auc']:.3f}** | |")
+    if lofo.get("missing"):
+        lines += [
+            "",
+            f"Not measured (no leave-one-out run): {', '.join(lofo['missing'])}; the mean is over "
+            "the families above only.",
+        ]
     return lines
 
 

@@ -173,9 +173,12 @@ def test_lofo_averages_each_left_out_run_with_the_fixed_run(tmp_path: Path) -> N
     # Either run alone: the left-out family below the reals (stage 1 alone: DFL fine, TH not).
     alone = json.loads((tmp_path / "lofo" / "deepfacelive" / "frame_eval.json").read_text())
     assert max(r["p_fake"] for r in alone["rows"] if r["family"] == "deepfacelive") < 0.4
-    assert json.loads((tmp_path / "out" / "lofo.json").read_text())["families"].keys() == {
-        "deepfacelive"
-    }
+    written = json.loads((tmp_path / "out" / "lofo.json").read_text())
+    assert written["families"].keys() == {"deepfacelive"}
+    assert written["missing"] == ["dfdc", "faceswap", "talking_head", "reenactment"]
+    from models.evaluation import lofo_lines
+
+    assert any("Not measured (no leave-one-out run): dfdc" in x for x in lofo_lines(written))
 
 
 def test_lofo_without_runs_is_an_error(tmp_path: Path, capsys: Any) -> None:
