@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,39 @@ def test_write_manifest_refuses_what_the_reader_refuses(tiny_bundle: Path, tmp_p
     m = read_manifest(b)
     write_manifest(b, m.with_(threshold=0.25))
     assert load_bundle(b).threshold == 0.25
+
+
+def test_auto_precision_serves_fp32_where_int8_kernels_saturate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--precision auto` takes the manifest's INT8 encoder only on a CPU whose INT8 kernels are
+    exact (VNNI on x86-64): on an AVX2-only CPU onnxruntime's u8s8 kernels saturate and the
+    default bundle's INT8 embeddings drift (min cosine 0.35 measured), so its fp32 file is served
+    and the reason is given; `--precision int8` still forces INT8; a bundle without an fp32 file
+    keeps INT8 and says scores may drift."""
+    import stream_server.core.bundle as sb
+
+    sample = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma {}\nbugs\t\t: none\n"
+    assert sb.cpuinfo_has_vnni(sample.format("avx512f avx512_vnni")) is True
+    assert sb.cpuinfo_has_vnni(sample.format("avx_vnni")) is True
+    assert sb.cpuinfo_has_vnni(sample.format("")) is False
+    assert sb.cpuinfo_has_vnni("processor: 0\n") is None
+
+    monkeypatch.setattr(sb, "int8_exact_here", lambda: False)
+    b = load_bundle(DEFAULT_BUNDLE)
+    assert b.encoder.precision == "fp32" and b.encoder.file == "encoder.onnx"
+    assert b.encoder.note and "no VNNI" in b.encoder.note
+    forced = load_bundle(DEFAULT_BUNDLE, precision="int8")
+    assert forced.encoder.file == "encoder_int8.onnx" and forced.encoder.note is None
+    only = tmp_path / "int8-only"
+    shutil.copytree(DEFAULT_BUNDLE, only)
+    (only / "encoder.onnx").unlink()
+    raw = json.loads((only / "manifest.json").read_text())
+    del raw["encoder"]["alternatives"]
+    write_manifest(only, raw)
+    kept = load_bundle(only)
+    assert kept.encoder.precision == "int8" and "may drift" in (kept.encoder.note or "")
+
+    monkeypatch.setattr(sb, "int8_exact_here", lambda: True)
+    b = load_bundle(DEFAULT_BUNDLE)
+    assert b.encoder.file == "encoder_int8.onnx" and b.encoder.note is None

@@ -31,7 +31,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle directory")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--providers", default="auto", help="onnxruntime providers (auto, cpu, cuda)")
-    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="encoder precision: auto (the manifest's choice, but fp32 where the bundle has it "
+        "on an x86 CPU without VNNI, whose INT8 kernels saturate)",
+    )
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest video accepted")
     p.add_argument(
         "--roc",
@@ -98,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scanner = Scanner(
                 args.bundle, providers=args.providers, precision=args.precision, limits=limits
             )
+            if scanner.bundle.encoder.note:
+                print(f"deepfake-scan: encoder {scanner.bundle.encoder.note}", file=sys.stderr)
         files, labels = expand(args.paths)
         if not files:
             raise FileNotFoundError("no video files found in the given paths")

@@ -109,6 +109,8 @@ class Service:
             self.bundle.encoder.precision,
             ",".join(self.sessions.providers),
         )
+        if self.bundle.encoder.note:
+            log.warning("encoder precision: %s", self.bundle.encoder.note)
 
     @property
     def load(self) -> int:
@@ -176,6 +178,7 @@ class Service:
             "model": self.bundle.model_id,
             "backbone": self.bundle.backbone,
             "precision": self.bundle.encoder.precision,
+            **({"precision_note": self.bundle.encoder.note} if self.bundle.encoder.note else {}),
             "providers": self.sessions.providers,
             "analysis_fps": self.fps,
             "window": self.bundle.window,

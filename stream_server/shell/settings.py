@@ -72,7 +72,8 @@ class Settings:
     )
     precision: str = setting(
         "auto",
-        "encoder precision: auto (the manifest's choice), fp32 or int8",
+        "encoder precision: auto (the manifest's choice, but fp32 where the bundle has it on an "
+        "x86 CPU without VNNI, whose INT8 kernels saturate), fp32 or int8",
         choices=("auto", "fp32", "int8"),
     )
     providers: str = setting(
