@@ -256,23 +256,26 @@ def export_and_evaluate(args: argparse.Namespace, model_dir: Path, t0: float) ->
     held-out videos through the serving path, and the model card."""
     from models.dfdc import read_folders
     from models.evaluation import evaluate_bundle, write_model_card
-    from models.train import _deepfake_export
+    from models.train import _deepfake_export, export_argv
 
     training = json.loads((model_dir / "training.json").read_text())
     s = training.get("settings", {})
-    cmd = ["build", str(model_dir), "--out", str(args.bundle), "--name", args.name]
-    cmd += ["--version", args.version, "--detector", args.detector, "--force"]
-    if s.get("fps") is not None:
-        cmd += ["--analysis-fps", repr(s["fps"])]
-    if s.get("margin") is not None:
-        cmd += ["--margin", repr(s["margin"])]
-    if args.quantize != "none":
-        cmd += ["--quantize", args.quantize, "--int8-fallback"]
-        if not args.keep_fp32:  # two encoders: the fp32 pair alone would be 27 MB
-            cmd += ["--int8-only"]
-        if (model_dir / "calibration.npy").is_file():
-            cmd += ["--calibration", str(model_dir / "calibration.npy")]
-    _deepfake_export(*cmd)
+    calibration = model_dir / "calibration.npy"
+    _deepfake_export(
+        *export_argv(
+            model_dir,
+            args.bundle,
+            name=args.name,
+            version=args.version,
+            detector=args.detector,
+            fps=s.get("fps"),
+            margin=s.get("margin"),
+            quantize=args.quantize,
+            calibration=calibration if calibration.is_file() else None,
+            # two encoders: the fp32 pair alone would be 27 MB
+            int8_only=not args.keep_fp32,
+        )
+    )
     val = set(json.loads((model_dir / "split.json").read_text())["val"])
     videos = [v for v in read_folders(args.data).videos if v.name in val]
     if len(videos) != len(val):

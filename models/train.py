@@ -910,6 +910,39 @@ def _progress(d: dict[str, Any], desc: str) -> Any:
     return tqdm(d.items(), desc=desc, unit="clip", file=sys.stderr)
 
 
+def export_argv(
+    model_dir: Path,
+    bundle: Path,
+    *,
+    name: str,
+    version: str,
+    detector: str,
+    fps: float | None,
+    margin: float | None,
+    quantize: str,
+    calibration: Path | None,
+    int8_only: bool = False,
+) -> list[str]:
+    """The `deepfake-export build` arguments that turn a saved model directory into a bundle the
+    way training does: the run's face stage (detector, analysis rate, crop margin), INT8 with the
+    fp32 fallback when its drift fails the export's limits (`int8_only`: no fp32 encoder in the
+    bundle beside it), calibrated on `calibration` when given."""
+    argv = ["build", str(model_dir), "--out", str(bundle), "--name", name]
+    argv += ["--version", version, "--detector", detector]
+    if fps is not None:
+        argv += ["--analysis-fps", repr(fps)]
+    if margin is not None:
+        argv += ["--margin", repr(margin)]
+    argv += ["--force"]
+    if quantize != "none":
+        argv += ["--quantize", quantize, "--int8-fallback"]
+        if int8_only:
+            argv += ["--int8-only"]
+        if calibration is not None:
+            argv += ["--calibration", str(calibration)]
+    return argv
+
+
 def export_and_evaluate(
     config: TrainConfig, bundle: Path, out: Path, clips: Clips, val: list[Video]
 ) -> None:
@@ -922,29 +955,22 @@ def export_and_evaluate(
     # INT8 calibration crops: the training clips that are not synthetic.
     real = [s for n, s in clips.seqs.items() if n not in clips.synthetic and n not in held_out]
     pool = np.concatenate(real) if real else None
-    build = [
-        "build",
-        str(out),
-        "--out",
-        str(bundle),
-        "--name",
-        config.name,
-        "--version",
-        config.version,
-        "--detector",
-        config.detector,
-        "--analysis-fps",
-        repr(config.fps),
-        "--margin",
-        repr(config.margin),
-        "--force",
-    ]
-    if config.quantize != "none":
-        build += ["--quantize", config.quantize, "--int8-fallback"]
-        if pool is not None:
-            calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
-            np.save(out / "calibration.npy", calib)
-            build += ["--calibration", str(out / "calibration.npy")]
+    calibration = None
+    if config.quantize != "none" and pool is not None:
+        calib = pool[rng.choice(len(pool), size=min(256, len(pool)), replace=False)]
+        calibration = out / "calibration.npy"
+        np.save(calibration, calib)
+    build = export_argv(
+        out,
+        bundle,
+        name=config.name,
+        version=config.version,
+        detector=config.detector,
+        fps=config.fps,
+        margin=config.margin,
+        quantize=config.quantize,
+        calibration=calibration,
+    )
     _deepfake_export(*build)
     if val:
         metrics = evaluate_bundle(bundle, val, out)

@@ -186,3 +186,60 @@ def test_lofo_without_runs_is_an_error(tmp_path: Path, capsys: Any) -> None:
     argv = ["lofo", "--out", str(tmp_path / "o"), "--fixed", str(tmp_path / "synth")]
     assert main([*argv, "--lofo", str(tmp_path / "nothing")]) == 2
     assert "has no leave-one-out runs" in capsys.readouterr().err
+
+
+@pytest.mark.tensorflow
+def test_build_with_bundle_exports_and_scans_the_first_runs_held_out_videos(tmp_path: Path) -> None:
+    """`build --bundle B --data D`: the ensemble exported by deepfake-export, its held-out videos
+    exactly the first run's split.json ones, scanned through the serving path,
+    and the model card names both members."""
+    from bench.media import face_frames, write_video
+    from tests.conftest import tinted
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    base = face_frames(12, size=(320, 240))
+    meta = {}
+    for i in range(3):
+        frames = base[i * 2 :] + base[: i * 2]
+        write_video(folder / f"p{i}_real.mp4", frames, fps=10)
+        write_video(folder / f"p{i}_fake.mp4", tinted(frames), fps=10)
+        for kind, label in (("real", "REAL"), ("fake", "FAKE")):
+            meta[f"p{i}_{kind}.mp4"] = {"label": label, "original": None, "split": "train"}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+    _member(tmp_path / "a", 1, True)
+    _member(tmp_path / "b", 2, False)
+    val = ["p1_fake.mp4", "p1_real.mp4", "p2_fake.mp4", "p2_real.mp4"]
+    split = {"train": ["p0_fake.mp4", "p0_real.mp4"], "val": val, "groups": {}}
+    (tmp_path / "a" / "split.json").write_text(json.dumps(split))
+    bundle = tmp_path / "bundle"
+    argv = ["build", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens")]
+    argv += ["--bundle", str(bundle), "--data", str(folder), "--quantize", "none"]
+    assert main([*argv, "--version", "2", "--name", "ens"]) == 0
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["encoder"]["precision"] == "fp32" and m["feature_dim"] == 64  # 2 x 32-d
+    ev = m["training"]["evaluation"]
+    assert ev["held_out_files"] == val and ev["scored"] == 4 and 0 < ev["threshold"] < 1
+    assert len(m["training"]["ensemble"]["members"]) == 2
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "ens 2" in card and str(tmp_path / "b") in card
+
+
+def test_export_argv_is_the_training_export_with_int8_only() -> None:
+    from models.train import export_argv
+
+    kw = {"name": "n", "version": "1", "detector": "full_range", "fps": 8.0, "margin": 0.3}
+    plain = export_argv(Path("m"), Path("b"), quantize="int8", calibration=Path("c.npy"), **kw)
+    assert plain[:4] == ["build", "m", "--out", "b"]
+    assert plain[-5:] == ["--quantize", "int8", "--int8-fallback", "--calibration", "c.npy"]
+    assert ["--analysis-fps", "8.0"] == plain[plain.index("--analysis-fps") :][:2]
+    only = export_argv(
+        Path("m"), Path("b"), quantize="int8", calibration=None, int8_only=True, **kw
+    )
+    assert only[-4:] == ["--quantize", "int8", "--int8-fallback", "--int8-only"]
+    none = export_argv(
+        Path("m"), Path("b"), quantize="none", calibration=None, int8_only=True, **kw
+    )
+    assert "--quantize" not in none and "--int8-only" not in none
