@@ -189,33 +189,20 @@ def test_lofo_without_runs_is_an_error(tmp_path: Path, capsys: Any) -> None:
 
 
 @pytest.mark.tensorflow
-def test_build_with_bundle_exports_and_scans_the_first_runs_held_out_videos(tmp_path: Path) -> None:
+def test_build_with_bundle_exports_and_scans_the_first_runs_held_out_videos(
+    tmp_path: Path, dfdc_folder: Path
+) -> None:
     """`build --bundle B --data D`: the ensemble exported by deepfake-export, its held-out videos
     exactly the first run's split.json ones, scanned through the serving path,
     and the model card names both members."""
-    from bench.media import face_frames, write_video
-    from tests.conftest import tinted
-
-    folder = tmp_path / "clips"
-    folder.mkdir()
-    base = face_frames(12, size=(320, 240))
-    meta = {}
-    for i in range(3):
-        frames = base[i * 2 :] + base[: i * 2]
-        write_video(folder / f"p{i}_real.mp4", frames, fps=10)
-        write_video(folder / f"p{i}_fake.mp4", tinted(frames), fps=10)
-        for kind, label in (("real", "REAL"), ("fake", "FAKE")):
-            meta[f"p{i}_{kind}.mp4"] = {"label": label, "original": None, "split": "train"}
-    (folder / "metadata.json").write_text(json.dumps(meta))
-
     _member(tmp_path / "a", 1, True)
     _member(tmp_path / "b", 2, False)
-    val = ["p1_fake.mp4", "p1_real.mp4", "p2_fake.mp4", "p2_real.mp4"]
-    split = {"train": ["p0_fake.mp4", "p0_real.mp4"], "val": val, "groups": {}}
+    val = ["person1_fake.mp4", "person1_real.mp4", "person2_fake.mp4", "person2_real.mp4"]
+    split = {"train": ["person0_fake.mp4", "person0_real.mp4"], "val": val, "groups": {}}
     (tmp_path / "a" / "split.json").write_text(json.dumps(split))
     bundle = tmp_path / "bundle"
     argv = ["build", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens")]
-    argv += ["--bundle", str(bundle), "--data", str(folder), "--quantize", "none"]
+    argv += ["--bundle", str(bundle), "--data", str(dfdc_folder), "--quantize", "none"]
     assert main([*argv, "--version", "2", "--name", "ens"]) == 0
 
     m = json.loads((bundle / "manifest.json").read_text())
